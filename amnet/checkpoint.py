@@ -1,0 +1,119 @@
+"""Head checkpoints: the AMNet state dict plus everything needed to use and trace it.
+
+A checkpoint is `torch.save` of a dict holding only tensors and plain Python values, so it loads
+with `torch.load(..., weights_only=True)`:
+
+    format_version  int (1)
+    model_config    AMNetConfig as a dict
+    state_dict      the head's state dict (keys as in spec section 9: inconv.*, ..., regnet4.*)
+    backbone        {arch, layer, weights_id, weights_sha256, image_size, mean, std}: the features
+                    this head expects (taken from the cache's attributes, or from import-weights)
+    epoch           the chosen epoch (None for imported weights)
+    metrics         that epoch's metrics (val_rho, val_mse, ...)
+    train_config    the training settings (or the import's source and its sha256)
+    versions        {amnet, torch, torchvision, python}
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from amnet.errors import WeightsError
+from amnet.model import AMNet, AMNetConfig
+
+FORMAT_VERSION = 1
+BACKBONE_KEYS = ("arch", "layer", "weights_id", "weights_sha256", "image_size", "mean", "std")
+
+
+def plain(obj: Any) -> Any:
+    """Recursively turn numpy / h5py / tuple values into plain Python (weights_only-safe, JSON-safe)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def backbone_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone provenance recorded by a feature cache (its HDF5 attributes)."""
+    b = {k: plain(attrs.get(k)) for k in BACKBONE_KEYS}
+    if b["arch"] is None and attrs.get("backbone") is not None:
+        b["arch"] = plain(attrs.get("backbone"))
+    return b
+
+
+def versions() -> dict[str, str]:
+    """Library versions stored with every checkpoint and metrics file."""
+    import torchvision
+
+    import amnet
+
+    return {"amnet": amnet.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def make_checkpoint(model: AMNet, *, backbone: Mapping[str, Any], epoch: int | None = None,
+                    metrics: Mapping[str, Any] | None = None,
+                    train_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict for `model` (its state dict is copied to CPU)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "backbone": plain(dict(backbone)),
+        "epoch": epoch,
+        "metrics": plain(dict(metrics or {})),
+        "train_config": plain(dict(train_config or {})),
+        "versions": versions(),
+    }
+
+
+def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename) so a killed run never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(ckpt), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[AMNet, dict[str, Any]]:
+    """Load a head checkpoint with `weights_only=True` -> (AMNet in eval mode, checkpoint dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling / zip errors: not our format or damaged
+        raise WeightsError(f"{path}: cannot read as a head checkpoint ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                           "published .pkl weights must first go through `amnet import-weights`") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
+        raise WeightsError(f"{path}: not an amnet head checkpoint (no state_dict/model_config); "
+                           "published .pkl weights must first go through `amnet import-weights`")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise WeightsError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this "
+                           f"amnet understands ({FORMAT_VERSION}); upgrade amnet")
+    model = AMNet(AMNetConfig.from_dict(ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: state dict does not match its model_config: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    model.to(map_location).eval()
+    return model, ckpt

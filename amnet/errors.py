@@ -1,0 +1,24 @@
+"""User-facing errors: each carries one clear line saying what went wrong, where, and what to do.
+
+The CLIs turn any `AmnetError` into a one-line message and a non-zero exit.
+"""
+
+
+class AmnetError(Exception):
+    """Base of every error a user can fix (bad input, missing file, mismatched settings)."""
+
+
+class ImageError(AmnetError):
+    """An image that cannot be decoded; the message names the file and the reason."""
+
+
+class SplitError(AmnetError):
+    """A malformed split or list file; the message names `file:line` and the problem."""
+
+
+class CacheError(AmnetError):
+    """A feature cache that lacks names, was made with other settings, or is damaged."""
+
+
+class WeightsError(AmnetError):
+    """Backbone or head weights that cannot be loaded (offline, wrong file, wrong layout)."""
