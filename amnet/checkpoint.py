@@ -40,6 +40,8 @@ def plain(obj: Any) -> Any:
         return plain(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, str):
+        return str(obj)  # str subclasses (torch.__version__ is a TorchVersion) are not weights_only-safe
     if isinstance(obj, bytes):
         return obj.decode("utf-8", "replace")
     if isinstance(obj, os.PathLike):
@@ -61,8 +63,8 @@ def versions() -> dict[str, str]:
 
     import amnet
 
-    return {"amnet": amnet.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version()}
+    return {"amnet": str(amnet.__version__), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "python": platform.python_version()}
 
 
 def make_checkpoint(model: AMNet, *, backbone: Mapping[str, Any], epoch: int | None = None,
@@ -100,8 +102,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling / zip errors: not our format or damaged
-        raise WeightsError(f"{path}: cannot read as a head checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else "")
+        raise WeightsError(f"{path}: cannot read as a head checkpoint ({type(exc).__name__}: {why}); "
                            "published .pkl weights must first go through `amnet import-weights`") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
         raise WeightsError(f"{path}: not an amnet head checkpoint (no state_dict/model_config); "

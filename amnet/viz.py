@@ -91,7 +91,8 @@ def attention_figure(image: Image.Image | np.ndarray, attention: np.ndarray,
         size = max(_as_rgb_array(image).shape[:2])
     img = _as_rgb_array(image, size)
 
-    fig, axes = plt.subplots(1, steps + 1, figsize=(2.3 * (steps + 1), 2.9), squeeze=False)
+    fig, axes = plt.subplots(1, steps + 1, figsize=(2.3 * (steps + 1), 3.0), squeeze=False,
+                             layout="constrained")
     axes = axes[0]
     panels = [(img, "image")] + [
         (overlay(img, attention[t], cmap=cmap), f"step {t + 1}: {float(step_scores[t]):.3f}")
@@ -106,7 +107,6 @@ def attention_figure(image: Image.Image | np.ndarray, attention: np.ndarray,
     if gt is not None and not (isinstance(gt, float) and math.isnan(gt)):
         head += f"   (gt {float(gt):.3f})"
     fig.suptitle(f"{title}\n{head}" if title else head, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -165,7 +165,7 @@ def _draw_sheet_page(items: Sequence[SheetItem], out: Path, *, start: int, colum
     rows = math.ceil(n / cols)
     cell_w, cell_h = 1.7, 2.0  # inches: square thumbnail plus two lines of text
     fig, axes = plt.subplots(rows, cols, figsize=(cell_w * cols, cell_h * rows + 0.4),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     try:
         for k, ax in enumerate(axes.flat):
             ax.set_xticks([])
@@ -187,7 +187,6 @@ def _draw_sheet_page(items: Sequence[SheetItem], out: Path, *, start: int, colum
             ax.set_title(f"{text}\n{label}", fontsize=7)
         if title:
             fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
         fig.savefig(out, dpi=100)
     finally:
         plt.close(fig)

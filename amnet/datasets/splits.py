@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
@@ -44,7 +45,7 @@ def check_name(name: str) -> str | None:
         return f"image name {name!r} contains whitespace (the split format is space-separated)"
     if "\\" in name:
         return f"image name {name!r} contains a backslash; use '/' as the separator"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    if name.startswith("/") or re.match(r"[A-Za-z]:/", name):
         return f"image name {name!r} is an absolute path; names must be relative to the images root"
     if ".." in PurePosixPath(name).parts:
         return f"image name {name!r} contains '..' and would escape the images root"

@@ -1,0 +1,269 @@
+"""The HDF5 feature cache: schema, settings, creation for the writer, and the lazy reader.
+
+Schema (docs/cache-format.md): `features` float16 `[N, C, h, w]` (one chunk per image,
+uncompressed, all chunks allocated at creation), optional `features_flip` (same), `names` utf-8
+`[N]`, `done` bool `[N]`, group `failed` with `names`/`reasons` of skipped images, and attributes
+recording how the features were made (SETTINGS decide whether two files are compatible).
+
+Crash safety: all chunks are allocated when the file is created, so the writer only overwrites
+raw data in place afterwards and the HDF5 metadata never changes mid-run; `done[i]` is set only
+after image i's features were written. A process killed at any point leaves a readable file whose
+`done` rows are all valid.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from amnet.errors import CacheError
+
+FORMAT = "amnet-feature-cache"
+FORMAT_VERSION = 1
+# attributes that must match for two files (or a file and a command) to be compatible
+SETTINGS = ("backbone", "layer", "weights_sha256", "image_size", "mean", "std", "flip",
+            "precision", "channels", "grid")
+
+
+def settings_attrs(spec, image_size: int, flip: bool, channels: int,
+                   grid: tuple[int, int]) -> dict[str, Any]:
+    """The attributes describing features made with backbone `spec` at `image_size`."""
+    import torchvision
+    import amnet
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "backbone": spec.arch, "layer": spec.layer, "weights_id": spec.weights_id,
+        "weights_sha256": spec.weights_sha256, "image_size": int(image_size),
+        "mean": _stats_attr(spec.mean), "std": _stats_attr(spec.std), "flip": bool(flip),
+        "precision": spec.precision, "dtype": "float16", "channels": int(channels),
+        "grid": np.asarray(grid, dtype=np.int64), "resize": "squash, PIL bilinear (antialiased)",
+        "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+        "amnet_version": amnet.__version__,
+    }
+
+
+def _stats_attr(v) -> Any:
+    return "none" if v is None else np.asarray(v, dtype=np.float64)
+
+
+def _plain(v: Any) -> Any:
+    """An h5py attribute value as plain Python (str, bool, int, float, list, None for 'none')."""
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v == "none":
+        return None
+    return v
+
+
+def read_attrs(f: h5py.File) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        if a is None or b is None or np.shape(a) != np.shape(b):
+            return False
+        return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0, atol=1e-9))
+    return a == b
+
+
+def settings_differences(have: dict, want: dict) -> list[str]:
+    """Human-readable differences between two attribute dicts over SETTINGS."""
+    diffs = []
+    for key in SETTINGS:
+        a, b = _plain(have.get(key)), _plain(want.get(key))
+        if _same(a, b):
+            continue
+        if key == "weights_sha256":
+            diffs.append(f"weights {have.get('weights_id')} (sha256 {str(a)[:12]}) vs "
+                         f"{want.get('weights_id')} (sha256 {str(b)[:12]})")
+        else:
+            diffs.append(f"{key} {a} vs {b}")
+    return diffs
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File:
+    """Create an empty cache for `names` (open for writing; the caller closes it)."""
+    n, c, (h, w) = len(names), int(attrs["channels"]), [int(x) for x in attrs["grid"]]
+    f = h5py.File(path, "w", rdcc_nbytes=0)  # no chunk cache: a write goes straight to the file
+    try:
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else value  # TorchVersion -> str
+        f.attrs["created"] = now()
+        f.attrs["complete"] = False
+        datasets = ["features", "features_flip"] if attrs["flip"] else ["features"]
+        for name in datasets:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # metadata final from here on
+            f.create_dataset(name, shape=(n, c, h, w), dtype=np.float16, chunks=(1, c, h, w),
+                             dcpl=dcpl, fill_time="never")
+        f.create_dataset("names", data=np.array(list(names), dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
+        g = f.create_group("failed")
+        for name in ("names", "reasons"):
+            g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,),
+                             dtype=h5py.string_dtype("utf-8"))
+        f.flush()
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def read_failed(f: h5py.File) -> dict[str, str]:
+    if "failed" not in f:
+        return {}
+    g = f["failed"]
+    return dict(zip(g["names"].asstr()[:].tolist(), g["reasons"].asstr()[:].tolist()))
+
+
+def append_failed(f: h5py.File, items: Sequence[tuple[str, str]]) -> None:
+    g = f["failed"]
+    n = g["names"].shape[0]
+    for key, col in (("names", 0), ("reasons", 1)):
+        g[key].resize((n + len(items),))
+        g[key][n:] = np.array([it[col] for it in items], dtype=object)
+
+
+def open_existing(path: Path, mode: str = "r") -> h5py.File:
+    """Open a cache file, turning HDF5's errors into one CacheError line."""
+    try:
+        f = h5py.File(path, mode, **({"rdcc_nbytes": 0} if mode != "r" else {}))
+    except FileNotFoundError:
+        raise CacheError(f"{path}: feature cache not found") from None
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 feature cache ({str(e).splitlines()[0]}); "
+                         "delete it or pass --overwrite") from None
+    if f.attrs.get("format") not in (FORMAT, FORMAT.encode()) or "features" not in f:
+        f.close()
+        raise CacheError(f"{path}: not an amnet feature cache (no '{FORMAT}' format attribute)")
+    return f
+
+
+class FeatureCache:
+    """Read-only access to a feature cache, by image name or index.
+
+    h5py handles do not survive fork: the file is opened lazily and re-opened whenever the
+    process id changes, so one instance can be handed to DataLoader workers (fork or spawn).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open_existing(self.path) as f:
+            self.attrs: dict[str, Any] = read_attrs(f)
+            self.names: list[str] = f["names"].asstr()[:].tolist()
+            self._done = f["done"][:].astype(bool)
+            self.has_flip: bool = "features_flip" in f
+            shape = f["features"].shape
+            self.failed: dict[str, str] = read_failed(f)
+        self.channels: int = int(shape[1])
+        self.grid: tuple[int, int] = (int(shape[2]), int(shape[3]))
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    # pickling (spawned DataLoader workers): never ship the handle
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, None
+        return state
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")  # the parent's handle (if any) stays untouched
+            self._pid = os.getpid()
+        return self._file
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        i = self._index.get(name)  # type: ignore[arg-type]
+        return i is not None and bool(self._done[i])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    def index(self, name: str) -> int:
+        """Row of `name`; CacheError when the cache lacks it or holds no features for it."""
+        i = self._index.get(name)
+        if i is None:
+            raise CacheError(f"{self.path}: no image {name!r} in this cache ({len(self)} names); "
+                             "extract it first")
+        if not self._done[i]:
+            why = self.failed.get(name, "not extracted yet (unfinished cache)")
+            raise CacheError(f"{self.path}: image {name!r} has no features: {why}")
+        return i
+
+    def _row(self, key: int | str) -> int:
+        if isinstance(key, str):
+            return self.index(key)
+        i = int(key)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a cache of {len(self)} images")
+        i %= len(self)
+        if not self._done[i]:
+            return self.index(self.names[i])  # raises with the reason
+        return i
+
+    def get(self, key: int | str, flip: bool = False) -> torch.Tensor:
+        """Features of one image: `[C, h, w]` float16 (`[1024, 14, 14]` at 224)."""
+        if flip and not self.has_flip:
+            raise CacheError(f"{self.path}: no flipped features; re-extract with --flip")
+        ds = self._h5()["features_flip" if flip else "features"]
+        return torch.from_numpy(ds[self._row(key)])
+
+    def __getitem__(self, key: int | str) -> torch.Tensor:
+        return self.get(key)
+
+    def load(self, names: Sequence[str], flip: bool = False) -> torch.Tensor:
+        """Features of `names` in the given order: `[N, C, h, w]` float16."""
+        rows = [self.index(n) for n in names]
+        if flip and not self.has_flip:
+            raise CacheError(f"{self.path}: no flipped features; re-extract with --flip")
+        ds = self._h5()["features_flip" if flip else "features"]
+        out = np.empty((len(rows), self.channels, *self.grid), dtype=np.float16)
+        order = np.argsort(rows, kind="stable")  # ascending file order reads faster
+        for k in order:
+            ds.read_direct(out, source_sel=np.s_[rows[k]], dest_sel=np.s_[k])
+        return torch.from_numpy(out)
+
+    def missing(self, names: Sequence[str]) -> list[str]:
+        """Names without features in this cache (absent, failed or not yet extracted)."""
+        return [n for n in names if n not in self]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"FeatureCache({str(self.path)!r}, {len(self)} images, "
+                f"{self.attrs.get('weights_id')}, {self.channels}x{self.grid[0]}x{self.grid[1]})")
+
+
+def extract(items, out, **kwargs) -> dict:
+    """See `amnet.extract.extract` (kept here too: the contract names `amnet.cache.extract`)."""
+    from amnet.extract import extract as _extract
+    return _extract(items, out, **kwargs)

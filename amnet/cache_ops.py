@@ -1,0 +1,175 @@
+"""Whole-file operations on feature caches: merge shards, describe (info), verify."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from amnet import cache as C
+from amnet.errors import CacheError
+
+_BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224)
+_SHARD_ATTRS = ("shard_index", "shard_count", "shard_total")
+
+
+def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False) -> dict:
+    """Join complete shard caches (equal settings, disjoint names) into one file at `out`.
+
+    Shards written by `--shard i/n` (all n present) are interleaved back into the order of the
+    single-run list; other inputs are concatenated in the order given. The result is a copy
+    that reads like any other cache (attribute `merged_from` names the inputs)."""
+    out = Path(out)
+    if not shards:
+        raise CacheError("merge: no shard files given")
+    if out.exists() and not overwrite:
+        raise CacheError(f"{out}: already exists; pass --overwrite to replace it")
+    metas = []
+    for p in shards:
+        with C.open_existing(Path(p)) as f:
+            attrs = C.read_attrs(f)
+            if not attrs.get("complete"):
+                raise CacheError(f"{p}: shard is not complete; finish its extraction first")
+            names = f["names"].asstr()[:].tolist()
+            metas.append((Path(p), attrs, names, f["done"][:].astype(bool), C.read_failed(f)))
+    ref_path, ref = metas[0][0], metas[0][1]
+    seen: dict[str, Path] = {}
+    for p, attrs, names, _, _ in metas:
+        diffs = C.settings_differences(attrs, ref)
+        if diffs:
+            raise CacheError(f"{p}: settings differ from {ref_path} ({'; '.join(diffs)})")
+        for n in names:
+            if n in seen:
+                raise CacheError(f"{p}: image {n!r} is also in {seen[n]}; shards must be disjoint")
+            seen[n] = p
+    order = _merged_order(metas)  # list of (shard number, row)
+    all_names = [metas[s][2][r] for s, r in order]
+    attrs = {k: v for k, v in ref.items()
+             if k not in _SHARD_ATTRS + ("created", "complete", "updated")}
+    attrs = {k: (C._stats_attr(v) if k in ("mean", "std") else
+                 np.asarray(v) if isinstance(v, list) else v) for k, v in attrs.items()}
+    attrs["merged_from"] = np.array([str(p) for p, *_ in metas], dtype=h5py.string_dtype())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
+    try:
+        with C.create(tmp, all_names, attrs) as g:
+            dsets = ["features", "features_flip"] if ref.get("flip") else ["features"]
+            handles = [h5py.File(p, "r") for p, *_ in metas]
+            try:
+                for start in range(0, len(order), _BLOCK):
+                    part = order[start:start + _BLOCK]
+                    for name in dsets:
+                        block = np.stack([handles[s][name][r] for s, r in part])
+                        g[name][start:start + len(part)] = block
+                    g["done"][start:start + len(part)] = [metas[s][3][r] for s, r in part]
+            finally:
+                for h in handles:
+                    h.close()
+            failed = [(n, why) for *_, fails in metas for n, why in fails.items()]
+            if failed:
+                C.append_failed(g, failed)
+            g.attrs["complete"] = True
+            g.attrs["created"] = C.now()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"out": str(out), "images": len(all_names), "shards": len(metas),
+            "failed": len(failed)}
+
+
+def _merged_order(metas) -> list[tuple[int, int]]:
+    counts = {m[1].get("shard_count") for m in metas}
+    indices = sorted(m[1].get("shard_index", -1) for m in metas)
+    totals = {m[1].get("shard_total") for m in metas}
+    if len(counts) == 1 and None not in counts and indices == list(range(len(metas))) \
+            and counts == {len(metas)} and len(totals) == 1:
+        n = len(metas)
+        by_index = {m[1]["shard_index"]: s for s, m in enumerate(metas)}
+        total = totals.pop()
+        # item k of the single run is row k // n of shard k % n
+        return [(by_index[k % n], k // n) for k in range(total)]
+    return [(s, r) for s, m in enumerate(metas) for r in range(len(m[2]))]
+
+
+def info(path: str | Path) -> dict:
+    """Provenance and counts of a cache, as a flat dict (for printing)."""
+    path = Path(path)
+    with C.open_existing(path) as f:
+        attrs = C.read_attrs(f)
+        done = f["done"][:].astype(bool)
+        d = {"file": str(path), "size_mb": round(path.stat().st_size / 1e6, 1),
+             "images": len(done), "done": int(done.sum()), "failed": len(C.read_failed(f)),
+             "features": f"{f['features'].dtype} {list(f['features'].shape)}",
+             "features_flip": "features_flip" in f}
+    d.update(attrs)
+    return d
+
+
+def verify(path: str | Path, progress: bool = False) -> list[str]:
+    """Problems found in a cache (empty list = fine): completeness, shapes, dtypes, NaN/Inf in
+    extracted rows, unique names, failed names that exist and have no features."""
+    path = Path(path)
+    problems: list[str] = []
+    with C.open_existing(path) as f:
+        attrs = C.read_attrs(f)
+        names = f["names"].asstr()[:].tolist()
+        done = f["done"][:].astype(bool)
+        failed = C.read_failed(f)
+        n = len(names)
+        name_set = set(names)
+        if len(name_set) != n:
+            from collections import Counter
+            dup = sorted(x for x, c in Counter(names).items() if c > 1)[:3]
+            problems.append(f"duplicate names, e.g. {dup}")
+        if done.shape != (n,):
+            problems.append(f"done has shape {done.shape}, expected ({n},)")
+        for name in failed:
+            if name not in name_set:
+                problems.append(f"failed image {name!r} is not in names")
+        bad_done = [x for x, d in zip(names, done) if d and x in failed]
+        if bad_done:
+            problems.append(f"{len(bad_done)} images are both done and failed, e.g. {bad_done[:2]}")
+        todo = n - int(done.sum()) - len([x for x in failed if x in name_set])
+        if todo > 0 or not attrs.get("complete"):
+            problems.append(f"incomplete: {todo} of {n} images not extracted "
+                            f"(complete={attrs.get('complete')}); rerun the extract command")
+        grid = attrs.get("grid") or []
+        want = (n, int(attrs.get("channels", 1024)), *[int(g) for g in grid])
+        dsets = ["features"] + (["features_flip"] if attrs.get("flip") else [])
+        if attrs.get("flip") and "features_flip" not in f:
+            problems.append("flip=True but features_flip is missing")
+            dsets = ["features"]
+        for name in dsets:
+            ds = f[name]
+            if ds.dtype != np.float16:
+                problems.append(f"{name} dtype {ds.dtype}, expected float16")
+            if tuple(ds.shape) != want:
+                problems.append(f"{name} shape {list(ds.shape)}, expected {list(want)}")
+                continue
+            bad = _scan_nonfinite(ds, done, progress, name)
+            if bad:
+                problems.append(f"{name}: {len(bad)} images hold NaN/Inf, e.g. "
+                                f"{[names[i] for i in bad[:3]]}")
+    return problems
+
+
+def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str) -> list[int]:
+    import sys
+    from tqdm import tqdm
+    bad: list[int] = []
+    rows = np.flatnonzero(done)
+    with tqdm(total=len(rows), unit="img", desc=f"verify {label}",
+              disable=not (progress and sys.stderr.isatty())) as bar:
+        for start in range(0, len(done), _BLOCK):
+            stop = min(start + _BLOCK, len(done))
+            mask = done[start:stop]
+            if not mask.any():
+                continue
+            block = ds[start:stop]
+            finite = np.isfinite(block.reshape(stop - start, -1)).all(axis=1)
+            bad.extend(int(start + k) for k in np.flatnonzero(mask & ~finite))
+            bar.update(int(mask.sum()))
+    return bad

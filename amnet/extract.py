@@ -1,0 +1,239 @@
+"""Stage one's loop: images -> trunk -> float16 rows of an HDF5 feature cache, resumably.
+
+Decoding and resizing run in DataLoader workers (uint8 `[3, S, S]`, a quarter of float32's bytes);
+ToTensor/Normalize happen on the device; the trunk runs channels-last with its bf16 policy; one
+process writes. `done[i]` is set after row i is written, and the file is flushed every few
+batches, so a killed run resumes where it stopped (see amnet/cache.py for why the file survives).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from amnet import cache as C
+from amnet.backbone import features, load_backbone, normalize_uint8, resolve_device
+from amnet.errors import CacheError, ImageError
+from amnet.images import load_resized_uint8
+
+FLUSH_EVERY_BATCHES = 4
+FLUSH_EVERY_SECONDS = 30.0
+# test hook: SIGKILL this process after that many batches were written (before their flush)
+KILL_HOOK = "AMNET_TEST_KILL_AFTER_BATCHES"
+
+
+class _Images(Dataset):
+    """Row index -> (index, uint8 [3, S, S] or None, reason or None); errors become values so
+    that one bad file does not kill a worker."""
+
+    def __init__(self, paths: Sequence[Path], rows: Sequence[int], size: int):
+        self.paths, self.rows, self.size = paths, rows, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        i = self.rows[k]
+        try:
+            return i, load_resized_uint8(self.paths[i], self.size), None
+        except ImageError as e:
+            return i, None, str(e)
+
+
+def _collate(batch):
+    good = [(i, x) for i, x, _ in batch if x is not None]
+    fails = [(i, why) for i, _, why in batch if why is not None]
+    x = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], x, fails
+
+
+def grid_for(size: int) -> tuple[int, int]:
+    """layer3's spatial size for an S x S input: four stride-2 steps, each ceil(h / 2)."""
+    h = size
+    for _ in range(4):
+        h = (h - 1) // 2 + 1
+    return h, h
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) under torchrun (WORLD_SIZE > 1), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def shard_path(out: Path, shard: tuple[int, int]) -> Path:
+    """`feats.h5` -> `feats.shard0of4.h5`, unless `out` has `{i}`/`{n}` placeholders to fill."""
+    i, n = shard
+    if "{i}" in str(out) or "{n}" in str(out):
+        return Path(str(out).replace("{i}", str(i)).replace("{n}", str(n)))
+    return out.with_name(f"{out.stem}.shard{i}of{n}{out.suffix}")
+
+
+def _runs(idx: Sequence[int]):
+    """Consecutive runs of sorted row indices -> (start, stop, offset into idx)."""
+    k = 0
+    while k < len(idx):
+        j = k
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        yield idx[k], idx[j] + 1, k
+        k = j + 1
+
+
+def _write(ds, idx: Sequence[int], arr: np.ndarray) -> None:
+    for start, stop, k in _runs(idx):
+        ds[start:stop] = arr[k:k + stop - start]
+
+
+def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool):
+    """(open h5py file in r+ mode, True if it was already complete)."""
+    if out.exists() and not overwrite:
+        f = C.open_existing(out, "r+")
+        try:
+            diffs = C.settings_differences(C.read_attrs(f), attrs)
+            if diffs:
+                raise CacheError(f"{out}: made with other settings ({'; '.join(diffs)}); "
+                                 "choose another --out or pass --overwrite to replace it")
+            have = f["names"].asstr()[:].tolist()
+            if have != names:
+                extra, lack = set(have) - set(names), set(names) - set(have)
+                what = (f"{len(lack)} new names, e.g. {sorted(lack)[:2]}" if lack else
+                        f"{len(extra)} names not listed now, e.g. {sorted(extra)[:2]}" if extra
+                        else "the same names in another order")
+                raise CacheError(f"{out}: made for another image list ({len(have)} names vs "
+                                 f"{len(names)}: {what}); pass --overwrite to replace it")
+        except BaseException:
+            f.close()
+            raise
+        return f, bool(f.attrs.get("complete"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
+    try:
+        C.create(tmp, names, attrs).close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise  # a file at `out` is always a fully created cache
+    return C.open_existing(out, "r+"), False
+
+
+def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
+            image_size: int = 224, flip: bool = False, device: str = "auto",
+            batch_size: int = 32, workers: int = 0, on_error: str = "fail",
+            overwrite: bool = False, shard: tuple[int, int] | None = None,
+            progress: bool = True, precision: str = "mixed", source: str | None = None) -> dict:
+    """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
+
+    shard (i, n): only items i, i+n, i+2n, ... (under torchrun, (RANK, WORLD_SIZE) by default,
+    with `out` renamed by `shard_path`). Returns a summary dict (counts, seconds, images/s).
+    Raises ImageError (on_error="fail", after flushing everything extracted so far),
+    CacheError (a file made with other settings or for other images), WeightsError.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    if image_size < 32:
+        raise CacheError(f"--image-size {image_size} is too small (at least 32)")
+    out = Path(out)
+    if shard is None and shard_from_env() is not None:
+        shard = shard_from_env()
+        out = shard_path(out, shard)
+    total = len(items)
+    if shard is not None:
+        i, n = shard
+        if not (n >= 1 and 0 <= i < n):
+            raise CacheError(f"--shard {i}/{n}: expected I/N with 0 <= I < N")
+        items = items[i::n]
+    if not items:
+        raise CacheError(f"no images to extract into {out}")
+    names = [name for name, _ in items]
+    paths = [Path(p) for _, p in items]
+    if len(set(names)) != len(names):
+        raise CacheError("duplicate image names in the input list")
+
+    dev = resolve_device(device)
+    trunk, spec = load_backbone(weights, precision)
+    grid = grid_for(image_size)
+    attrs = C.settings_attrs(spec, image_size, flip, channels=1024, grid=grid)
+    attrs["source"] = str(source) if source is not None else ""
+    if shard is not None:
+        attrs.update(shard_index=shard[0], shard_count=shard[1], shard_total=total)
+
+    f, complete = _open_or_create(out, names, attrs, overwrite)
+    summary = {"out": str(out), "images": len(names), "extracted": 0, "skipped": 0,
+               "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
+               "images_per_s": 0.0, "device": str(dev), "weights": weights}
+    try:
+        done = f["done"][:].astype(bool)
+        failed = C.read_failed(f)
+        summary["already"] = int(done.sum())
+        summary["failed_total"] = len(failed)
+        if complete:
+            return summary
+        rows = [i for i in range(len(names)) if not done[i] and names[i] not in failed]
+        _run(f, trunk, spec, dev, paths, names, rows, image_size, flip, batch_size, workers,
+             on_error, progress, summary, out)
+        done = f["done"][:].astype(bool)
+        summary["failed_total"] = len(C.read_failed(f))
+        summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
+        f.attrs["complete"] = summary["complete"]
+        f.attrs["updated"] = C.now()
+        f.attrs["device"] = str(dev)
+    finally:
+        f.close()  # flushes: whatever happened, rows marked done are on disk
+    return summary
+
+
+def _run(f, trunk, spec, dev, paths, names, rows, size, flip, batch_size, workers, on_error,
+         progress, summary, out) -> None:
+    from tqdm import tqdm
+    loader = DataLoader(_Images(paths, rows, size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_collate,
+                        pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
+    feats_ds, flip_ds, done_ds = f["features"], f["features_flip"] if flip else None, f["done"]
+    kill_after = int(os.environ.get(KILL_HOOK, "0"))
+    bar = tqdm(total=len(names), initial=summary["already"] + summary["failed_total"],
+               unit="img", desc=out.name, dynamic_ncols=True, smoothing=0.05,
+               disable=not (progress and sys.stderr.isatty()))
+    t0 = last_flush = time.perf_counter()
+    batches = 0
+    try:
+        for idx, x, fails in loader:
+            if x is not None:
+                x = normalize_uint8(x.to(dev, non_blocking=True), spec.mean, spec.std)
+                if flip:  # one forward for both: the flipped half after the plain half
+                    y = features(trunk, torch.cat([x, x.flip(-1)]), dev).to(torch.float16).cpu()
+                    y, yf = y[:len(idx)].numpy(), y[len(idx):].numpy()
+                    _write(flip_ds, idx, yf)
+                else:
+                    y = features(trunk, x, dev).to(torch.float16).cpu().numpy()
+                _write(feats_ds, idx, y)
+                for start, stop, _ in _runs(idx):
+                    done_ds[start:stop] = True  # only after the rows themselves
+                summary["extracted"] += len(idx)
+            if fails:
+                if on_error == "fail":
+                    f.flush()
+                    raise ImageError(fails[0][1])
+                C.append_failed(f, [(names[i], why) for i, why in fails])
+                summary["skipped"] += len(fails)
+                f.flush()
+            batches += 1
+            bar.update(len(idx) + len(fails))
+            if kill_after and batches >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if batches % FLUSH_EVERY_BATCHES == 0 or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
+                f.flush()
+                last_flush = time.perf_counter()
+    finally:
+        bar.close()
+        f.flush()
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        n = summary["extracted"] + summary["skipped"]
+        summary["images_per_s"] = round(n / summary["seconds"], 2) if summary["seconds"] else 0.0

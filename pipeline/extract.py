@@ -1,0 +1,63 @@
+"""DVC stage `extract` (stage one): ResNet layer3 features of every image of the data set.
+
+Writes data/features/<dataset>.h5. It extracts into <dataset>.partial.h5 (not a DVC output, so
+DVC does not delete it before a re-run) and renames it when complete: a run that crashed or was
+killed resumes where it stopped on the next `dvc repro`.
+"""
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from amnet.datasets import images_root, load_prepare_info
+from amnet.datasets.splits import PARTS, read_split, split_path
+from amnet.errors import AmnetError, CacheError
+from amnet.extract import extract
+
+
+def image_names(dataset_dir: Path, splits: list[int]) -> list[str]:
+    """Every image named by the data set's split files, sorted (stage one never sees the scores)."""
+    names: set[str] = set()
+    for k in splits:
+        for part in PARTS:
+            names.update(name for name, _ in read_split(split_path(dataset_dir, part, k),
+                                                        score_range=None))
+    return sorted(names)
+
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    dataset, backbone = params["data"]["dataset"], params["backbone"]
+    dataset_dir = Path("data") / dataset
+    out = Path("data/features") / f"{dataset}.h5"
+    partial = out.with_name(f"{dataset}.partial.h5")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        splits = [int(k) for k in load_prepare_info(dataset_dir)["splits"]]
+        images = images_root(dataset_dir)  # the folder, or the source a link pointed to
+        items = [(name, images / name) for name in image_names(dataset_dir, splits)]
+
+        def run(overwrite: bool) -> dict:
+            return extract(items, partial, weights=backbone["weights"],
+                           image_size=backbone["image_size"], flip=backbone["flip"],
+                           device=backbone["device"], batch_size=backbone["batch_size"],
+                           workers=backbone["workers"], on_error="fail", overwrite=overwrite,
+                           progress=True, source=str(dataset_dir))
+        try:
+            summary = run(overwrite=False)
+        except CacheError as e:
+            if not partial.exists():
+                raise
+            # A left-over of a killed run made with other params or images: params.yaml is
+            # what the user wants now, so it is replaced rather than resumed.
+            print(f"extract: not resuming {partial}: {e}", file=sys.stderr)
+            summary = run(overwrite=True)
+    except AmnetError as e:
+        sys.exit(f"extract: {e}")
+    os.replace(partial, out)
+    print(f"extract: {summary}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Shared test helpers and fixtures (sections per topic; add yours in a section of its own)."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# ---- small images (stage one): every kind `amnet-cache extract` must handle -------------------
+
+GOOD_KINDS = ("rgb", "gray", "cmyk", "palette", "rgba", "png16", "png16rgb", "exif", "bmp",
+              "webp")
+BAD_KINDS = ("truncated", "empty", "text", "bomb")
+
+
+def rgb_array(w: int = 48, h: int = 40, seed: int = 0) -> np.ndarray:
+    """A smooth-ish random uint8 `[h, w, 3]` picture (gradients + noise, like a photo)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], axis=-1) * rng.uniform(80, 200, 3)
+    a = base + rng.normal(0, 25, (h, w, 3)) + rng.uniform(0, 50, 3)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(width: int, height: int, bit_depth: int, color_type: int, raw_rows: bytes) -> bytes:
+    """A PNG written by hand (PIL cannot write 16-bit RGB, nor lie about its size)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) +
+            _png_chunk(b"IDAT", zlib.compress(raw_rows)) + _png_chunk(b"IEND", b""))
+
+
+def write_image(path: str | Path, kind: str = "rgb", w: int = 48, h: int = 40, seed: int = 0) -> Path:
+    """Write one test image of `kind` (GOOD_KINDS decode to RGB, BAD_KINDS must fail)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = rgb_array(w, h, seed)
+    img = Image.fromarray(a)
+    if kind == "rgb":
+        img.save(path, format="JPEG", quality=90)
+    elif kind == "gray":
+        img.convert("L").save(path, format="JPEG")
+    elif kind == "cmyk":
+        img.convert("CMYK").save(path, format="JPEG")
+    elif kind == "palette":
+        p = img.convert("P", palette=Image.ADAPTIVE, colors=16)
+        p.info["transparency"] = 0
+        p.save(path, format="PNG", transparency=0)
+    elif kind == "rgba":
+        alpha = Image.fromarray(np.linspace(0, 255, w * h).reshape(h, w).astype(np.uint8))
+        rgba = img.copy()
+        rgba.putalpha(alpha)
+        rgba.save(path, format="PNG")
+    elif kind == "png16":  # 16-bit grayscale: PIL opens it as mode I;16
+        g = (a.mean(axis=2) * 257).astype(">u2")
+        path.write_bytes(png_bytes(w, h, 16, 0, b"".join(b"\x00" + r.tobytes() for r in g)))
+    elif kind == "png16rgb":  # 16-bit RGB
+        c = (a.astype(np.uint32) * 257).astype(">u2")
+        path.write_bytes(png_bytes(w, h, 16, 2, b"".join(b"\x00" + r.tobytes() for r in c)))
+    elif kind == "exif":  # stored sideways, EXIF orientation 6 = rotate 90 degrees clockwise
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        img.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    elif kind == "bmp":
+        img.save(path, format="BMP")
+    elif kind == "webp":
+        img.save(path, format="WEBP", lossless=True)
+    elif kind == "truncated":
+        buf = io.BytesIO()
+        Image.fromarray(rgb_array(max(w, 64), max(h, 64), seed)).save(buf, format="JPEG")
+        path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an image\n")
+    elif kind == "bomb":  # a tiny file claiming 30000 x 30000 pixels (PIL's limit is ~179 M)
+        path.write_bytes(png_bytes(30000, 30000, 8, 0, b"\x00" * 31))
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """A folder of 11 small RGB JPEGs, one in a sub-folder, one with an upper-case suffix."""
+    root = tmp_path / "images"
+    for i in range(9):
+        write_image(root / f"img{i:02d}.jpg", "rgb", seed=i)
+    write_image(root / "sub" / "deep.jpg", "rgb", seed=20)
+    write_image(root / "UPPER.JPEG", "rgb", seed=21)
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+_BACKBONES: dict = {}
+
+
+@pytest.fixture
+def fast_backbone(monkeypatch):
+    """Build each (weights, precision) trunk once per test session for `amnet.extract`."""
+    from amnet import backbone, extract
+
+    def cached(weights: str, precision: str = "mixed"):
+        key = (weights, precision)
+        if key not in _BACKBONES:
+            _BACKBONES[key] = backbone.load_backbone(weights, precision)
+        return _BACKBONES[key]
+    monkeypatch.setattr(extract, "load_backbone", cached)
+    return cached

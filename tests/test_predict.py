@@ -1,0 +1,270 @@
+"""amnet.predict + `amnet predict`: end-to-end vs cached scores, CSV rows, figures, API inputs,
+backbone provenance checks. Tiny: random:0 ResNet50 trunk, 64x64 inputs (grid 4), narrow heads."""
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from amnet.cli import main
+from amnet.errors import AmnetError, CacheError, ImageError, WeightsError
+
+SIZE, GRID, STEPS = 64, 4, 3
+# same image in another batch: the trunk's kernels round differently, fp16 rounding of the
+# features may flip, and the x20 test heads amplify that; real heads move far less
+TOL = 5e-4
+
+
+def _backbone_prov(weights: str) -> dict:
+    from amnet.backbone import load_backbone
+    _, spec = load_backbone(weights)
+    d = asdict(spec)
+    return {"arch": d["arch"], "layer": d.get("layer", "layer3"), "weights_id": d["weights_id"],
+            "weights_sha256": d["weights_sha256"], "image_size": SIZE,
+            "mean": d["mean"], "std": d["std"],
+            # fp32 trunk: the default bf16 "mixed" policy gives batch-size-dependent features on
+            # CPU (~0.7% relative), which the x20 heads below would turn into visible score noise
+            "precision": "fp32"}
+
+
+def _save_head(path: Path, prov: dict, seed: int) -> Path:
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=GRID, feature_dim=32, hidden_dim=32, regressor_dim=16,
+                              lstm_steps=STEPS))
+    # spread the outputs a little so scores differ between images and heads
+    with torch.no_grad():
+        model.regnet4.weight.mul_(20.0)
+        model.eh3.weight.mul_(20.0)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    imgs = root / "images"
+    (imgs / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["a.jpg", "b.png", "sub/c.jpg", "d.jpg"]
+    for i, n in enumerate(names):
+        w, h = (80, 60) if i % 2 else (64, 64)
+        arr = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        arr[: h // 2, : w // 2] = 255 * (i % 2)  # some structure for the attention to find
+        Image.fromarray(arr).save(imgs / n)
+    (imgs / "bad.jpg").write_bytes(b"this is not a jpeg")
+    prov0 = _backbone_prov("random:0")
+    prov1 = _backbone_prov("random:1")
+    ck = root / "ckpt"
+    heads = {"h1": _save_head(ck / "1" / "head.pt", prov0, 1),
+             "h2": _save_head(ck / "2" / "head.pt", prov0, 2),
+             "other": _save_head(ck / "other" / "head.pt", prov1, 3)}
+    return {"root": root, "images": imgs, "names": names, "heads": heads, "prov0": prov0}
+
+
+@pytest.fixture(scope="module")
+def predictor(env):
+    from amnet.predict import Predictor
+    return Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---- API -----------------------------------------------------------------------------------------
+
+def test_api_accepts_each_input_kind(env, predictor):
+    import amnet
+    assert amnet.Predictor is type(predictor)
+    path = env["images"] / "a.jpg"
+    r = predictor.predict(path)
+    assert isinstance(r.score, float)
+    assert r.step_scores.shape == (STEPS,) and r.attention.shape == (STEPS, GRID, GRID)
+    assert r.per_checkpoint.shape == (2,)
+    assert r["score"] == r.score  # dict-style access too
+    np.testing.assert_allclose(r.attention.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(r.step_scores.sum(), r.score, atol=1e-5)
+    np.testing.assert_allclose(r.per_checkpoint.mean(), r.score, atol=1e-6)
+
+    same = [predictor.predict(str(path)), predictor.predict(Image.open(path)),
+            predictor.predict(np.asarray(Image.open(path).convert("RGB")))]
+    for s in same:
+        assert s.score == pytest.approx(r.score, abs=1e-6)
+
+    pil = [Image.open(env["images"] / n).convert("RGB") for n in env["names"]]
+    batch = torch.stack([predictor.transform(im) for im in pil])           # [B, 3, S, S]
+    rb = predictor.predict(batch)
+    assert rb.score.shape == (4,) and rb.step_scores.shape == (4, STEPS)
+    assert rb.attention.shape == (4, STEPS, GRID, GRID)
+    assert rb.score[0] == pytest.approx(r.score, abs=TOL)
+    rl = predictor.predict([env["images"] / n for n in env["names"]])
+    np.testing.assert_allclose(rl.score, rb.score, atol=TOL)
+    assert predictor.predict(batch[1]).score == pytest.approx(rb.score[1], abs=TOL)
+    assert np.ptp(rb.score) > 1e-2  # the tiny heads do tell images apart
+
+    with pytest.raises(ValueError):
+        predictor.predict(torch.zeros(1, 3, SIZE * 2, SIZE * 2))
+    with pytest.raises(ImageError):
+        predictor.predict(env["images"] / "bad.jpg")
+
+
+def test_checkpoint_from_another_backbone_is_refused(env, predictor):
+    from amnet.predict import Predictor
+    h = env["heads"]
+    with pytest.raises(WeightsError, match="weights_sha256"):
+        Predictor.from_checkpoint([h["h1"], h["other"]], device="cpu")
+    with pytest.raises(WeightsError, match="does not match"):
+        Predictor.from_checkpoint(h["h1"], device="cpu", weights="random:1")
+    # a checkpoint claiming random:0 with another trunk's hash
+    from amnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    model, meta = load_checkpoint(h["h1"])
+    forged = dict(meta["backbone"], weights_sha256="0" * 64)
+    bad = save_checkpoint(make_checkpoint(model, backbone=forged), env["root"] / "forged.pt")
+    with pytest.raises(WeightsError, match="differ"):
+        Predictor.from_checkpoint(bad, device="cpu")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h["h1"]), "--checkpoint",
+                                    str(h["other"]), str(env["images"]),
+                                    "--out", str(env["root"] / "x.csv")])
+    assert res.exit_code == 1 and "weights_sha256" in res.output
+
+
+# ---- CLI: CSV, figures, grid ---------------------------------------------------------------------
+
+def test_cli_csv_one_row_per_input_and_figures(env, predictor, tmp_path):
+    out, figs, grid = tmp_path / "scores.csv", tmp_path / "att", tmp_path / "grid.png"
+    h = env["heads"]
+    res = CliRunner().invoke(main, [
+        "predict", "--checkpoint", str(h["h1"]), "--checkpoint", str(h["h2"]),
+        str(env["images"]), "--out", str(out), "--device", "cpu", "--batch-size", "3",
+        "--attention-maps", str(figs), "--grid", str(grid)])
+    assert res.exit_code == 0, res.output
+    rows = _read_csv(out)
+    assert list(rows[0].keys()) == ["path", "score", "step_1", "step_2", "step_3",
+                                    "score_1", "score_2", "error"]
+    # folder walk: every file, sorted, the bad one included
+    assert [Path(r["path"]).relative_to(env["images"]).as_posix() for r in rows] == \
+        ["a.jpg", "b.png", "bad.jpg", "d.jpg", "sub/c.jpg"]
+    bad = rows[2]
+    assert bad["score"] == "" and bad["step_1"] == "" and "bad.jpg" in bad["error"]
+    api = predictor.predict([env["images"] / n for n in ["a.jpg", "b.png", "d.jpg", "sub/c.jpg"]])
+    good = [r for r in rows if not r["error"]]
+    for r, s, pc in zip(good, api.score, api.per_checkpoint):
+        assert float(r["score"]) == pytest.approx(s, abs=TOL)
+        assert float(r["score_1"]) == pytest.approx(pc[0], abs=TOL)
+        steps = sum(float(r[f"step_{t}"]) for t in (1, 2, 3))
+        assert steps == pytest.approx(float(r["score"]), abs=1e-5)
+    assert "1 failed" in res.output
+    # one figure per scored image, named after it, T + 1 panels wide
+    pngs = sorted(p.relative_to(figs).as_posix() for p in figs.rglob("*.png"))
+    assert pngs == ["a_att.png", "b_att.png", "d_att.png", "sub/c_att.png"]
+    with Image.open(figs / "a_att.png") as im:
+        assert im.format == "PNG" and im.size[0] > 3 * im.size[1]
+    assert grid.is_file()
+
+
+def test_figure_axes_one_panel_per_step(env, predictor):
+    from amnet import viz
+    r = predictor.predict(env["images"] / "b.png")
+    fig = viz.attention_figure(Image.open(env["images"] / "b.png"), r.attention, r.step_scores,
+                               r.score, gt=0.5, size=predictor.image_size)
+    try:
+        assert len(fig.axes) == STEPS + 1
+        assert [ax.get_xlabel() for ax in fig.axes][1:] == [
+            f"step {t + 1}: {v:.3f}" for t, v in enumerate(r.step_scores)]
+    finally:
+        plt.close(fig)
+
+
+def test_list_file_gt_and_on_error_fail(env, tmp_path):
+    lst = env["images"] / "list.txt"
+    lst.write_text("a.jpg 0.8\nsub/c.jpg 0.6\nmissing.jpg 0.7\n")
+    out = tmp_path / "s.csv"
+    h1 = str(env["heads"]["h1"])
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", h1, str(lst), "--out", str(out),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    rows = _read_csv(out)
+    assert list(rows[0].keys()) == ["path", "score", "gt", "step_1", "step_2", "step_3",
+                                    "score_head", "error"]
+    assert [r["gt"] for r in rows] == ["0.800000", "0.600000", "0.700000"]
+    assert rows[2]["score"] == "" and "missing.jpg" in rows[2]["error"]
+
+    out2 = tmp_path / "fail.csv"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", h1, str(env["images"]),
+                                    "--out", str(out2), "--on-error", "fail"])
+    assert res.exit_code == 1 and "bad.jpg" in res.output
+    assert not out2.exists() and not list(tmp_path.glob("*.partial"))
+    lst.unlink()
+
+
+# ---- cached path -------------------------------------------------------------------------------
+
+def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
+    from amnet.cache import FeatureCache, extract
+    from amnet.predict import InputItem, predict_cached
+    good = ["a.jpg", "b.png", "d.jpg", "sub/c.jpg"]
+    cache = tmp_path / "feat.h5"
+    extract([(n, env["images"] / n) for n in good], cache, weights="random:0", image_size=SIZE,
+            device="cpu", batch_size=2, progress=False, precision="fp32")
+    e2e = predictor.predict([env["images"] / n for n in good])
+    fc = FeatureCache(cache)
+    try:
+        cached = list(predict_cached(predictor, fc, [InputItem(n, None) for n in good + ["zz.jpg"]],
+                                     progress=False))
+    finally:
+        fc.close()
+    assert cached[-1].error and cached[-1].score is None
+    got = np.array([c.score for c in cached[:-1]])
+    np.testing.assert_allclose(got, e2e.score, atol=2e-3)  # fp16 features: ~1e-3 at most
+    np.testing.assert_allclose(np.stack([c.attention for c in cached[:-1]]), e2e.attention,
+                               atol=2e-3)
+
+    # CLI: all names of the cache, no images needed (figures when --images-root has them)
+    out = tmp_path / "c.csv"
+    h = env["heads"]
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h["h1"]), "--checkpoint",
+                                    str(h["h2"]), "--cache", str(cache), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = _read_csv(out)
+    assert sorted(r["path"] for r in rows) == sorted(good)
+    by_name = {r["path"]: float(r["score"]) for r in rows}
+    for n, s in zip(good, e2e.score):
+        assert by_name[n] == pytest.approx(s, abs=2e-3)
+    # a list file restricts the names and brings ground truth
+    lst = tmp_path / "names.txt"
+    lst.write_text("d.jpg 0.5\nnot-cached.jpg 0.4\n")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h["h1"]), "--cache", str(cache),
+                                    str(lst), "--images-root", str(env["images"]), "--out",
+                                    str(out), "--attention-maps", str(tmp_path / "att")])
+    assert res.exit_code == 0, res.output
+    rows = _read_csv(out)
+    assert [(r["path"], r["gt"]) for r in rows] == [("d.jpg", "0.500000"),
+                                                     ("not-cached.jpg", "0.400000")]
+    assert rows[1]["score"] == "" and "not in the feature cache" in rows[1]["error"]
+    assert [p.name for p in (tmp_path / "att").glob("*.png")] == ["d_att.png"]
+
+    # the cache's backbone must be the checkpoint's
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h["other"]), "--cache",
+                                    str(cache), "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 1 and "cache" in res.output.lower()
+
+
+def test_cache_provenance_check_unit(env):
+    from amnet.predict import check_cache_provenance
+    prov = env["prov0"]
+    attrs = {"backbone": prov["arch"], "layer": "layer3", "weights_sha256": prov["weights_sha256"],
+             "image_size": np.int64(SIZE), "mean": np.array(prov["mean"] or []),
+             "std": np.array(prov["std"] or [])}
+    check_cache_provenance(attrs, prov, Path("c.h5"), Path("h.pt"))
+    with pytest.raises(CacheError, match="image_size"):
+        check_cache_provenance(dict(attrs, image_size=224), prov, Path("c.h5"), Path("h.pt"))
+    assert issubclass(CacheError, AmnetError)
