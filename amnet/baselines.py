@@ -151,7 +151,7 @@ class ResMemScorer:
     `model`/`transform` default to the wheel's own (`resmem.ResMem(pretrained=True)`, whose
     constructor reads the bundled model.pt without any download, and `resmem.transformer`);
     tests pass tiny stand-ins. `precision`: "fp32" (the package's own numerics) or "bf16"
-    (autocast + channels-last, ~4x faster on CPUs with AVX512-BF16; rho changes by ~1e-3).
+    (autocast; faster on GPUs and on CPUs with AVX512-BF16, scores change slightly).
     """
 
     def __init__(self, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32,
@@ -167,9 +167,8 @@ class ResMemScorer:
 
             model = model if model is not None else resmem.ResMem(pretrained=True)
             transform = transform if transform is not None else resmem.transformer
+        # no channels-last: the wheel's forward does `.view(-1, 9216)` on a conv output
         self.model = model.eval().to(self.device)
-        if precision == "bf16":
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.transform = transform
 
     def score(self, paths: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None
@@ -183,8 +182,6 @@ class ResMemScorer:
         for i in range(0, len(paths), self.batch_size):
             x = torch.stack([self.transform(open_image_rgb(p)) for p in paths[i:i + self.batch_size]])
             x = x.to(self.device)
-            if self.precision == "bf16":
-                x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                         enabled=self.precision == "bf16"):
                 y = self.model(x)
@@ -217,7 +214,7 @@ class ResMemScorer:
             for i in range(0, len(todo), flush_every):
                 part = todo[i:i + flush_every]
                 scores = self.score([p for _, p in part])
-                w.writerows([n, f"{s:.8f}"] for (n, _), s in zip(part, scores))
+                w.writerows([n, repr(float(s))] for (n, _), s in zip(part, scores))  # exact round trip
                 f.flush()
                 have.update({n: float(s) for (n, _), s in zip(part, scores)})
                 if log is not None:

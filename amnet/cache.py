@@ -146,7 +146,11 @@ def open_existing(path: Path, mode: str = "r") -> h5py.File:
     except FileNotFoundError:
         raise CacheError(f"{path}: feature cache not found") from None
     except OSError as e:
-        raise CacheError(f"{path}: not a readable HDF5 feature cache ({str(e).splitlines()[0]}); "
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "lock" in msg.lower():
+            raise CacheError(f"{path}: in use by another process (an extraction still running?); "
+                             f"wait for it or stop it ({msg})") from None
+        raise CacheError(f"{path}: not a readable HDF5 feature cache ({msg}); "
                          "delete it or pass --overwrite") from None
     if f.attrs.get("format") not in (FORMAT, FORMAT.encode()) or "features" not in f:
         f.close()

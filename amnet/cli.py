@@ -61,27 +61,28 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default="auto", show_default=True,
-              help="Decoding processes (0 = in the main process); auto: 8 on CUDA, 1 on CPU.")
+              help="Decoding processes (0 = in the main process); auto: cores - 1 (at most 16) "
+              "on CUDA, 1 on CPU.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A bad image: stop (keeping what was extracted) or record it and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with other settings.")
 @click.option("--shard", help="I/N: extract items I, I+N, ... (under torchrun: RANK/WORLD_SIZE).")
 @click.option("--precision", type=click.Choice(["mixed", "bf16", "fp32"]), default="mixed",
-              show_default=True, help="mixed: conv1..layer2 fp32, layer3 bf16 (<1% error).")
+              show_default=True,
+              help="mixed: conv1..layer2 fp32, layer3 bf16 (~1% from fp32; bf16: 3-6%).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def cache_extract(images, out, images_root, weights, image_size, flip, device, batch_size,
                   workers, on_error, overwrite, shard, precision, quiet) -> None:
     """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
     with _CacheErrors():
-        import os
         from amnet.backbone import resolve_device
         from amnet.errors import ImageError
-        from amnet.extract import extract
+        from amnet.extract import auto_workers, extract
         from amnet.images import collect_images
         items = collect_images(images, images_root)
         if workers == "auto":
-            n_workers = min(8, os.cpu_count() or 1) if resolve_device(device).type == "cuda" else 1
+            n_workers = auto_workers(resolve_device(device))
         else:
             try:
                 n_workers = int(workers)

@@ -62,6 +62,14 @@ def grid_for(size: int) -> tuple[int, int]:
     return h, h
 
 
+def auto_workers(device: torch.device) -> int:
+    """Decoding workers: on CUDA decoding is the bottleneck (~130 img/s per core vs 16k img/s of
+    trunk), so all cores but the writer's; on CPU the trunk is (~40 img/s), one worker suffices."""
+    if device.type == "cuda":
+        return max(1, min(16, (os.cpu_count() or 2) - 1))
+    return 1
+
+
 def shard_from_env() -> tuple[int, int] | None:
     """(RANK, WORLD_SIZE) under torchrun (WORLD_SIZE > 1), else None."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -158,6 +166,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
         raise CacheError("duplicate image names in the input list")
 
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape for the whole run
     trunk, spec = load_backbone(weights, precision)
     grid = grid_for(image_size)
     attrs = C.settings_attrs(spec, image_size, flip, channels=1024, grid=grid)
@@ -228,7 +238,8 @@ def _run(f, trunk, spec, dev, paths, names, rows, size, flip, batch_size, worker
             bar.update(len(idx) + len(fails))
             if kill_after and batches >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if batches % FLUSH_EVERY_BATCHES == 0 or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
+            if (batches % FLUSH_EVERY_BATCHES == 0
+                    or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS):
                 f.flush()
                 last_flush = time.perf_counter()
     finally:

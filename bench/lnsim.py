@@ -198,6 +198,17 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args) -> dict:
         {"seconds": 0.0, "extracted": 0, "device": None}
     images = work / "data" / "images"
     items = [(n, images / n) for n in names]
+    if path.exists():
+        # read-only check first: a complete cache is used without loading the backbone, and
+        # without the writer's r+ open, which HDF5's locking refuses while another run reads it
+        from amnet.cache import FeatureCache
+        with FeatureCache(path) as c:
+            ready = (c.complete and c.has_flip and c.names == names
+                     and c.attrs.get("weights_id") == backbone and c.attrs.get("image_size") == 224)
+        if ready:
+            log(f"extract: {backbone}: {path} is complete, reused")
+            return {**timing, "path": str(path), "images": len(items),
+                    "images_per_s": timing["extracted"] / timing["seconds"] if timing["seconds"] else None}
     log(f"extract: {backbone} -> {path} ({len(items)} images + flip views)")
     s = extract(items, path, weights=backbone, image_size=224, flip=True, device=args.device,
                 batch_size=args.extract_batch, workers=args.workers, on_error="fail",
@@ -237,30 +248,30 @@ def pooled(work: Path, backbone: str, names: list[str]) -> tuple[dict[str, int],
 
 
 def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float], dict]:
-    """Every image scored once by the published ResMem model (CSV in work, resumable)."""
+    """`names` scored once each by the published ResMem model (CSV in work, resumable)."""
     from amnet.baselines import ResMemScorer
 
     csv_path = work / f"resmem_scores_{args.resmem_precision}.csv"
     timing_path = csv_path.with_suffix(".timing.json")
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seconds": 0.0, "scored": 0}
-    have_n = 0
+    have: dict[str, float] = {}
     if csv_path.exists():
-        have_n = sum(1 for _ in open(csv_path)) - 1
-    if have_n >= len(names):
         import csv
         with open(csv_path, newline="") as f:
-            scores = {r["name"]: float(r["score"]) for r in csv.DictReader(f)}
-        if all(n in scores for n in names):
-            return scores, timing
-    log(f"resmem: scoring {len(names) - max(have_n, 0)} images with the published model "
-        f"({args.resmem_precision}, {args.device})")
+            have = {r["name"]: float(r["score"]) for r in csv.DictReader(f)}
+    if all(n in have for n in names):
+        return have, timing
+    log(f"resmem: {len(set(names) - have)} of {len(names)} images to score with the published "
+        f"model ({args.resmem_precision}, {args.device})")
     scorer = ResMemScorer(device=args.device, precision=args.resmem_precision,
                           batch_size=args.extract_batch)
     images = work / "data" / "images"
     t0 = time.perf_counter()
+    n_before = len(have)
     scores = scorer.score_cached([(n, images / n) for n in names], csv_path, log=log)
-    timing["seconds"] += time.perf_counter() - t0
-    timing["scored"] = len(scores)
+    if len(scores) > n_before:
+        timing["seconds"] += time.perf_counter() - t0
+        timing["scored"] = timing.get("scored", 0) + len(scores) - n_before
     timing["precision"] = args.resmem_precision
     write_json(timing_path, timing)
     return scores, timing
@@ -451,6 +462,9 @@ def write_table(results: dict, path: Path) -> str:
         lines.append(f"| ResMem zero-shot scoring ({t.get('precision', '?')}) | {t['scored']} | "
                      f"{t['seconds']:.0f} | {ips} |")
     lines += ["", *results.get("notes", [])]
+    notes = results.get("notes_file")
+    if notes and Path(notes).is_file():  # findings written by hand, kept across re-runs
+        lines += ["", Path(notes).read_text().strip()]
     text = "\n".join(lines).rstrip() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -473,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the LNSIM folder")
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    ap.add_argument("--notes", type=Path, default=Path("bench/lnsim-notes.md"),
+                    help="markdown appended to the table when it exists (findings by hand)")
+    ap.add_argument("--results", default="results",
+                    help="name of the JSON (and markdown copy) in --work; use another for side runs")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--amp", default="auto", help="AMNet autocast: auto (bf16 on CUDA), bf16, off")
     ap.add_argument("--resmem-precision", default="fp32", choices=("fp32", "bf16"))
@@ -482,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.chdir(ROOT)  # relative defaults are relative to the project root
+    import logging
+    logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("amnet.train").setLevel(logging.INFO)  # one line per epoch
     data_root = args.data
     if not (data_root / "Image_data").is_dir() or not (data_root / "Random_splits").is_dir():
         print(f"lnsim: skipped: LNSIM not found at {data_root.resolve()} (expected Image_data/ "
@@ -524,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                      "prepare": {**PREP, "source": info.get("source")},
                      "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                      "amnet": amnet.__version__},
-        "extract": {}, "pool_seconds": {}, "models": {},
+        "extract": {}, "pool_seconds": {}, "models": {}, "notes_file": str(args.notes),
         "notes": [
             "Notes: `mean` has no rho (a constant has no ranks). `resmem` is the published "
             "model (resmem 1.1.6 wheel, non-commercial research licence) with its own "
@@ -534,33 +555,45 @@ def main(argv: list[str] | None = None) -> int:
             "ceiling. The full protocol is `python bench/lnsim.py --splits all --epochs 49 "
             "--device cuda` on a machine with the LNSIM folder and both wheels."],
     }
-    results_path = work / "results.json"
+    results_path = work / f"{args.results}.json"
 
-    needs_cache = any(b not in BACKBONE_FREE for _, b, _ in models)
+    # everything expensive is made when first needed, so cheap rows and the first AMNet runs
+    # do not wait for the second backbone or the ResMem scores
     feats: dict[str, Any] = {}
-    if needs_cache:
-        for bb in backbones:
-            results["extract"][bb] = ensure_cache(work, bb, names, args)
-        for bb in backbones:
-            if any(b == "ridge" for _, b, _ in models):
-                feats[bb] = pooled(work, bb, names)
-                results["pool_seconds"][bb] = feats[bb][2]
-    scores = None
-    if any(b == "resmem" for _, b, _ in models):
-        scores, results["resmem_timing"] = resmem_scores(work, names, args)
+    extracted: set[str] = set()
+    scores: dict[str, float] | None = None
 
-    per: dict[str, list[dict]] = {}
+    def need_cache(bb: str) -> None:
+        if bb not in extracted:
+            results["extract"][bb] = ensure_cache(work, bb, names, args)
+            extracted.add(bb)
+
+    def need_feats(bb: str):
+        if bb not in feats:
+            need_cache(bb)
+            feats[bb] = pooled(work, bb, names)
+            results["pool_seconds"][bb] = feats[bb][2]
+        return feats[bb]
+
+    # run order within a split: backbone-free rows, then each backbone's rows, ResMem last
+    model_of = {slug: (base, ov) for slug, base, ov in models}
     entries: list[tuple[str, str, str | None]] = []    # (key, model slug, backbone)
     for slug, base, _ in models:
-        if base in BACKBONE_FREE:
+        if base in BACKBONE_FREE and base != "resmem":
             entries.append((slug, slug, None))
-        else:
-            for bb in (amnet_bbs if base in AMNET_VARIANTS else backbones):
+    for bb in backbones:
+        for slug, base, _ in models:
+            if base not in BACKBONE_FREE and (base not in AMNET_VARIANTS or bb in amnet_bbs):
                 entries.append((f"{slug}@{bb}", slug, bb))
-    model_of = {slug: (base, ov) for slug, base, ov in models}
+    entries += [(slug, slug, None) for slug, base, _ in models if base == "resmem"]
+    # the table lists models in the issue's order, whatever order they ran in
+    table_order = sorted(entries, key=lambda e: (BASE_MODELS.index(model_of[e[1]][0]), e[1],
+                                                 backbones.index(e[2]) if e[2] else -1))
+    per: dict[str, list[dict]] = {}
 
     def publish() -> None:
-        for key, slug, bb in entries:
+        results["models"] = {}
+        for key, slug, bb in table_order:
             rows = per.get(key, [])
             if not rows:
                 continue
@@ -572,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                                if k not in ("fingerprint", "val_curve")} for r in rows]}
         write_json(results_path, results)
         write_table(results, args.table)
-        (work / "lnsim-results.md").write_text(args.table.read_text())
+        (work / f"{args.results}.md").write_text(args.table.read_text())
 
     for k in splits:
         for key, slug, bb in entries:
@@ -582,12 +615,17 @@ def main(argv: list[str] | None = None) -> int:
             elif base == "human":
                 r = run_human(work, k, info, hrs)
             elif base == "resmem":
+                if scores is None:  # the val and test images of the chosen splits, once
+                    needed = sorted({n for kk in splits for part in ("val", "test")
+                                     for n in read_part(work, part, kk)[0]})
+                    scores, results["resmem_timing"] = resmem_scores(work, needed, args)
                 r = run_resmem(work, k, scores)
             elif base == "ridge":
-                r = run_ridge(work, bb, k, feats[bb])
+                r = run_ridge(work, bb, k, need_feats(bb))
                 log(f"{bb}/ridge/split {k}: test rho {r['rho']:.4f}, mse {r['mse']:.5f}, "
                     f"val rho {r['val_rho']:.4f} (alpha {r['alpha']:.3g})")
             else:
+                need_cache(bb)
                 r = run_amnet(work, bb, slug, base, ov, k, args, args.force)
             per.setdefault(key, []).append({"split": k, **r})
             publish()

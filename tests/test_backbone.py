@@ -44,14 +44,10 @@ def test_bn_folding_matches_torchvision_fp32(random0):
     net = torchvision.models.resnet50().eval()
     ref = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
                               net.layer3)
-    trunk, _ = random0
+    trunk, _ = B.load_backbone("random:0", precision="fp32")
     x = torch.randn(2, 3, 64, 64)
-    trunk.precision = "fp32"
-    try:
-        with torch.inference_mode():
-            got, want = trunk(x), ref(x)
-    finally:
-        trunk.precision = "mixed"
+    with torch.inference_mode():
+        got, want = trunk(x), ref(x)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
@@ -63,19 +59,11 @@ def _images(n: int = 2, size: int = 96) -> torch.Tensor:
 
 def test_float16_features_within_1e2_of_fp32(random0):
     """The stored (mixed precision -> float16) features vs a plain fp32 run: < 1e-2 rel. error."""
-    trunk, _ = random0
     x = _images()
-    trunk.precision = "fp32"
-    try:
-        ref = B.features(trunk, x, "cpu")
-    finally:
-        trunk.precision = "mixed"
+    ref = B.features(B.load_backbone("random:0", "fp32")[0], x, "cpu")
     for precision in ("mixed", "bf16"):
-        trunk.precision = precision
-        try:
-            got = B.features(trunk, x, "cpu").half().float()
-        finally:
-            trunk.precision = "mixed"
+        trunk = random0[0] if precision == "mixed" else B.load_backbone("random:0", precision)[0]
+        got = B.features(trunk, x, "cpu").half().float()
         assert torch.isfinite(got).all()
         rel = ((got - ref).norm() / ref.norm()).item()
         assert rel < 1e-2, (precision, rel)

@@ -110,7 +110,7 @@ def reference_forward(sd: dict, img: torch.Tensor, attention: bool = True, steps
 
 
 def _image(seed=1):
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
 
 
 def test_import_matches_reference_forward(tmp_path, published_sd):
@@ -167,7 +167,7 @@ def test_import_noatt_from_path_via_cli(tmp_path, published_sd):
     img = _image(2)
     feats, pred, _, alphas = reference_forward(published_sd, img, attention=False)
     score, _, our_alphas = model.predict(feats)
-    assert torch.equal(our_alphas, torch.full((2, 3, 196), 1 / 196))
+    assert torch.equal(our_alphas, torch.full((1, 3, 196), 1 / 196))
     assert torch.allclose(score.double(), pred, atol=1e-5, rtol=0)
 
 

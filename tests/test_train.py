@@ -36,9 +36,7 @@ def write_cache(path, names, feats, feats_flip=None, sha="ab" * 32):
 
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, weights_sha256=sha)
-    attrs = settings_attrs(spec, 64, feats_flip is not None, feats.shape[1], feats.shape[2:])
-    # plain str: h5py cannot store str subclasses such as torch.__version__ (a TorchVersion)
-    attrs = {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}
+    attrs = settings_attrs(spec, 16 * feats.shape[2], feats_flip is not None, feats.shape[1], feats.shape[2:])
     f = create(path, names, attrs)
     try:
         f["features"][:] = feats.astype(np.float16)
