@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from amnet.errors import WeightsError
+from amnet.errors import AmnetError, WeightsError
 from amnet.images import open_image_rgb  # noqa: F401  (re-exported: part of this module's API)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -291,18 +291,23 @@ def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU."""
+    """"auto" -> CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU; "cpu", "cuda",
+    "cuda:N" as given. AmnetError for a CUDA device where there is none, or an unknown name."""
     import os
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise WeightsError("--device cuda: no CUDA device is available; use --device cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise WeightsError(f"unknown --device {device!r}; use auto, cpu or cuda") from None
+        raise AmnetError(f"unknown --device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AmnetError(f"--device {device}: no CUDA device is available here; "
+                             "use --device cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK",
+                                                          torch.cuda.current_device())))
+    return dev
 
 
 def features(trunk: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:

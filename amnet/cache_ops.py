@@ -157,12 +157,10 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
 
 
 def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str) -> list[int]:
-    import sys
-    from tqdm import tqdm
+    from amnet.extract import progress_bar
     bad: list[int] = []
     rows = np.flatnonzero(done)
-    with tqdm(total=len(rows), unit="img", desc=f"verify {label}",
-              disable=not (progress and sys.stderr.isatty())) as bar:
+    with progress_bar(total=len(rows), desc=f"verify {label}", enabled=progress) as bar:
         for start in range(0, len(done), _BLOCK):
             stop = min(start + _BLOCK, len(done))
             mask = done[start:stop]

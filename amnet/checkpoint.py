@@ -27,7 +27,8 @@ from amnet.errors import WeightsError
 from amnet.model import AMNet, AMNetConfig
 
 FORMAT_VERSION = 1
-BACKBONE_KEYS = ("arch", "layer", "weights_id", "weights_sha256", "image_size", "mean", "std")
+BACKBONE_KEYS = ("arch", "layer", "weights_id", "weights_sha256", "image_size", "mean", "std",
+                 "precision")  # precision: the trunk's bf16 policy, so predict matches the cache
 
 
 def plain(obj: Any) -> Any:

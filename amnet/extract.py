@@ -8,6 +8,7 @@ batches, so a killed run resumes where it stopped (see amnet/cache.py for why th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -84,6 +85,16 @@ def shard_path(out: Path, shard: tuple[int, int]) -> Path:
     return out.with_name(f"{out.stem}.shard{i}of{n}{out.suffix}")
 
 
+def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0):
+    """A tqdm bar in images (rate in img/s, ETA) on stderr; disabled unless stderr is a tty."""
+    from tqdm import tqdm
+    # some ttys (script, docker -t) report 0 x 0, and tqdm then hides the bar
+    cols, rows = shutil.get_terminal_size((100, 24))
+    return tqdm(total=total, initial=initial, unit="img", desc=desc, smoothing=0.05,
+                ncols=cols or 100, nrows=rows or 24,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
 def _runs(idx: Sequence[int]):
     """Consecutive runs of sorted row indices -> (start, stop, offset into idx)."""
     k = 0
@@ -151,6 +162,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     out = Path(out)
     if shard is None and shard_from_env() is not None:
         shard = shard_from_env()
+        out = shard_path(out, shard)  # every rank got the same --out
+    elif shard is not None and ("{i}" in str(out) or "{n}" in str(out)):
         out = shard_path(out, shard)
     total = len(items)
     if shard is not None:
@@ -202,15 +215,13 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
 
 def _run(f, trunk, spec, dev, paths, names, rows, size, flip, batch_size, workers, on_error,
          progress, summary, out) -> None:
-    from tqdm import tqdm
     loader = DataLoader(_Images(paths, rows, size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate,
                         pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
     feats_ds, flip_ds, done_ds = f["features"], f["features_flip"] if flip else None, f["done"]
     kill_after = int(os.environ.get(KILL_HOOK, "0"))
-    bar = tqdm(total=len(names), initial=summary["already"] + summary["failed_total"],
-               unit="img", desc=out.name, dynamic_ncols=True, smoothing=0.05,
-               disable=not (progress and sys.stderr.isatty()))
+    bar = progress_bar(total=len(names), initial=summary["already"] + summary["failed_total"],
+                       desc=out.name, enabled=progress)
     t0 = last_flush = time.perf_counter()
     batches = 0
     try:

@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from amnet.backbone import resolve_device
 from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoint, plain, \
     save_checkpoint, versions
 from amnet.errors import AmnetError, CacheError
@@ -71,16 +72,6 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AmnetError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return dev
-
 
 def _autocast(device: torch.device, amp: str):
     use = (amp == "bf16") or (amp == "auto" and device.type == "cuda")

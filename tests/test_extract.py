@@ -192,7 +192,7 @@ def test_shards_and_merge_equal_single_run(image_dir, tmp_path, fast_backbone, m
             monkeypatch.delenv("RANK")
             monkeypatch.delenv("WORLD_SIZE")
         else:
-            s = extract(items, tmp_path / f"s.shard{i}of3.h5", shard=(i, 3), **kw)
+            s = extract(items, tmp_path / "s.shard{i}of{n}.h5", shard=(i, 3), **kw)
         shards.append(Path(s["out"]))
     assert shards[1] == tmp_path / "s.shard1of3.h5"
     assert [len(FeatureCache(p)) for p in shards] == [4, 4, 3]
