@@ -261,7 +261,7 @@ def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float],
             have = {r["name"]: float(r["score"]) for r in csv.DictReader(f)}
     if all(n in have for n in names):
         return have, timing
-    log(f"resmem: {len(set(names) - have)} of {len(names)} images to score with the published "
+    log(f"resmem: {len(set(names) - set(have))} of {len(names)} images to score with the published "
         f"model ({args.resmem_precision}, {args.device})")
     scorer = ResMemScorer(device=args.device, precision=args.resmem_precision,
                           batch_size=args.extract_batch)
