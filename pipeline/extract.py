@@ -1,4 +1,4 @@
-"""DVC stage `extract` (stage one): ResNet layer3 features of every image of the data set.
+"""DVC stage `extract` (stage one): ResNet layer3 features of every image in data/<dataset>/images.txt.
 
 Writes data/features/<dataset>.h5. It extracts into <dataset>.partial.h5 (not a DVC output, so
 DVC does not delete it before a re-run) and renames it when complete: a run that crashed or was
@@ -10,20 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from amnet.datasets import images_root, load_prepare_info
-from amnet.datasets.splits import PARTS, read_split, split_path
+from amnet.datasets import images_root
+from amnet.datasets.splits import read_name_list
 from amnet.errors import AmnetError, CacheError
 from amnet.extract import extract
-
-
-def image_names(dataset_dir: Path, splits: list[int]) -> list[str]:
-    """Every image named by the data set's split files, sorted (stage one never sees the scores)."""
-    names: set[str] = set()
-    for k in splits:
-        for part in PARTS:
-            names.update(name for name, _ in read_split(split_path(dataset_dir, part, k),
-                                                        score_range=None))
-    return sorted(names)
 
 
 def main() -> None:
@@ -34,9 +24,9 @@ def main() -> None:
     partial = out.with_name(f"{dataset}.partial.h5")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        splits = [int(k) for k in load_prepare_info(dataset_dir)["splits"]]
         images = images_root(dataset_dir)  # the folder, or the source a link pointed to
-        items = [(name, images / name) for name in image_names(dataset_dir, splits)]
+        names = [name for name, _ in read_name_list(dataset_dir / "images.txt")]
+        items = [(name, images / name) for name in names]
 
         def run(overwrite: bool) -> dict:
             return extract(items, partial, weights=backbone["weights"],

@@ -1,13 +1,15 @@
 """DVC stage `prepare`: convert the data set named in params.yaml `data` to the canonical layout.
 
-Writes data/<dataset>/ (splits/{train,val,test}_<k>.txt, prepare.json, images or a link to them).
+Writes data/<dataset>/ (splits/{train,val,test}_<k>.txt, prepare.json, images or a link to them)
+and data/<dataset>/images.txt, the sorted names of every image the splits use: `extract` depends
+on that file alone, so re-drawing splits over the same images never re-runs the backbone.
 """
 import sys
 from pathlib import Path
 
 import yaml
 
-from amnet.datasets import prepare_dataset
+from amnet.datasets import image_names, prepare_dataset
 from amnet.errors import AmnetError
 
 
@@ -35,13 +37,14 @@ def options_for(data: dict) -> dict:
 
 def main() -> None:
     data = yaml.safe_load(Path("params.yaml").read_text())["data"]
+    out = Path("data") / data["dataset"]
     try:
-        record = prepare_dataset(data["dataset"], Path("data") / data["dataset"],
-                                 **options_for(data))
+        record = prepare_dataset(data["dataset"], out, **options_for(data))
+        (out / "images.txt").write_text("".join(f"{n}\n" for n in image_names(out)))
     except AmnetError as e:
         sys.exit(f"prepare: {e}")
     counts = record["counts"]
-    print(f"prepare: {data['dataset']} -> data/{data['dataset']}, splits "
+    print(f"prepare: {data['dataset']} -> {out}, splits "
           + ", ".join(f"{k}: {c['train']}/{c['val']}/{c['test']}" for k, c in counts.items())
           + " (train/val/test)")
 

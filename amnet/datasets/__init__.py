@@ -160,6 +160,18 @@ def images_root(dataset_dir: str | Path) -> Path:
                      "run the prepare stage again (dvc repro -f prepare)")
 
 
+def image_names(dataset_dir: str | Path) -> list[str]:
+    """Every image named by a prepared data set's split files, sorted: what stage one extracts
+    (it needs the names only, never the scores)."""
+    names: set[str] = set()
+    for k in load_prepare_info(dataset_dir)["splits"]:
+        for part in PARTS:
+            path = split_path(dataset_dir, part, int(k))
+            if path.is_file():
+                names.update(name for name, _ in read_split(path, score_range=None))
+    return sorted(names)
+
+
 def read_dataset_split(dataset_dir: str | Path, part: str, k: int, *,
                        check_images: bool = True) -> list[tuple[str, float]]:
     """Read `part` of split `k` of a prepared data set with the score range it declared."""
