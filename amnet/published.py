@@ -35,6 +35,7 @@ import torch
 from amnet.checkpoint import make_checkpoint, save_checkpoint
 from amnet.errors import WeightsError
 from amnet.model import AMNet, AMNetConfig
+from amnet.provenance import file_sha256
 
 BACKBONE_PREFIX = "core_cnn.core_cnn."
 HEAD_LAYERS = ("inconv", "bn1", "hs1", "hc1", "e1", "eh1", "eh3", "rnn", "regnet1", "regnet4")
@@ -43,12 +44,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # bottleneck blocks in layer3 -> torchvision architecture
 LAYER3_BLOCKS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}
-
-
-def _sha256(path: Path) -> str:
-    from amnet.train import file_sha256
-
-    return file_sha256(path)
 
 
 def _load_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
@@ -147,7 +142,7 @@ def import_weights(src: str | os.PathLike, out_dir: str | os.PathLike, *, lstm_s
     Returns the provenance record also written to OUTDIR/import.json.
     """
     src, out = Path(src), Path(out_dir)
-    sha = _sha256(src) if src.is_file() else None
+    sha = file_sha256(src) if src.is_file() else None
     sd = _load_state_dict(src, trust_pickle)
     trunk, head, arch = split_state_dict(sd, src)
 

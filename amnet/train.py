@@ -23,7 +23,6 @@ Differences from the original (spec section 8), on purpose:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoi
 from amnet.errors import CacheError
 from amnet.metrics import finite_or_none, mse, spearman
 from amnet.model import AMNet, AMNetConfig, amnet_loss
+from amnet.provenance import file_sha256
 
 log = logging.getLogger("amnet.train")
 
@@ -87,14 +87,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _available_ram() -> int:

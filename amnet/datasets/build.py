@@ -1,5 +1,5 @@
 """Machinery the converters share: a staging folder swapped in at the end, image links, seeded
-random splits, file hashes and version stamps.
+random splits and version stamps (file hashes: amnet.provenance).
 
 Why a staging folder: a failed or interrupted `prepare` must never leave a half-built data set
 in place of a good one. Converters write into `<parent>/.<name>.prepare-<pid>/`; only when every
@@ -8,7 +8,6 @@ moved aside first and deleted only after the new one is in place).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
@@ -202,14 +201,6 @@ def parse_score_range(score_range) -> tuple[float, float] | None:
     if not low < high:
         raise AmnetError(f"score_range must have low < high, not {[low, high]}")
     return low, high
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def versions(*extra: str) -> dict[str, str]:

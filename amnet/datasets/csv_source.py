@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from amnet.datasets import build
 from amnet.datasets.splits import RootChecker, check_name
 from amnet.errors import AmnetError, SplitError
+from amnet.provenance import file_sha256
 
 PATH_COLUMNS = ("path", "image", "file", "filename", "name")
 SCORE_COLUMNS = ("score", "label", "target", "value")
@@ -144,6 +145,6 @@ def convert(stage: Path, *, path: str | Path, splits: int | Sequence[int] | None
         how = "random: numpy.random.default_rng([seed, k]) shuffles rows by fractions"
     source = build.link_images(stage, root, link,
                                names=None if link == "symlink" else [n for n, _ in items])
-    return {"source": str(Path(os.path.realpath(path))), "source_sha256": build.sha256_file(path),
+    return {"source": str(Path(os.path.realpath(path))), "source_sha256": file_sha256(path),
             "images_source": str(source), "splits": ks, "seed": int(seed), "assignment": how,
             "options": {"fractions": [float(f) for f in fractions], "link": link}}

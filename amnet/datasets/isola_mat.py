@@ -26,6 +26,7 @@ import numpy as np
 from amnet.datasets import build
 from amnet.datasets.splits import RootChecker
 from amnet.errors import AmnetError
+from amnet.provenance import file_sha256
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -139,7 +140,7 @@ def convert(stage: Path, *, root: str | Path, splits: int | Sequence[int] | None
                 "rng": "numpy.random.default_rng([seed, k, 1]).permutation"},
         "halves": {"rng": "numpy.random.default_rng([seed, k]).permutation(N); "
                           "first N//2 train, rest test"},
-        "score_files": {p.name: build.sha256_file(p) for p in paths},
+        "score_files": {p.name: file_sha256(p) for p in paths},
         "human_consistency": {"per_split": human, "mean": round(float(rhos.mean()), 6),
                               "sd": round(float(rhos.std(ddof=1)) if len(rhos) > 1 else 0.0, 6),
                               "measure": "spearman(hrs1, hrs2) on each test half"},

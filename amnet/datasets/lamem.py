@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from amnet.datasets import build
 from amnet.datasets.splits import RootChecker, read_split
 from amnet.errors import AmnetError
+from amnet.provenance import file_sha256
 
 LAMEM_URL = "http://memorability.csail.mit.edu/lamem.tar.gz"
 DOWNLOAD_PAGE = "http://memorability.csail.mit.edu/download.html"
@@ -160,7 +161,7 @@ def fetch(url: str, dest: str | Path, *, expected_size: int | None = None,
         dest.unlink()
         raise AmnetError(f"{dest} has {size} bytes, expected {expected_size}: removed it; "
                          "run again, or check expected_size")
-    digest = build.sha256_file(dest)
+    digest = file_sha256(dest)
     if sha256 is not None and digest.lower() != sha256.lower():
         dest.unlink()
         raise AmnetError(f"{dest} has sha256 {digest}, expected {sha256}: removed it; run again")
