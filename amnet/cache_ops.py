@@ -157,7 +157,7 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
 
 
 def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str) -> list[int]:
-    from amnet.extract import progress_bar
+    from amnet.progress import progress_bar
     bad: list[int] = []
     rows = np.flatnonzero(done)
     with progress_bar(total=len(rows), desc=f"verify {label}", enabled=progress) as bar:

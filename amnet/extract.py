@@ -8,9 +8,7 @@ batches, so a killed run resumes where it stopped (see amnet/cache.py for why th
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from amnet import cache as C
+from amnet.progress import progress_bar
 from amnet.backbone import features, load_backbone, normalize_uint8, resolve_device
 from amnet.errors import CacheError, ImageError
 from amnet.images import load_resized_uint8
@@ -83,16 +82,6 @@ def shard_path(out: Path, shard: tuple[int, int]) -> Path:
     if "{i}" in str(out) or "{n}" in str(out):
         return Path(str(out).replace("{i}", str(i)).replace("{n}", str(n)))
     return out.with_name(f"{out.stem}.shard{i}of{n}{out.suffix}")
-
-
-def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0):
-    """A tqdm bar in images (rate in img/s, ETA) on stderr; disabled unless stderr is a tty."""
-    from tqdm import tqdm
-    # some ttys (script, docker -t) report 0 x 0, and tqdm then hides the bar
-    cols, rows = shutil.get_terminal_size((100, 24))
-    return tqdm(total=total, initial=initial, unit="img", desc=desc, smoothing=0.05,
-                ncols=cols or 100, nrows=rows or 24,
-                disable=not (enabled and sys.stderr.isatty()))
 
 
 def _runs(idx: Sequence[int]):

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from amnet.errors import AmnetError, CacheError, ImageError, WeightsError
+from amnet.progress import progress_bar
 
 LIST_EXTS = {".txt", ".lst", ".list"}
 # provenance fields every checkpoint of one run must share (weights_id may differ when the
@@ -376,12 +377,6 @@ def _collate(batch):
     return batch
 
 
-def _progress(total: int, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-    # disable=None: off when stderr is not a terminal (CI, pipes, logs)
-    return tqdm(total=total, unit="img", desc=desc, disable=None if progress else True)
-
-
 def _fill(results: list[ItemResult], pred: Prediction) -> None:
     for j, r in enumerate(results):
         r.score = float(pred.score[j])
@@ -399,7 +394,7 @@ def predict_items(predictor: Predictor, items: list[InputItem], *, batch_size: i
     data = _Images(items, predictor.image_size, keep_images)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
                                          collate_fn=_collate)
-    with _progress(len(items), progress, "predict") as bar:
+    with progress_bar(len(items), "predict", enabled=progress) as bar:
         for batch in loader:
             results, xs = [], []
             for i, x, disp, err in batch:
@@ -433,7 +428,7 @@ def predict_cached(predictor: Predictor, cache: Any, items: list[InputItem], *,
     if missing and on_error == "fail":
         raise CacheError(f"{cache.path if hasattr(cache, 'path') else 'cache'}: "
                          f"{len(missing)} names not in the cache, e.g. {sorted(missing)[0]!r}")
-    with _progress(len(items), progress, "predict (cache)") as bar:
+    with progress_bar(len(items), "predict (cache)", enabled=progress) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             results = [ItemResult(it, error=_cache_reason(cache, it.name) if it.name in missing

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoi
 from amnet.errors import CacheError
 from amnet.metrics import finite_or_none, mse, spearman
 from amnet.model import AMNet, AMNetConfig, amnet_loss
+from amnet.progress import progress_bar
 from amnet.provenance import file_sha256
 
 log = logging.getLogger("amnet.train")
@@ -67,7 +67,7 @@ class TrainConfig:
     holdout: float = 0.1            # fraction of train used for selection when there is no val split
     score_min: float = 0.0          # allowed score range in split files
     score_max: float = 1.0
-    progress: bool | None = None    # None = when stderr is a terminal
+    progress: bool | None = None    # False = off; else shown when stderr is a terminal (not in CI)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,12 +101,6 @@ def _available_ram() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
-
-
-def _progress_enabled(flag: bool | None) -> bool:
-    if flag is not None:
-        return flag
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def _open_cache(path: str | os.PathLike):
@@ -406,16 +400,13 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
         train = splits["train"]
         targets = torch.as_tensor(train.scores, dtype=torch.float32, device=device)
 
-        show = _progress_enabled(cfg.progress)
         history: list[dict[str, Any]] = []
         best: tuple[float, int, dict, dict] | None = None   # (key, epoch, state, metrics)
-        from tqdm.auto import tqdm
-
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             n_seen = (len(train) // min(cfg.batch_size, len(train))) * min(cfg.batch_size, len(train))
-            bar = tqdm(total=n_seen, desc=f"epoch {epoch}/{cfg.epochs}", unit="img",
-                       leave=False, disable=not show)
+            bar = progress_bar(n_seen, f"epoch {epoch}/{cfg.epochs}",
+                               enabled=cfg.progress is not False, leave=False)
             loss = _train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, bar)
             bar.close()
             row: dict[str, Any] = {"epoch": epoch, "train_loss": loss}

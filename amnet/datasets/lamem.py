@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 from amnet.datasets import build
 from amnet.datasets.splits import RootChecker, read_split
 from amnet.errors import AmnetError
+from amnet.progress import progress_bar
 from amnet.provenance import file_sha256
 
 LAMEM_URL = "http://memorability.csail.mit.edu/lamem.tar.gz"
@@ -57,16 +57,6 @@ def _hand_message(url: str, root: Path) -> str:
     return (f"download {ARCHIVE_NAME} by hand from {DOWNLOAD_PAGE} ({url}) and either put it at "
             f"{root / ARCHIVE_NAME} or unpack it so that {root}/images/ and "
             f"{root}/splits/train_1.txt exist, then run prepare again")
-
-
-def _progress(total: int | None, initial: int, label: str):
-    show = sys.stderr.isatty() and not os.environ.get("CI")
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=label,
-                disable=not show)
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -106,16 +96,14 @@ def _attempt(url: str, part: Path, timeout: float) -> int | None:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             offset, mode = 0, "wb"
-        bar = _progress(total, offset, ARCHIVE_NAME)
+        bar = progress_bar(total, ARCHIVE_NAME, initial=offset, unit="B", unit_scale=True)
         try:
             with open(part, mode) as f:
                 while block := resp.read(_CHUNK):
                     f.write(block)
-                    if bar is not None:
-                        bar.update(len(block))
+                    bar.update(len(block))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     return total
 
 
