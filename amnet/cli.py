@@ -67,16 +67,17 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="A bad image: stop (keeping what was extracted) or record it and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with other settings.")
 @click.option("--shard", help="I/N: extract items I, I+N, ... (under torchrun: RANK/WORLD_SIZE).")
-@click.option("--precision", type=click.Choice(["mixed", "bf16", "fp32"]), default="mixed",
+@click.option("--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
               show_default=True,
-              help="mixed: conv1..layer2 fp32, layer3 bf16 (~1% from fp32; bf16: 3-6%).")
+              help="auto: mixed where bf16 is native (AMX/AVX512-BF16 CPU, CUDA), else fp32. "
+              "mixed: conv1..layer2 fp32, layer3 bf16 (~1% from fp32; bf16: 3-6%).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def cache_extract(images, out, images_root, weights, image_size, flip, device, batch_size,
                   workers, on_error, overwrite, shard, precision, quiet) -> None:
     """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
     with _CacheErrors():
-        from amnet.backbone import resolve_device
+        from amnet.device import resolve_device
         from amnet.errors import ImageError
         from amnet.extract import auto_workers, extract
         from amnet.images import collect_images
@@ -104,7 +105,8 @@ def cache_extract(images, out, images_root, weights, image_size, flip, device, b
         click.echo(f"{s['out']}: already complete ({s['already']} images); nothing to do", err=True)
         return
     click.echo(f"{s['out']}: extracted {s['extracted']} images in {s['seconds']:.1f} s "
-               f"({s['images_per_s']:.1f} img/s on {s['device']}), {s['already']} already there, "
+               f"({s['images_per_s']:.1f} img/s on {s['device']}, precision {s['precision']}, "
+               f"{s['threads']} threads, {s['workers']} workers), {s['already']} already there, "
                f"{s['skipped']} skipped now, {s['failed_total']} failed in total; "
                f"{'complete' if s['complete'] else 'INCOMPLETE'}", err=True)
 
@@ -185,8 +187,9 @@ def _stage2_logging(quiet: bool) -> None:
 @click.option("--gamma", default=1e-5, show_default=True, type=float, help="Attention-loss weight.")
 @click.option("--seed", default=12345, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on CUDA only.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
+              show_default=True, help="Head numerics. auto: bf16 autocast where bf16 is native "
+              "(AMX/AVX512-BF16 CPU, CUDA), else fp32.")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Use the cache's flipped features (when it has them) as augmentation.")
 @click.option("--preload", type=click.Choice(["auto", "device", "ram", "lazy"]), default="auto",
@@ -207,7 +210,7 @@ def _stage2_logging(quiet: bool) -> None:
 @click.option("--target-scale", default=2.0, show_default=True, type=float)
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch log lines or progress bars.")
 def train_cmd(cache, train_file, val_file, test_file, out, epochs, batch_size, eval_batch_size, lr,
-              weight_decay, gamma, seed, device, amp, flip, preload, workers, holdout, lstm_steps,
+              weight_decay, gamma, seed, device, precision, flip, preload, workers, holdout, lstm_steps,
               attention, hidden_dim, feature_dim, regressor_dim, feature_dropout, dropout,
               target_mean, target_scale, quiet) -> None:
     """Train the AMNet head on one split of cached features; evaluate the best epoch on --test."""
@@ -224,13 +227,13 @@ def train_cmd(cache, train_file, val_file, test_file, out, epochs, batch_size, e
                          lstm_steps=lstm_steps, use_attention=attention, feature_dropout=feature_dropout,
                          dropout=dropout, target_mean=target_mean, target_scale=target_scale)
         tc = TrainConfig(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
-                         weight_decay=weight_decay, gamma=gamma, seed=seed, device=device, amp=amp,
+                         weight_decay=weight_decay, gamma=gamma, seed=seed, device=device, precision=precision,
                          flip=flip, preload=preload, workers=workers, holdout=holdout,
                          progress=False if quiet else None)
         m = train_split(cache, train_file, val_file, test_file, out, mc, tc)
     except AmnetError as e:
         raise click.ClickException(str(e)) from e
-    keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "seconds")
+    keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))
 
 
@@ -246,7 +249,9 @@ def train_cmd(cache, train_file, val_file, test_file, out, epochs, batch_size, e
 @click.option("--batch-size", default=370, show_default=True, type=click.IntRange(min=1))
 @click.option("--preload", type=click.Choice(["auto", "device", "ram", "lazy"]), default="auto",
               show_default=True)
-def evaluate_cmd(checkpoint, cache, split_file, out, device, batch_size, preload) -> None:
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
+              show_default=True, help="auto: bf16 autocast where bf16 is native, else fp32.")
+def evaluate_cmd(checkpoint, cache, split_file, out, device, batch_size, preload, precision) -> None:
     """Score a split with a trained head (no training); prints rho, mse and n as JSON."""
     import json
 
@@ -257,10 +262,10 @@ def evaluate_cmd(checkpoint, cache, split_file, out, device, batch_size, preload
         from amnet.train import evaluate
 
         m, _ = evaluate(checkpoint, cache, split_file, device=device, batch_size=batch_size,
-                        preload=preload, out_dir=out)
+                        preload=preload, precision=precision, out_dir=out)
     except AmnetError as e:
         raise click.ClickException(str(e)) from e
-    click.echo(json.dumps({k: m[k] for k in ("rho", "mse", "n", "best_epoch") if k in m}))
+    click.echo(json.dumps({k: m[k] for k in ("rho", "mse", "n", "best_epoch", "precision") if k in m}))
 
 
 @main.command("import-weights")
@@ -336,8 +341,14 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Write one attention figure per image (<name>_att.png) into this folder.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a contact sheet of all images, most to least memorable (PNG).")
+@click.option("--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
+              show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
+              "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+@click.option("--match-cache", is_flag=True,
+              help="Run the backbone as the checkpoint's cache was made (its precision, features "
+              "rounded to float16), so scores equal those of the cached features.")
 def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, on_error, cache,
-                images_root, attention_maps, grid) -> None:
+                images_root, attention_maps, grid, precision, match_cache) -> None:
     from amnet.errors import AmnetError
 
     try:
@@ -359,7 +370,8 @@ def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, 
                 raise click.UsageError("give IMAGES (files, folders, list files) or --cache")
             items = P.collect_inputs(images, images_root)
         predictor = P.Predictor.from_checkpoint(list(checkpoints), device, weights=weights,
-                                                backbone=cache is None, batch_size=batch_size)
+                                                backbone=cache is None, batch_size=batch_size,
+                                                precision=precision, match_cache=match_cache)
         counts = P.write_predictions(predictor, items, out, cache=cache, batch_size=batch_size,
                                      workers=workers, on_error=on_error,
                                      attention_maps=attention_maps, grid=grid)

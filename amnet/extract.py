@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from amnet import cache as C
 from amnet.progress import progress_bar
-from amnet.backbone import features, load_backbone, normalize_uint8, resolve_device
+from amnet.backbone import features, load_backbone, normalize_uint8
+from amnet.device import resolve_device, set_compute_threads
 from amnet.errors import CacheError, ImageError
 from amnet.images import load_resized_uint8
 
@@ -136,11 +137,14 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
             image_size: int = 224, flip: bool = False, device: str = "auto",
             batch_size: int = 32, workers: int = 0, on_error: str = "fail",
             overwrite: bool = False, shard: tuple[int, int] | None = None,
-            progress: bool = True, precision: str = "mixed", source: str | None = None) -> dict:
+            progress: bool = True, precision: str = "auto", source: str | None = None,
+            backbone: tuple | None = None) -> dict:
     """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
 
     shard (i, n): only items i, i+n, i+2n, ... (under torchrun, (RANK, WORLD_SIZE) by default,
     with `out` renamed by `shard_path`). Returns a summary dict (counts, seconds, images/s).
+    backbone: an already loaded `(trunk, spec)` from `load_backbone(weights, precision, device)`
+    (benchmarks and tests reuse one; `weights`/`precision` must be what it was loaded with).
     Raises ImageError (on_error="fail", after flushing everything extracted so far),
     CacheError (a file made with other settings or for other images), WeightsError.
     """
@@ -170,7 +174,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
-    trunk, spec = load_backbone(weights, precision)
+    threads = set_compute_threads(dev, workers)
+    trunk, spec = backbone or load_backbone(weights, precision, dev)  # "auto" resolved for dev
     grid = grid_for(image_size)
     attrs = C.settings_attrs(spec, image_size, flip, channels=1024, grid=grid)
     attrs["source"] = str(source) if source is not None else ""
@@ -180,7 +185,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     f, complete = _open_or_create(out, names, attrs, overwrite)
     summary = {"out": str(out), "images": len(names), "extracted": 0, "skipped": 0,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
-               "images_per_s": 0.0, "device": str(dev), "weights": weights}
+               "images_per_s": 0.0, "device": str(dev), "weights": weights,
+               "precision": spec.precision, "threads": threads, "workers": workers}
     try:
         done = f["done"][:].astype(bool)
         failed = C.read_failed(f)

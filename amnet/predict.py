@@ -131,8 +131,10 @@ def check_cache_provenance(attrs: dict, prov: dict, cache_path: Path, ckpt: Path
                              f"checkpoint's {prov[key]} ({ckpt})")
 
 
-def _load_trunk(prov: dict, weights: str | None, ckpt: Path, precision: str | None = None):
-    """Build the backbone the checkpoint was trained on; `weights` (user's) must be the same."""
+def _load_trunk(prov: dict, weights: str | None, ckpt: Path, precision: str = "auto",
+                device: torch.device | str = "cpu"):
+    """Build the backbone the checkpoint was trained on; `weights` (user's) must be the same.
+    `precision`: a trunk precision ("auto" resolved for `device`)."""
     from amnet.backbone import load_backbone
 
     wanted = prov["weights_id"]
@@ -141,7 +143,7 @@ def _load_trunk(prov: dict, weights: str | None, ckpt: Path, precision: str | No
                            f"{wanted}; drop --weights or pass those weights")
     source = weights or wanted
     try:
-        trunk, spec = load_backbone(source, precision or prov.get("precision") or "mixed")
+        trunk, spec = load_backbone(source, precision, device)
     except WeightsError as e:
         hint = (f"; pass --weights file:<local copy of {wanted[5:]}>" if weights is None
                 and wanted.startswith("file:") else "")
@@ -164,7 +166,7 @@ class Predictor:
 
     def __init__(self, heads: list[torch.nn.Module], provenance: dict, checkpoints: list[Path],
                  device: torch.device, trunk: torch.nn.Module | None = None, spec: Any = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, round_fp16: bool = False) -> None:
         self.heads = heads
         self.provenance = provenance
         self.checkpoints = checkpoints
@@ -172,6 +174,7 @@ class Predictor:
         self.trunk = trunk
         self.spec = spec
         self.batch_size = batch_size
+        self.round_fp16 = round_fp16
         cfg = heads[0].config
         self.grid: int = int(cfg.grid)
         self.steps: int = int(cfg.steps_out)
@@ -181,13 +184,17 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path_or_paths: str | Path | Sequence[str | Path], device: str = "auto",
                         *, weights: str | None = None, backbone: bool = True,
-                        batch_size: int = 32, precision: str | None = None) -> "Predictor":
+                        batch_size: int = 32, precision: str = "auto",
+                        match_cache: bool = False) -> "Predictor":
         """Load heads (all must share one backbone provenance) and, unless `backbone=False` (for
         scoring cached features), the backbone they were trained on. `weights`: optional weights
         id the user insists on; it must match the checkpoints' (for `file:` by sha256).
-        `precision`: the trunk's bf16 policy (amnet.backbone); default the one the checkpoint
-        records, else "mixed" (extraction's default)."""
-        from amnet.backbone import resolve_device
+        `precision`: the trunk's numerics (amnet.device): "auto" (mixed where bf16 is native,
+        else fp32), "mixed", "bf16" or "fp32" -- with "fp32" the whole route from image to score
+        is fp32, no rounding anywhere. `match_cache`: reproduce the cached path instead: the
+        trunk precision the checkpoint's cache was made with, and features rounded through
+        float16 as the cache stores them (then image and cached scores agree)."""
+        from amnet.device import resolve_device
         from amnet.checkpoint import load_checkpoint
 
         paths = [Path(path_or_paths)] if isinstance(path_or_paths, (str, Path)) else \
@@ -213,7 +220,9 @@ class Predictor:
         dev = resolve_device(device)
         trunk = spec = None
         if backbone:
-            trunk, spec = _load_trunk(prov, weights, paths[0], precision)
+            if match_cache:
+                precision = prov.get("precision") or "mixed"
+            trunk, spec = _load_trunk(prov, weights, paths[0], precision, dev)
             trunk = trunk.to(dev).eval()
             # normalisation belongs to the weight source; it must be what the head was trained on
             for key in ("mean", "std"):
@@ -223,7 +232,7 @@ class Predictor:
         elif weights is not None and weights != prov["weights_id"]:
             _load_trunk(prov, weights, paths[0])  # only to verify a file: by its sha256
         heads = [h.to(dev) for h in heads]
-        return cls(heads, prov, paths, dev, trunk, spec, batch_size)
+        return cls(heads, prov, paths, dev, trunk, spec, batch_size, round_fp16=match_cache)
 
     # -- preprocessing ---------------------------------------------------------------------------
     @property
@@ -259,17 +268,18 @@ class Predictor:
     # -- inference -------------------------------------------------------------------------------
     @torch.inference_mode()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, S, S]` -> layer3 features `[B, 1024, g, g]` float32, rounded through float16.
+        """`[B, 3, S, S]` -> layer3 features `[B, 1024, g, g]` float32.
 
-        The heads were trained on the float16 cache; rounding the same way makes end-to-end scores
-        match the cached path's (and costs nothing)."""
+        With `round_fp16` (from `match_cache`) rounded through float16 as the cache stores them,
+        so that end-to-end scores match the cached path's; otherwise left as the trunk made them."""
         if self.trunk is None:
             raise AmnetError("this Predictor was built without a backbone (backbone=False)")
         from amnet.backbone import features
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected input {self.image_size}x{self.image_size} (the checkpoint's "
                              f"image_size), got {tuple(x.shape[-2:])}")
-        return features(self.trunk, x, self.device).to(self.device, torch.float16).float()
+        f = features(self.trunk, x, self.device)
+        return f.to(torch.float16).float() if self.round_fp16 else f
 
     @torch.inference_mode()
     def predict_features(self, f: torch.Tensor) -> Prediction:

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +35,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from amnet.backbone import resolve_device
+from amnet.device import autocast, available_ram, resolve_device, resolve_head_precision, \
+    seed_everything
 from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoint, plain, \
     save_checkpoint, versions
 from amnet.errors import CacheError
@@ -60,7 +60,7 @@ class TrainConfig:
     gamma: float = 1e-5             # attention-loss weight
     seed: int = 12345
     device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: str = "auto"               # auto = bf16 autocast on CUDA only; "bf16" | "off"
+    precision: str = "auto"         # auto: bf16 autocast where bf16 is native (amnet.device), else fp32
     flip: bool = True               # use the cache's features_flip when it has them
     preload: str = "auto"           # auto | device | ram | lazy
     workers: int = -1               # DataLoader workers for lazy reading; -1 = min(8, cores)
@@ -72,36 +72,6 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-def _autocast(device: torch.device, amp: str):
-    use = (amp == "bf16") or (amp == "auto" and device.type == "cuda")
-    if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be auto, bf16 or off, not {amp!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices). Called before the model is built."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
 
 def _open_cache(path: str | os.PathLike):
     from amnet.cache import FeatureCache
@@ -232,7 +202,7 @@ def _attach_sources(cache_path, cache, splits: dict[str, _Split], use_flip: bool
                 for k, s in splits.items())
     mode = cfg.preload
     if mode == "auto":
-        ram = _available_ram()
+        ram = available_ram()
         if device.type == "cuda" and total <= 0.5 * torch.cuda.mem_get_info(device)[0]:
             mode = "device"
         elif total <= 0.5 * ram:
@@ -261,15 +231,16 @@ def _attach_sources(cache_path, cache, splits: dict[str, _Split], use_flip: bool
 
 @torch.no_grad()
 def predict_split(model: AMNet, split: _Split, device: torch.device, batch_size: int = 370,
-                  amp: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode predictions for a whole split -> (scores [N], per-step scores [N, T])."""
+                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode predictions for a whole split -> (scores [N], per-step scores [N, T]).
+    `precision`: a resolved head precision ("bf16" autocast or "fp32")."""
     model.eval()
     n = len(split)
     order = torch.arange(n)
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     scores, steps = [], []
     for x in split.source.batches(batches, None):
-        with _autocast(device, amp):
+        with autocast(device, precision):
             outputs, _ = model(x.to(device, non_blocking=True))
         outputs = outputs.float()
         scores.append(model.denormalize(outputs).cpu())
@@ -279,7 +250,7 @@ def predict_split(model: AMNet, split: _Split, device: torch.device, batch_size:
 
 def _train_epoch(model: AMNet, opt: torch.optim.Optimizer, split: _Split, targets: torch.Tensor,
                  gen: torch.Generator, use_flip: bool, cfg: TrainConfig, device: torch.device,
-                 bar) -> float:
+                 precision: str, bar) -> float:
     """One epoch; returns the mean training loss over the samples seen."""
     model.train()
     n = len(split)
@@ -291,7 +262,7 @@ def _train_epoch(model: AMNet, opt: torch.optim.Optimizer, split: _Split, target
     seen = 0
     for idx, x in zip(batches, split.source.batches(batches, flips)):
         y = targets[idx.to(targets.device)]
-        with _autocast(device, cfg.amp):
+        with autocast(device, precision):
             outputs, alphas = model(x.to(device, non_blocking=True))
         loss = amnet_loss(outputs, alphas, y, model.config, gamma=cfg.gamma)
         opt.zero_grad(set_to_none=True)
@@ -350,6 +321,8 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
         "metrics": Path(metrics_path or out_dir / "metrics.json"),
     }
     device = resolve_device(cfg.device)
+    precision = resolve_head_precision(cfg.precision, device)  # "auto" -> what this device runs fast
+    log.info("device %s, precision %s, %d threads", device, precision, torch.get_num_threads())
 
     # ---- data ----
     cache = _open_cache(cache_path)
@@ -407,11 +380,11 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
             n_seen = (len(train) // min(cfg.batch_size, len(train))) * min(cfg.batch_size, len(train))
             bar = progress_bar(n_seen, f"epoch {epoch}/{cfg.epochs}",
                                enabled=cfg.progress is not False, leave=False)
-            loss = _train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, bar)
+            loss = _train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, precision, bar)
             bar.close()
             row: dict[str, Any] = {"epoch": epoch, "train_loss": loss}
             if "val" in splits:
-                vp, _ = predict_split(model, splits["val"], device, cfg.eval_batch_size, cfg.amp)
+                vp, _ = predict_split(model, splits["val"], device, cfg.eval_batch_size, precision)
                 row["val_rho"] = spearman(splits["val"].scores, vp)
                 row["val_mse"] = mse(splits["val"].scores, vp)
             else:
@@ -433,14 +406,15 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
         metrics: dict[str, Any] = {}
         pred_df = None
         if "test" in splits:
-            tp, ts = predict_split(model, splits["test"], device, cfg.eval_batch_size, cfg.amp)
+            tp, ts = predict_split(model, splits["test"], device, cfg.eval_batch_size, precision)
             metrics.update(rho=spearman(splits["test"].scores, tp), mse=mse(splits["test"].scores, tp),
                            n=len(splits["test"]))
             pred_df = _predictions_frame(splits["test"], tp, ts)
         metrics.update(best_epoch=best_epoch, val_rho=best_metrics["val_rho"],
                        val_mse=best_metrics["val_mse"], n_train=len(train),
                        n_val=len(splits["val"]) if "val" in splits else 0, epochs=cfg.epochs,
-                       selection=selection, flip=use_flip, data=data_mode, device=str(device))
+                       selection=selection, flip=use_flip, data=data_mode, device=str(device),
+                       precision=precision)
         # No wall time here (it is per epoch in history.csv): same inputs + params must give
         # byte-identical metrics, so `dvc metrics diff` shows only real changes.
         metrics = _safe(metrics)
@@ -471,7 +445,7 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
 
 def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
              split_path: str | os.PathLike, *, device: str = "auto", batch_size: int = 370,
-             amp: str = "auto", preload: str = "auto", workers: int = -1,
+             precision: str = "auto", preload: str = "auto", workers: int = -1,
              out_dir: str | os.PathLike | None = None, check_backbone: bool = True):
     """Metrics and predictions of a trained head on one split file, without training.
 
@@ -480,11 +454,12 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
     whose backbone weights differ from the ones the head was trained on.
     """
     dev = resolve_device(device)
+    precision = resolve_head_precision(precision, dev)
     model, ckpt = load_checkpoint(checkpoint, map_location=dev)
     cache = _open_cache(cache_path)
     split: _Split | None = None
     try:
-        cfg = TrainConfig(device=device, amp=amp, preload=preload, workers=workers)
+        cfg = TrainConfig(device=device, precision=precision, preload=preload, workers=workers)
         names, scores = _read(split_path, cfg)
         _check_names(cache, names, split_path, cache_path)
         mc = model.config
@@ -506,14 +481,14 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
                                  f"{b!r}; extract a cache with the checkpoint's settings")
         split = _Split(names, scores)
         mode = _attach_sources(cache_path, cache, {"test": split}, False, cfg, dev)
-        pred, steps = predict_split(model, split, dev, batch_size, amp)
+        pred, steps = predict_split(model, split, dev, batch_size, precision)
     finally:
         if split is not None and split.source is not None:
             split.source.close()
         cache.close()
     df = _predictions_frame(split, pred, steps)
     metrics = _safe({"rho": spearman(scores, pred), "mse": mse(scores, pred), "n": len(names),
-                     "best_epoch": ckpt.get("epoch"), "data": mode})
+                     "best_epoch": ckpt.get("epoch"), "data": mode, "precision": precision})
     metrics.update(checkpoint=str(checkpoint), split={"path": str(split_path), "sha256": file_sha256(split_path)},
                    cache=str(cache_path), backbone=ckpt.get("backbone"), versions=versions())
     if out_dir is not None:
@@ -524,4 +499,4 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
     return metrics, df
 
 
-__all__ = ["TrainConfig", "train_split", "evaluate", "predict_split", "resolve_device", "seed_everything"]
+__all__ = ["TrainConfig", "train_split", "evaluate", "predict_split"]

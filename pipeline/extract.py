@@ -32,7 +32,8 @@ def main() -> None:
             return extract(items, partial, weights=backbone["weights"],
                            image_size=backbone["image_size"], flip=backbone["flip"],
                            device=backbone["device"], batch_size=backbone["batch_size"],
-                           workers=backbone["workers"], on_error="fail", overwrite=overwrite,
+                           workers=backbone["workers"], precision=backbone["precision"],
+                           on_error="fail", overwrite=overwrite,
                            progress=True, source=str(dataset_dir))
         try:
             summary = run(overwrite=False)

@@ -107,8 +107,9 @@ def fast_backbone(monkeypatch):
     """Build each (weights, precision) trunk once per test session for `amnet.extract`."""
     from amnet import backbone, extract
 
-    def cached(weights: str, precision: str = "mixed"):
-        key = (weights, precision)
+    def cached(weights: str, precision: str = "auto", device="cpu"):
+        from amnet.device import resolve_trunk_precision
+        key = (weights, resolve_trunk_precision(precision, device))
         if key not in _BACKBONES:
             _BACKBONES[key] = backbone.load_backbone(weights, precision)
         return _BACKBONES[key]

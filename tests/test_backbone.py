@@ -18,7 +18,7 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def random0():
-    return B.load_backbone("random:0")
+    return B.load_backbone("random:0", "mixed")
 
 
 def _trunk_keys(sd):

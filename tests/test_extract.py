@@ -12,6 +12,8 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+
+from amnet.device import resolve_trunk_precision
 from click.testing import CliRunner
 
 from amnet import backbone as B
@@ -81,7 +83,8 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, fast_backbone):
         assert a["weights_id"] == "random:0" and a["weights_sha256"] == spec.weights_sha256
         assert a["image_size"] == 64 and a["flip"] is True and a["dtype"] == "float16"
         assert a["mean"] == list(B.IMAGENET_MEAN) and a["std"] == list(B.IMAGENET_STD)
-        assert a["precision"] == "mixed" and a["torch_version"] == torch.__version__
+        assert a["precision"] == spec.precision == resolve_trunk_precision("auto", "cpu")
+        assert a["torch_version"] == torch.__version__
         for key in ("torchvision_version", "amnet_version", "created", "source"):
             assert a[key]
         got = c.load(NAMES[:4])
@@ -97,6 +100,9 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, fast_backbone):
 
 
 def test_complete_refusals_and_overwrite(image_dir, tmp_path, fast_backbone):
+    from amnet.device import resolve_trunk_precision
+    auto = resolve_trunk_precision("auto", "cpu")  # what this host's default resolves to
+    other = "bf16" if auto != "bf16" else "fp32"
     out = str(tmp_path / "f.h5")
     base = ["extract", str(image_dir), "--out", out, "--image-size", "32", "--device", "cpu"]
     res = run_cli(*base, "--weights", "random:0")
@@ -105,7 +111,7 @@ def test_complete_refusals_and_overwrite(image_dir, tmp_path, fast_backbone):
     assert res.exit_code == 0 and "already complete" in res.output and "nothing to do" in res.output
     for extra, words in ((["--weights", "random:1"], ["weights random:0", "random:1"]),
                          (["--weights", "random:0", "--flip"], ["flip False vs True"]),
-                         (["--weights", "random:0", "--precision", "fp32"], ["precision mixed vs fp32"])):
+                         (["--weights", "random:0", "--precision", other], [f"precision {auto} vs {other}"])):
         res = run_cli(*base, *extra)
         assert res.exit_code == 1 and "other settings" in res.output and "--overwrite" in res.output
         assert all(w in res.output for w in words), res.output

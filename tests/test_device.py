@@ -1,0 +1,99 @@
+"""amnet.device: the precision policy follows the hardware's bf16 support, never the host."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amnet import device as D
+from amnet.errors import AmnetError
+
+
+@pytest.fixture
+def cpu_reports(monkeypatch):
+    """Make the CPU query report the given vector units (and clear the overrides)."""
+    monkeypatch.delenv(D.BF16_ENV, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+    def set_units(**units):
+        feats = {"amx": False, "avx512_bf16": False, "avx512": False, "avx2": True, **units}
+        monkeypatch.setattr(D, "cpu_features", lambda: feats)
+    return set_units
+
+
+def test_auto_is_fp32_without_native_bf16(cpu_reports):
+    cpu_reports(avx2=True)  # e.g. AMD EPYC, consumer Intel
+    assert not D.native_bf16("cpu")
+    assert D.resolve_trunk_precision("auto", "cpu") == "fp32"
+    assert D.resolve_head_precision("auto", "cpu") == "fp32"
+    cpu_reports(avx512=True)  # AVX512 without its bf16 extension is still emulated bf16
+    assert D.resolve_head_precision("auto", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize("unit", ["amx", "avx512_bf16"])
+def test_auto_is_bf16_with_native_bf16(cpu_reports, unit):
+    cpu_reports(**{unit: True})
+    assert D.native_bf16("cpu")
+    assert D.resolve_trunk_precision("auto", "cpu") == "mixed"
+    assert D.resolve_head_precision("auto", "cpu") == "bf16"
+
+
+def test_explicit_precision_is_kept_and_checked(cpu_reports):
+    cpu_reports()
+    assert D.resolve_trunk_precision("bf16", "cpu") == "bf16"
+    assert D.resolve_head_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(AmnetError, match="--precision 'mixed'"):
+        D.resolve_head_precision("mixed", "cpu")  # the head has no mixed mode
+    with pytest.raises(AmnetError, match="auto, mixed, bf16, fp32"):
+        D.resolve_trunk_precision("fp16", "cpu")
+
+
+def test_overrides(cpu_reports, monkeypatch):
+    cpu_reports(amx=True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped below bf16: not native
+    assert not D.native_bf16("cpu")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert D.native_bf16("cpu")
+    monkeypatch.setenv(D.BF16_ENV, "0")
+    assert D.resolve_trunk_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv(D.BF16_ENV, "1")
+    assert D.resolve_head_precision("auto", "cpu") == "bf16"
+
+
+def test_cpu_label_names_the_bf16_units(cpu_reports):
+    cpu_reports(avx2=True)
+    assert "AVX2 only, no native bf16" in D.cpu_label()
+    cpu_reports(amx=True)
+    assert "AMX" in D.cpu_label()
+
+
+def test_autocast_follows_resolved_precision():
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with D.autocast(torch.device("cpu"), "bf16"):
+        assert lin(x).dtype == torch.bfloat16
+    with D.autocast(torch.device("cpu"), "fp32"):
+        assert lin(x).dtype == torch.float32
+
+
+def test_compute_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(D, "available_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        assert D.set_compute_threads(torch.device("cpu"), workers=1) == 4
+        assert D.set_compute_threads(torch.device("cpu"), workers=3) == 2
+        assert D.set_compute_threads(torch.device("cpu"), workers=9) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_available_ram_is_positive():
+    assert D.available_ram() > 0
+
+
+def test_head_and_trunk_record_the_resolved_precision(cpu_reports):
+    from amnet.backbone import load_backbone
+    cpu_reports(avx2=True)
+    _, spec = load_backbone("random:0", "auto")
+    assert spec.precision == "fp32"
