@@ -42,9 +42,9 @@ from amnet.backbone import resolve_device
 from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoint, plain, \
     save_checkpoint, versions
 from amnet.errors import CacheError
-# the data feeders (bench/train.py imports them from here under these names)
+# the data feeders (amnet/feeding.py); bench/train.py imports them from here under these names
 from amnet.feeding import Lazy as _Lazy, Preloaded as _Preloaded, Split as _Split, \
-    attach_sources, open_cache as _open_cache
+    attach_sources, open_cache as _open_cache  # noqa: F401
 from amnet.metrics import finite_or_none, mse, spearman
 from amnet.model import AMNet, AMNetConfig, amnet_loss
 from amnet.progress import progress_bar
