@@ -1,14 +1,16 @@
 """The HDF5 feature cache: schema, settings, creation for the writer, and the lazy reader.
 
-Schema (docs/cache-format.md): `features` float16 `[N, C, h, w]` (one chunk per image,
-uncompressed, all chunks allocated at creation), optional `features_flip` (same), `names` utf-8
-`[N]`, `done` bool `[N]`, group `failed` with `names`/`reasons` of skipped images, and attributes
-recording how the features were made (SETTINGS decide whether two files are compatible).
+Schema (docs/cache-format.md, format version 2): `features` float16 `[N, C, h, w]` (one chunk
+per image, uncompressed, all chunks allocated at creation), optional `features_flip` (same),
+optional `views` / `views_flip` float16 `[N, K, C, h, w]` (K seeded random-resized-crop views per
+image, one chunk per view), `names` utf-8 `[N]`, `done` bool `[N]`, group `failed` with
+`names`/`reasons` of skipped images, and attributes recording how the features were made
+(SETTINGS decide whether two files are compatible). Version-1 files (no views) read as K = 0.
 
 Crash safety: all chunks are allocated when the file is created, so the writer only overwrites
 raw data in place afterwards and the HDF5 metadata never changes mid-run; `done[i]` is set only
 after image i's features were written. A process killed at any point leaves a readable file whose
-`done` rows are all valid.
+`done` rows are all valid (with every view: `done[i]` follows the last of row i's datasets).
 """
 from __future__ import annotations
 
@@ -24,17 +26,24 @@ import torch
 from amnet.errors import CacheError
 
 FORMAT = "amnet-feature-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: no views; 2: optional `views`/`views_flip` and their attributes
 # attributes that must match for two files (or a file and a command) to be compatible
 SETTINGS = ("backbone", "layer", "weights_sha256", "image_size", "mean", "std", "flip",
-            "precision", "channels", "grid")
+            "precision", "channels", "grid", "views", "view_seed")
+# what a file without the attribute (format version 1) means
+_SETTING_DEFAULTS = {"views": 0, "view_seed": 0}
 
 
 def settings_attrs(spec, image_size: int, flip: bool, channels: int,
-                   grid: tuple[int, int]) -> dict[str, Any]:
-    """The attributes describing features made with backbone `spec` at `image_size`."""
+                   grid: tuple[int, int], views: int = 0, view_seed: int = 0) -> dict[str, Any]:
+    """The attributes describing features made with backbone `spec` at `image_size`, with
+    `views` seeded crop views per image (0: the plain view only)."""
     import torchvision
     import amnet
+    from amnet.images import view_transform_description
+    extra: dict[str, Any] = {"views": int(views), "view_seed": int(view_seed)}
+    if views:
+        extra["view_transform"] = view_transform_description(image_size)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "backbone": spec.arch, "layer": spec.layer, "weights_id": spec.weights_id,
@@ -43,7 +52,7 @@ def settings_attrs(spec, image_size: int, flip: bool, channels: int,
         "precision": spec.precision, "dtype": "float16", "channels": int(channels),
         "grid": np.asarray(grid, dtype=np.int64), "resize": "squash, PIL bilinear (antialiased)",
         "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-        "amnet_version": amnet.__version__,
+        "amnet_version": amnet.__version__, **extra,
     }
 
 
@@ -79,8 +88,11 @@ def _same(a: Any, b: Any) -> bool:
 def settings_differences(have: dict, want: dict) -> list[str]:
     """Human-readable differences between two attribute dicts over SETTINGS."""
     diffs = []
+    views = [int(_plain(d.get("views")) or 0) for d in (have, want)]
     for key in SETTINGS:
-        a, b = _plain(have.get(key)), _plain(want.get(key))
+        a, b = (_plain(d.get(key, _SETTING_DEFAULTS.get(key))) for d in (have, want))
+        if key == "view_seed" and not any(views):
+            continue  # no views: the seed is irrelevant
         if _same(a, b):
             continue
         if key == "weights_sha256":
@@ -95,6 +107,21 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def feature_datasets(n: int, c: int, grid: tuple[int, int], flip: bool, views: int
+                     ) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(name, shape, chunks) of every float16 dataset of a cache: `features` [N, C, h, w],
+    `features_flip` (flip), `views` [N, K, C, h, w] (views > 0), `views_flip` (both)."""
+    h, w = grid
+    out = [("features", (n, c, h, w), (1, c, h, w))]
+    if flip:
+        out.append(("features_flip", (n, c, h, w), (1, c, h, w)))
+    if views:
+        out.append(("views", (n, views, c, h, w), (1, 1, c, h, w)))
+        if flip:
+            out.append(("views_flip", (n, views, c, h, w), (1, 1, c, h, w)))
+    return out
+
+
 def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File:
     """Create an empty cache for `names` (open for writing; the caller closes it)."""
     n, c, (h, w) = len(names), int(attrs["channels"]), [int(x) for x in attrs["grid"]]
@@ -104,11 +131,11 @@ def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File
             f.attrs[key] = str(value) if isinstance(value, str) else value  # TorchVersion -> str
         f.attrs["created"] = now()
         f.attrs["complete"] = False
-        datasets = ["features", "features_flip"] if attrs["flip"] else ["features"]
-        for name in datasets:
+        k = int(attrs.get("views", 0) or 0)
+        for name, shape, chunks in feature_datasets(n, c, (h, w), bool(attrs["flip"]), k):
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # metadata final from here on
-            f.create_dataset(name, shape=(n, c, h, w), dtype=np.float16, chunks=(1, c, h, w),
+            f.create_dataset(name, shape=shape, dtype=np.float16, chunks=chunks,
                              dcpl=dcpl, fill_time="never")
         f.create_dataset("names", data=np.array(list(names), dtype=object),
                          dtype=h5py.string_dtype("utf-8"))
@@ -155,6 +182,11 @@ def open_existing(path: Path, mode: str = "r") -> h5py.File:
     if f.attrs.get("format") not in (FORMAT, FORMAT.encode()) or "features" not in f:
         f.close()
         raise CacheError(f"{path}: not an amnet feature cache (no '{FORMAT}' format attribute)")
+    version = int(f.attrs.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        f.close()
+        raise CacheError(f"{path}: feature cache format version {version} is newer than this amnet "
+                         f"reads (up to {FORMAT_VERSION}); upgrade amnet")
     return f
 
 
@@ -172,6 +204,8 @@ class FeatureCache:
             self.names: list[str] = f["names"].asstr()[:].tolist()
             self._done = f["done"][:].astype(bool)
             self.has_flip: bool = "features_flip" in f
+            # crop views per image besides the plain one (0 for version-1 files)
+            self.views: int = int(f["views"].shape[1]) if "views" in f else 0
             shape = f["features"].shape
             self.failed: dict[str, str] = read_failed(f)
         self.channels: int = int(shape[1])
@@ -225,26 +259,38 @@ class FeatureCache:
             return self.index(self.names[i])  # raises with the reason
         return i
 
-    def get(self, key: int | str, flip: bool = False) -> torch.Tensor:
-        """Features of one image: `[C, h, w]` float16 (`[1024, 14, 14]` at 224)."""
+    def _dataset(self, flip: bool, view: int) -> h5py.Dataset:
+        """The dataset holding view `view` (0 = plain, 1..K = crops), flipped or not."""
         if flip and not self.has_flip:
             raise CacheError(f"{self.path}: no flipped features; re-extract with --flip")
-        ds = self._h5()["features_flip" if flip else "features"]
-        return torch.from_numpy(ds[self._row(key)])
+        if not 0 <= view <= self.views:
+            raise CacheError(f"{self.path}: no view {view}: this cache holds "
+                             + (f"views 0 (plain) to {self.views} (crops)" if self.views else
+                                "only the plain view 0; re-extract with --views K"))
+        if view == 0:
+            return self._h5()["features_flip" if flip else "features"]
+        return self._h5()["views_flip" if flip else "views"]
+
+    def get(self, key: int | str, flip: bool = False, view: int = 0) -> torch.Tensor:
+        """Features of one image: `[C, h, w]` float16 (`[1024, 14, 14]` at 224). `view` 0 is
+        the plain (test-transform) view, 1..`views` the stored crops; `flip` its mirror image."""
+        ds = self._dataset(flip, view)
+        row = self._row(key)
+        return torch.from_numpy(ds[row] if view == 0 else ds[row, view - 1])
 
     def __getitem__(self, key: int | str) -> torch.Tensor:
         return self.get(key)
 
-    def load(self, names: Sequence[str], flip: bool = False) -> torch.Tensor:
-        """Features of `names` in the given order: `[N, C, h, w]` float16."""
+    def load(self, names: Sequence[str], flip: bool = False, view: int = 0) -> torch.Tensor:
+        """Features of `names` in the given order: `[N, C, h, w]` float16 (view and flip as in
+        `get`)."""
         rows = [self.index(n) for n in names]
-        if flip and not self.has_flip:
-            raise CacheError(f"{self.path}: no flipped features; re-extract with --flip")
-        ds = self._h5()["features_flip" if flip else "features"]
+        ds = self._dataset(flip, view)
         out = np.empty((len(rows), self.channels, *self.grid), dtype=np.float16)
         order = np.argsort(rows, kind="stable")  # ascending file order reads faster
         for k in order:
-            ds.read_direct(out, source_sel=np.s_[rows[k]], dest_sel=np.s_[k])
+            src = np.s_[rows[k]] if view == 0 else np.s_[rows[k], view - 1]
+            ds.read_direct(out, source_sel=src, dest_sel=np.s_[k])
         return torch.from_numpy(out)
 
     def missing(self, names: Sequence[str]) -> list[str]:
@@ -264,7 +310,8 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return (f"FeatureCache({str(self.path)!r}, {len(self)} images, "
-                f"{self.attrs.get('weights_id')}, {self.channels}x{self.grid[0]}x{self.grid[1]})")
+                f"{self.attrs.get('weights_id')}, {self.channels}x{self.grid[0]}x{self.grid[1]}, "
+                f"{self.views} views)")
 
 
 def extract(items, out, **kwargs) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 from amnet import cache as C
 from amnet.errors import CacheError
 
-_BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224)
+_BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224); / K for views
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_total")
 
 
@@ -20,7 +20,8 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
 
     Shards written by `--shard i/n` (all n present) are interleaved back into the order of the
     single-run list; other inputs are concatenated in the order given. The result is a copy
-    that reads like any other cache (attribute `merged_from` names the inputs)."""
+    that reads like any other cache (attribute `merged_from` names the inputs), views included
+    (their crops depend on the image name only, so they equal a single run's)."""
     out = Path(out)
     if not shards:
         raise CacheError("merge: no shard files given")
@@ -55,11 +56,12 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
     try:
         with C.create(tmp, all_names, attrs) as g:
-            dsets = ["features", "features_flip"] if ref.get("flip") else ["features"]
+            dsets = [d for d in ("features", "features_flip", "views", "views_flip") if d in g]
+            block = max(1, _BLOCK // max(1, int(ref.get("views") or 0)))
             handles = [h5py.File(p, "r") for p, *_ in metas]
             try:
-                for start in range(0, len(order), _BLOCK):
-                    part = order[start:start + _BLOCK]
+                for start in range(0, len(order), block):
+                    part = order[start:start + block]
                     for name in dsets:
                         block = np.stack([handles[s][name][r] for s, r in part])
                         g[name][start:start + len(part)] = block
@@ -104,7 +106,13 @@ def info(path: str | Path) -> dict:
              "images": len(done), "done": int(done.sum()), "failed": len(C.read_failed(f)),
              "features": f"{f['features'].dtype} {list(f['features'].shape)}",
              "features_flip": "features_flip" in f}
-    d.update(attrs)
+        views = f["views"] if "views" in f else None
+        d.update(attrs)
+        d["format_version"] = attrs.get("format_version", 1)
+        d["views"] = int(views.shape[1]) if views is not None else 0  # crops besides the plain view
+        if views is not None:
+            d["views_shape"] = f"{views.dtype} {list(views.shape)}"
+            d["views_flip"] = "views_flip" in f
     return d
 
 
@@ -137,32 +145,40 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
             problems.append(f"incomplete: {todo} of {n} images not extracted "
                             f"(complete={attrs.get('complete')}); rerun the extract command")
         grid = attrs.get("grid") or []
-        want = (n, int(attrs.get("channels", 1024)), *[int(g) for g in grid])
-        dsets = ["features"] + (["features_flip"] if attrs.get("flip") else [])
-        if attrs.get("flip") and "features_flip" not in f:
-            problems.append("flip=True but features_flip is missing")
-            dsets = ["features"]
-        for name in dsets:
+        k = int(attrs.get("views") or 0)
+        expected = C.feature_datasets(n, int(attrs.get("channels", 1024)),
+                                      tuple(int(g) for g in grid), bool(attrs.get("flip")), k)
+        for name in ("views", "views_flip"):
+            if name in f and name not in [e[0] for e in expected]:
+                problems.append(f"{name} present but the attributes say views={k}, "
+                                f"flip={attrs.get('flip')}")
+        for name, want, _ in expected:
+            if name not in f:
+                problems.append(f"{name} is missing (views={k}, flip={attrs.get('flip')})")
+                continue
             ds = f[name]
             if ds.dtype != np.float16:
                 problems.append(f"{name} dtype {ds.dtype}, expected float16")
             if tuple(ds.shape) != want:
                 problems.append(f"{name} shape {list(ds.shape)}, expected {list(want)}")
                 continue
-            bad = _scan_nonfinite(ds, done, progress, name)
+            block = _BLOCK if ds.ndim == 4 else max(1, _BLOCK // k)  # ~100 MB per read
+            bad = _scan_nonfinite(ds, done, progress, name, block)
             if bad:
                 problems.append(f"{name}: {len(bad)} images hold NaN/Inf, e.g. "
                                 f"{[names[i] for i in bad[:3]]}")
     return problems
 
 
-def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str) -> list[int]:
+def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str, block: int = _BLOCK
+                    ) -> list[int]:
+    """Rows marked done whose values (all views of the row, for `views`) are not all finite."""
     from amnet.progress import progress_bar
     bad: list[int] = []
     rows = np.flatnonzero(done)
     with progress_bar(total=len(rows), desc=f"verify {label}", enabled=progress) as bar:
-        for start in range(0, len(done), _BLOCK):
-            stop = min(start + _BLOCK, len(done))
+        for start in range(0, len(done), block):
+            stop = min(start + block, len(done))
             mask = done[start:stop]
             if not mask.any():
                 continue

@@ -58,6 +58,11 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=32),
               help="Squash-resize to S x S; the feature grid is S/16.")
 @click.option("--flip", is_flag=True, help="Also store features of the horizontally flipped image.")
+@click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also store K seeded random-resized-crop views per image (the original's train "
+              "transform; training draws one per epoch). Costs (1+K)x disk and extract time.")
+@click.option("--view-seed", default=0, show_default=True, type=int,
+              help="Seed of the crops (view j of an image depends on seed, name and j only).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default="auto", show_default=True,
@@ -72,8 +77,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="auto: mixed where bf16 is native (AMX/AVX512-BF16 CPU, CUDA), else fp32. "
               "mixed: conv1..layer2 fp32, layer3 bf16 (~1% from fp32; bf16: 3-6%).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def cache_extract(images, out, images_root, weights, image_size, flip, device, batch_size,
-                  workers, on_error, overwrite, shard, precision, quiet) -> None:
+def cache_extract(images, out, images_root, weights, image_size, flip, views, view_seed, device,
+                  batch_size, workers, on_error, overwrite, shard, precision, quiet) -> None:
     """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
     with _CacheErrors():
@@ -92,7 +97,7 @@ def cache_extract(images, out, images_root, weights, image_size, flip, device, b
                                          param_hint="--workers") from None
         try:
             s = extract(items, out, weights=weights, image_size=image_size, flip=flip,
-                        device=device, batch_size=batch_size, workers=n_workers,
+                        views=views, view_seed=view_seed, device=device, batch_size=batch_size, workers=n_workers,
                         on_error=on_error, overwrite=overwrite, shard=shard_t,
                         progress=not quiet, precision=precision, source=images)
         except ImageError as e:
@@ -192,6 +197,11 @@ def _stage2_logging(quiet: bool) -> None:
               "(AMX/AVX512-BF16 CPU, CUDA), else fp32.")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Use the cache's flipped features (when it has them) as augmentation.")
+@click.option("--views/--no-views", default=True, show_default=True,
+              help="Draw one of the cache's crop views (when it has them, --views K at extract) "
+              "per image and epoch.")
+@click.option("--tta/--no-tta", default=False, show_default=True,
+              help="Test: average the predictions over every stored view (and flip).")
 @click.option("--preload", type=click.Choice(["auto", "device", "ram", "lazy"]), default="auto",
               show_default=True, help="Hold the features in GPU/CPU memory, or read them lazily.")
 @click.option("--workers", default=-1, show_default=True, type=int,
@@ -210,7 +220,8 @@ def _stage2_logging(quiet: bool) -> None:
 @click.option("--target-scale", default=2.0, show_default=True, type=float)
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch log lines or progress bars.")
 def train_cmd(cache, train_file, val_file, test_file, out, epochs, batch_size, eval_batch_size, lr,
-              weight_decay, gamma, seed, device, precision, flip, preload, workers, holdout, lstm_steps,
+              weight_decay, gamma, seed, device, precision, flip, views, tta, preload, workers,
+              holdout, lstm_steps,
               attention, hidden_dim, feature_dim, regressor_dim, feature_dropout, dropout,
               target_mean, target_scale, quiet) -> None:
     """Train the AMNet head on one split of cached features; evaluate the best epoch on --test."""
@@ -228,12 +239,13 @@ def train_cmd(cache, train_file, val_file, test_file, out, epochs, batch_size, e
                          dropout=dropout, target_mean=target_mean, target_scale=target_scale)
         tc = TrainConfig(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
                          weight_decay=weight_decay, gamma=gamma, seed=seed, device=device, precision=precision,
-                         flip=flip, preload=preload, workers=workers, holdout=holdout,
+                         flip=flip, views=views, tta=tta, preload=preload, workers=workers, holdout=holdout,
                          progress=False if quiet else None)
         m = train_split(cache, train_file, val_file, test_file, out, mc, tc)
     except AmnetError as e:
         raise click.ClickException(str(e)) from e
-    keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision")
+    keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision", "views",
+            "tta")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))
 
 
@@ -251,7 +263,10 @@ def train_cmd(cache, train_file, val_file, test_file, out, epochs, batch_size, e
               show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
               show_default=True, help="auto: bf16 autocast where bf16 is native, else fp32.")
-def evaluate_cmd(checkpoint, cache, split_file, out, device, batch_size, preload, precision) -> None:
+@click.option("--tta", is_flag=True,
+              help="Average the predictions over every view the cache stores (plain, crops, flips).")
+def evaluate_cmd(checkpoint, cache, split_file, out, device, batch_size, preload, precision,
+                 tta) -> None:
     """Score a split with a trained head (no training); prints rho, mse and n as JSON."""
     import json
 
@@ -262,10 +277,11 @@ def evaluate_cmd(checkpoint, cache, split_file, out, device, batch_size, preload
         from amnet.train import evaluate
 
         m, _ = evaluate(checkpoint, cache, split_file, device=device, batch_size=batch_size,
-                        preload=preload, precision=precision, out_dir=out)
+                        preload=preload, precision=precision, out_dir=out, tta=tta)
     except AmnetError as e:
         raise click.ClickException(str(e)) from e
-    click.echo(json.dumps({k: m[k] for k in ("rho", "mse", "n", "best_epoch", "precision") if k in m}))
+    keys = ("rho", "mse", "n", "best_epoch", "precision", "tta", "tta_views")
+    click.echo(json.dumps({k: m[k] for k in keys if k in m}))
 
 
 @main.command("import-weights")

@@ -1,9 +1,10 @@
 """Stage one's loop: images -> trunk -> float16 rows of an HDF5 feature cache, resumably.
 
-Decoding and resizing run in DataLoader workers (uint8 `[3, S, S]`, a quarter of float32's bytes);
-ToTensor/Normalize happen on the device; the trunk runs channels-last with its bf16 policy; one
-process writes. `done[i]` is set after row i is written, and the file is flushed every few
-batches, so a killed run resumes where it stopped (see amnet/cache.py for why the file survives).
+Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader
+workers (uint8 `[1 + K, 3, S, S]` per image, a quarter of float32's bytes); ToTensor/Normalize
+happen on the device; one trunk forward per batch covers every view (and its flip); one process
+writes. `done[i]` is set after all of row i's datasets are written, and the file is flushed every
+few batches, so a killed run resumes where it stopped (see amnet/cache.py for why it survives).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from amnet.progress import progress_bar
 from amnet.backbone import features, load_backbone, normalize_uint8
 from amnet.device import resolve_device, set_compute_threads
 from amnet.errors import CacheError, ImageError
-from amnet.images import load_resized_uint8
+from amnet.images import load_views_uint8
 
 FLUSH_EVERY_BATCHES = 4
 FLUSH_EVERY_SECONDS = 30.0
@@ -31,11 +32,14 @@ KILL_HOOK = "AMNET_TEST_KILL_AFTER_BATCHES"
 
 
 class _Images(Dataset):
-    """Row index -> (index, uint8 [3, S, S] or None, reason or None); errors become values so
+    """Row index -> (index, uint8 [1 + views, 3, S, S] or None, reason or None): the plain view,
+    then the seeded crops (which depend on (view_seed, name, j) only). Errors become values so
     that one bad file does not kill a worker."""
 
-    def __init__(self, paths: Sequence[Path], rows: Sequence[int], size: int):
-        self.paths, self.rows, self.size = paths, rows, size
+    def __init__(self, paths: Sequence[Path], names: Sequence[str], rows: Sequence[int],
+                 size: int, views: int = 0, view_seed: int = 0):
+        self.paths, self.names, self.rows, self.size = paths, names, rows, size
+        self.views, self.view_seed = views, view_seed
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,7 +47,9 @@ class _Images(Dataset):
     def __getitem__(self, k: int):
         i = self.rows[k]
         try:
-            return i, load_resized_uint8(self.paths[i], self.size), None
+            x = load_views_uint8(self.paths[i], self.size, self.names[i], self.views,
+                                 self.view_seed)
+            return i, x, None
         except ImageError as e:
             return i, None, str(e)
 
@@ -134,12 +140,16 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool):
 
 
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
-            image_size: int = 224, flip: bool = False, device: str = "auto",
+            image_size: int = 224, flip: bool = False, views: int = 0, view_seed: int = 0,
+            device: str = "auto",
             batch_size: int = 32, workers: int = 0, on_error: str = "fail",
             overwrite: bool = False, shard: tuple[int, int] | None = None,
             progress: bool = True, precision: str = "auto", source: str | None = None,
             backbone: tuple | None = None) -> dict:
     """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
+
+    views K > 0: also store K seeded random-resized-crop views per image (`views` dataset,
+    `[N, K, C, h, w]`; `views_flip` with flip), the crops drawn from (view_seed, name, j) only.
 
     shard (i, n): only items i, i+n, i+2n, ... (under torchrun, (RANK, WORLD_SIZE) by default,
     with `out` renamed by `shard_path`). Returns a summary dict (counts, seconds, images/s).
@@ -152,6 +162,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if image_size < 32:
         raise CacheError(f"--image-size {image_size} is too small (at least 32)")
+    if views < 0:
+        raise CacheError(f"--views {views}: expected 0 or more")
     out = Path(out)
     if shard is None and shard_from_env() is not None:
         shard = shard_from_env()
@@ -177,7 +189,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     threads = set_compute_threads(dev, workers)
     trunk, spec = backbone or load_backbone(weights, precision, dev)  # "auto" resolved for dev
     grid = grid_for(image_size)
-    attrs = C.settings_attrs(spec, image_size, flip, channels=1024, grid=grid)
+    attrs = C.settings_attrs(spec, image_size, flip, channels=1024, grid=grid, views=views,
+                             view_seed=view_seed)
     attrs["source"] = str(source) if source is not None else ""
     if shard is not None:
         attrs.update(shard_index=shard[0], shard_count=shard[1], shard_total=total)
@@ -185,7 +198,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     f, complete = _open_or_create(out, names, attrs, overwrite)
     summary = {"out": str(out), "images": len(names), "extracted": 0, "skipped": 0,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
-               "images_per_s": 0.0, "device": str(dev), "weights": weights,
+               "images_per_s": 0.0, "device": str(dev), "weights": weights, "views": views,
                "precision": spec.precision, "threads": threads, "workers": workers}
     try:
         done = f["done"][:].astype(bool)
@@ -195,8 +208,9 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
         if complete:
             return summary
         rows = [i for i in range(len(names)) if not done[i] and names[i] not in failed]
-        _run(f, trunk, spec, dev, paths, names, rows, image_size, flip, batch_size, workers,
-             on_error, progress, summary, out)
+        dataset = _Images(paths, names, rows, image_size, views, view_seed)
+        _run(f, trunk, spec, dev, dataset, names, flip, views, batch_size, workers, on_error,
+             progress, summary, out)
         done = f["done"][:].astype(bool)
         summary["failed_total"] = len(C.read_failed(f))
         summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
@@ -208,12 +222,27 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     return summary
 
 
-def _run(f, trunk, spec, dev, paths, names, rows, size, flip, batch_size, workers, on_error,
-         progress, summary, out) -> None:
-    loader = DataLoader(_Images(paths, rows, size), batch_size=batch_size, shuffle=False,
+def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 `[b, V, 3, S, S]` -> float16 features `[b, V, C, h, w]` (+ those of the mirrored
+    images, or None), from one trunk forward over all b x V (x 2) images."""
+    b, v = x.shape[:2]
+    x = normalize_uint8(x.to(dev, non_blocking=True).flatten(0, 1), spec.mean, spec.std)
+    if flip:  # the flipped half after the plain half
+        x = torch.cat([x, x.flip(-1)])
+    y = features(trunk, x, dev).to(torch.float16).cpu().numpy()
+    y = y.reshape(-1, b, v, *y.shape[1:])              # [1 or 2, b, V, C, h, w]
+    return y[0], (y[1] if flip else None)
+
+
+def _run(f, trunk, spec, dev, dataset: _Images, names, flip, views, batch_size, workers,
+         on_error, progress, summary, out) -> None:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate,
                         pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
     feats_ds, flip_ds, done_ds = f["features"], f["features_flip"] if flip else None, f["done"]
+    views_ds = f["views"] if views else None
+    views_flip_ds = f["views_flip"] if views and flip else None
     kill_after = int(os.environ.get(KILL_HOOK, "0"))
     bar = progress_bar(total=len(names), initial=summary["already"] + summary["failed_total"],
                        desc=out.name, enabled=progress)
@@ -222,14 +251,14 @@ def _run(f, trunk, spec, dev, paths, names, rows, size, flip, batch_size, worker
     try:
         for idx, x, fails in loader:
             if x is not None:
-                x = normalize_uint8(x.to(dev, non_blocking=True), spec.mean, spec.std)
-                if flip:  # one forward for both: the flipped half after the plain half
-                    y = features(trunk, torch.cat([x, x.flip(-1)]), dev).to(torch.float16).cpu()
-                    y, yf = y[:len(idx)].numpy(), y[len(idx):].numpy()
-                    _write(flip_ds, idx, yf)
-                else:
-                    y = features(trunk, x, dev).to(torch.float16).cpu().numpy()
-                _write(feats_ds, idx, y)
+                y, yf = _forward(trunk, spec, dev, x, flip)   # [b, 1 + K, C, h, w] each
+                _write(feats_ds, idx, y[:, 0])
+                if views_ds is not None:
+                    _write(views_ds, idx, y[:, 1:])
+                if yf is not None:
+                    _write(flip_ds, idx, yf[:, 0])
+                    if views_flip_ds is not None:
+                        _write(views_flip_ds, idx, yf[:, 1:])
                 for start, stop, _ in _runs(idx):
                     done_ds[start:stop] = True  # only after the rows themselves
                 summary["extracted"] += len(idx)

@@ -16,9 +16,11 @@ Differences from the original (spec section 8), on purpose:
   * a split without a validation file (SUN) holds out `holdout` (10%) of the train images, chosen
     with the seed, for model selection -- the original selected on the test split (spec 8.7);
     `holdout=0` trains on all of train and keeps the last epoch. Nothing is ever selected on test;
-  * augmentation: the original used random resized crops + flips of images; over a cache only the
-    horizontal flip survives, and only when the cache stores `features_flip` (one view per sample
-    per epoch, p = 0.5). Without it, training sees the same features every epoch;
+  * augmentation: the original drew a fresh random resized crop + flip of every image each epoch;
+    over a cache, each epoch draws one of the K + 1 stored views per image (plain, or one of the
+    K crops of `amnet-cache extract --views K`, uniformly) and, when the cache stores flips, the
+    mirrored one with p = 0.5. With neither, training sees the same features every epoch;
+  * `tta`: test predictions may be averaged over every stored view (the original had no TTA);
   * the backbone's BatchNorm statistics stay fixed (the original let them drift, spec 8.1).
 """
 from __future__ import annotations
@@ -30,16 +32,18 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from amnet.device import autocast, available_ram, resolve_device, resolve_head_precision, \
-    seed_everything
+from amnet.device import autocast, resolve_device, resolve_head_precision, seed_everything
 from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoint, plain, \
     save_checkpoint, versions
 from amnet.errors import CacheError
+# the data feeders (amnet/feeding.py); bench/train.py imports them from here under these names
+from amnet.feeding import Lazy as _Lazy, Preloaded as _Preloaded, Split as _Split, \
+    attach_sources, open_cache as _open_cache  # noqa: F401
 from amnet.metrics import finite_or_none, mse, spearman
 from amnet.model import AMNet, AMNetConfig, amnet_loss
 from amnet.progress import progress_bar
@@ -62,6 +66,8 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     precision: str = "auto"         # auto: bf16 autocast where bf16 is native (amnet.device), else fp32
     flip: bool = True               # use the cache's features_flip when it has them
+    views: bool = True              # draw one of the cache's crop views per image and epoch
+    tta: bool = False               # test: average over all stored views (and flips)
     preload: str = "auto"           # auto | device | ram | lazy
     workers: int = -1               # DataLoader workers for lazy reading; -1 = min(8, cores)
     holdout: float = 0.1            # fraction of train used for selection when there is no val split
@@ -72,14 +78,6 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-def _open_cache(path: str | os.PathLike):
-    from amnet.cache import FeatureCache
-
-    if not Path(path).exists():
-        raise CacheError(f"{path}: no such feature cache; build it with `amnet-cache extract`")
-    return FeatureCache(path)
-
 
 def _check_names(cache, names: Sequence[str], split_path: str | os.PathLike, cache_path) -> None:
     missing = cache.missing(names)
@@ -98,169 +96,60 @@ def _read(path, cfg: TrainConfig) -> tuple[list[str], np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
-# data: the same batches from memory or lazily from the cache
-
-class _Split:
-    """One set of images (train, val or test): names, scores and a way to fetch batches."""
-
-    def __init__(self, names: list[str], scores: np.ndarray):
-        self.names, self.scores = names, scores
-        self.source: _Source | None = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-class _Source:
-    def batches(self, index_batches: Sequence[torch.Tensor], flips: torch.Tensor | None
-                ) -> Iterator[torch.Tensor]:
-        """Yield one [b, C, g, g] float16 tensor per batch of indices (same order)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _Preloaded(_Source):
-    """The split's features held in RAM or on the GPU as float16 [N, C, g, g] (+ flipped view)."""
-
-    def __init__(self, feats: torch.Tensor, feats_flip: torch.Tensor | None):
-        self.feats, self.feats_flip = feats, feats_flip
-
-    def batches(self, index_batches, flips):
-        for idx in index_batches:
-            idx_d = idx.to(self.feats.device)
-            x = self.feats[idx_d]
-            if flips is not None and self.feats_flip is not None:
-                f = flips[idx].to(self.feats.device).view(-1, 1, 1, 1)
-                x = torch.where(f, self.feats_flip[idx_d], x)
-            yield x
-
-
-class _LazyBatches(torch.utils.data.Dataset):
-    """Reads one batch per item from the cache; opens its own FeatureCache in each process."""
-
-    def __init__(self, cache_path: str, names: list[str]):
-        self.cache_path, self.names = str(cache_path), names
-        self._cache, self._pid = None, None
-
-    def __len__(self) -> int:  # not used (batch_size=None, explicit sampler)
-        return len(self.names)
-
-    def __getitem__(self, key: tuple[list[int], list[bool]]) -> torch.Tensor:
-        if self._cache is None or self._pid != os.getpid():
-            self._cache, self._pid = _open_cache(self.cache_path), os.getpid()
-        idx, flips = key
-        return torch.stack([torch.as_tensor(self._cache.get(self.names[i], flip=f))
-                            for i, f in zip(idx, flips)])
-
-    def __getstate__(self):  # never ship an open h5py handle to a worker
-        state = self.__dict__.copy()
-        state["_cache"], state["_pid"] = None, None
-        return state
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """The current epoch's batches; replaced before each pass (works with persistent workers)."""
-
-    def __init__(self):
-        self.keys: list = []
-
-    def __iter__(self):
-        return iter(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-class _Lazy(_Source):
-    def __init__(self, cache_path: str, names: list[str], workers: int, pin: bool):
-        self.sampler = _EpochSampler()
-        self.loader = torch.utils.data.DataLoader(
-            _LazyBatches(cache_path, names), batch_size=None, sampler=self.sampler,
-            num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
-            # an explicit generator keeps the loader from drawing on the global RNG, which the
-            # model's dropout uses: lazy and preloaded runs then see the same dropout masks
-            generator=torch.Generator().manual_seed(0),
-            prefetch_factor=4 if workers > 0 else None)
-
-    def batches(self, index_batches, flips):
-        self.sampler.keys = [
-            (idx.tolist(), (flips[idx].tolist() if flips is not None else [False] * len(idx)))
-            for idx in index_batches]
-        yield from self.loader
-
-    def close(self) -> None:
-        self.loader = None
-
-
-def _attach_sources(cache_path, cache, splits: dict[str, _Split], use_flip: bool,
-                    cfg: TrainConfig, device: torch.device) -> str:
-    """Give each split a data source; returns where the data lives: device, ram or lazy."""
-    per_image = 2 * cache.channels * cache.grid[0] * cache.grid[1]          # float16 bytes
-    total = sum(len(s) * per_image * (2 if (k == "train" and use_flip) else 1)
-                for k, s in splits.items())
-    mode = cfg.preload
-    if mode == "auto":
-        ram = available_ram()
-        if device.type == "cuda" and total <= 0.5 * torch.cuda.mem_get_info(device)[0]:
-            mode = "device"
-        elif total <= 0.5 * ram:
-            mode = "ram"
-        else:
-            mode = "lazy"
-    if mode not in ("device", "ram", "lazy"):
-        raise ValueError(f"preload must be auto, device, ram or lazy, not {cfg.preload!r}")
-    log.info("data: %d images, %.2f GB float16 -> %s", sum(map(len, splits.values())), total / 1e9, mode)
-    if mode == "lazy":
-        workers = cfg.workers if cfg.workers >= 0 else min(8, os.cpu_count() or 1)
-        for s in splits.values():
-            s.source = _Lazy(str(cache_path), s.names, workers, pin=device.type == "cuda")
-        return mode
-    target = device if mode == "device" else torch.device("cpu")
-    for k, s in splits.items():
-        feats = torch.as_tensor(cache.load(s.names)).to(target)
-        flip = torch.as_tensor(cache.load(s.names, flip=True)).to(target) \
-            if (k == "train" and use_flip) else None
-        s.source = _Preloaded(feats, flip)
-    return mode
-
-
-# ---------------------------------------------------------------------------------------------
 # the loops
+
+def tta_views(split: _Split, tta: bool) -> list[tuple[int, bool]]:
+    """The (view, flip) pairs a prediction averages over: the plain view only, or with tta every
+    view the split's source holds (plain + K crops, each also mirrored when it has flips)."""
+    if not tta:
+        return [(0, False)]
+    src = split.source
+    return [(v, f) for f in ((False, True) if src.has_flip else (False,))
+            for v in range(src.views + 1)]
+
 
 @torch.no_grad()
 def predict_split(model: AMNet, split: _Split, device: torch.device, batch_size: int = 370,
-                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode predictions for a whole split -> (scores [N], per-step scores [N, T]).
-    `precision`: a resolved head precision ("bf16" autocast or "fp32")."""
+                  precision: str = "fp32", tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode predictions for a whole split -> (scores [N], per-step scores [N, T]); with
+    tta, the head's outputs averaged over `tta_views`. `precision`: a resolved head precision
+    ("bf16" autocast or "fp32")."""
     model.eval()
     n = len(split)
     order = torch.arange(n)
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    scores, steps = [], []
-    for x in split.source.batches(batches, None):
-        with autocast(device, precision):
-            outputs, _ = model(x.to(device, non_blocking=True))
-        outputs = outputs.float()
-        scores.append(model.denormalize(outputs).cpu())
-        steps.append(model.step_scores(outputs).cpu())
-    return torch.cat(scores).double().numpy(), torch.cat(steps).double().numpy()
+    pairs = tta_views(split, tta)
+    total = None
+    for view, flip in pairs:
+        flips = torch.full((n,), flip) if flip else None
+        views = torch.full((n,), view, dtype=torch.long) if view else None
+        outs = []
+        for x in split.source.batches(batches, flips, views):
+            with autocast(device, precision):
+                outputs, _ = model(x.to(device, non_blocking=True))
+            outs.append(outputs.float().cpu())
+        out = torch.cat(outs)                                           # [N, T] float32
+        total = out if total is None else total + out
+    outputs = total / len(pairs)
+    return (model.denormalize(outputs).double().numpy(),
+            model.step_scores(outputs).double().numpy())
 
 
 def _train_epoch(model: AMNet, opt: torch.optim.Optimizer, split: _Split, targets: torch.Tensor,
                  gen: torch.Generator, use_flip: bool, cfg: TrainConfig, device: torch.device,
-                 precision: str, bar) -> float:
-    """One epoch; returns the mean training loss over the samples seen."""
+                 precision: str, bar, views: int = 0) -> float:
+    """One epoch; returns the mean training loss over the samples seen. Per image, the view
+    (0 = plain, 1..views = crops, uniformly) and the flip (p = 0.5) come from `gen`."""
     model.train()
     n = len(split)
     bs = min(cfg.batch_size, n)  # a split smaller than one batch trains on all of it each step
     perm = torch.randperm(n, generator=gen)
     flips = (torch.rand(n, generator=gen) < 0.5) if use_flip else None
+    choice = torch.randint(0, views + 1, (n,), generator=gen) if views else None   # [N]
     batches = [perm[i * bs:(i + 1) * bs] for i in range(n // bs)]       # drop_last
     total = torch.zeros((), device=device)
     seen = 0
-    for idx, x in zip(batches, split.source.batches(batches, flips)):
+    for idx, x in zip(batches, split.source.batches(batches, flips, choice)):
         y = targets[idx.to(targets.device)]
         with autocast(device, precision):
             outputs, alphas = model(x.to(device, non_blocking=True))
@@ -361,15 +250,20 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
             log.info("model input set from the cache: %d channels, %dx%d grid", cache.channels, g[0], g[1])
             model_config = replace(model_config, in_channels=cache.channels, grid=g[0])
         use_flip = bool(cfg.flip and cache.has_flip)
+        n_views = cache.views if cfg.views else 0            # crop views drawn in training
         backbone = backbone_from_attrs(cache.attrs)
-        data_mode = _attach_sources(cache_path, cache, splits, use_flip, cfg, device)
+        needs = {"train": (n_views, use_flip)}
+        if cfg.tta:
+            needs["test"] = (cache.views, cache.has_flip)
+        data_mode = attach_sources(cache_path, cache, splits, needs, cfg.preload, cfg.workers,
+                                   device)
 
         # ---- model: seeds first (the original seeded after building it, spec 4) ----
         seed_everything(cfg.seed)
         model = AMNet(model_config).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(cfg.seed)        # batch order and flip views
+        gen = torch.Generator().manual_seed(cfg.seed)        # batch order, flips and views
         train = splits["train"]
         targets = torch.as_tensor(train.scores, dtype=torch.float32, device=device)
 
@@ -380,7 +274,8 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
             n_seen = (len(train) // min(cfg.batch_size, len(train))) * min(cfg.batch_size, len(train))
             bar = progress_bar(n_seen, f"epoch {epoch}/{cfg.epochs}",
                                enabled=cfg.progress is not False, leave=False)
-            loss = _train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, precision, bar)
+            loss = _train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, precision, bar,
+                                n_views)
             bar.close()
             row: dict[str, Any] = {"epoch": epoch, "train_loss": loss}
             if "val" in splits:
@@ -406,15 +301,18 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
         metrics: dict[str, Any] = {}
         pred_df = None
         if "test" in splits:
-            tp, ts = predict_split(model, splits["test"], device, cfg.eval_batch_size, precision)
+            tp, ts = predict_split(model, splits["test"], device, cfg.eval_batch_size, precision,
+                                   tta=cfg.tta)
             metrics.update(rho=spearman(splits["test"].scores, tp), mse=mse(splits["test"].scores, tp),
                            n=len(splits["test"]))
             pred_df = _predictions_frame(splits["test"], tp, ts)
         metrics.update(best_epoch=best_epoch, val_rho=best_metrics["val_rho"],
                        val_mse=best_metrics["val_mse"], n_train=len(train),
                        n_val=len(splits["val"]) if "val" in splits else 0, epochs=cfg.epochs,
-                       selection=selection, flip=use_flip, data=data_mode, device=str(device),
-                       precision=precision)
+                       selection=selection, flip=use_flip, views=n_views > 0,
+                       cache_views=cache.views, tta=bool(cfg.tta and "test" in splits),
+                       tta_views=len(tta_views(splits["test"], cfg.tta)) if "test" in splits else 0,
+                       data=data_mode, device=str(device), precision=precision)
         # No wall time here (it is per epoch in history.csv): same inputs + params must give
         # byte-identical metrics, so `dvc metrics diff` shows only real changes.
         metrics = _safe(metrics)
@@ -446,8 +344,12 @@ def train_split(cache_path: str | os.PathLike, train_split: str | os.PathLike,
 def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
              split_path: str | os.PathLike, *, device: str = "auto", batch_size: int = 370,
              precision: str = "auto", preload: str = "auto", workers: int = -1,
-             out_dir: str | os.PathLike | None = None, check_backbone: bool = True):
+             out_dir: str | os.PathLike | None = None, check_backbone: bool = True,
+             tta: bool = False):
     """Metrics and predictions of a trained head on one split file, without training.
+
+    tta: average the predictions over every view the cache stores (plain + crops, and their
+    flips when present); otherwise the plain view only.
 
     Returns (metrics dict: rho, mse, n, ...; DataFrame name, gt, pred, step_1..step_T). With
     out_dir, also writes metrics.json and predictions.csv there. Refuses (CacheError) a cache
@@ -480,15 +382,19 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
                 raise CacheError(f"{cache_path}: cache {key} {a!r} differs from {checkpoint}'s "
                                  f"{b!r}; extract a cache with the checkpoint's settings")
         split = _Split(names, scores)
-        mode = _attach_sources(cache_path, cache, {"test": split}, False, cfg, dev)
-        pred, steps = predict_split(model, split, dev, batch_size, precision)
+        needs = {"test": (cache.views, cache.has_flip)} if tta else {}
+        mode = attach_sources(cache_path, cache, {"test": split}, needs, preload, workers, dev)
+        pred, steps = predict_split(model, split, dev, batch_size, precision, tta=tta)
+        n_tta, cache_views = len(tta_views(split, tta)), cache.views
     finally:
         if split is not None and split.source is not None:
             split.source.close()
         cache.close()
     df = _predictions_frame(split, pred, steps)
     metrics = _safe({"rho": spearman(scores, pred), "mse": mse(scores, pred), "n": len(names),
-                     "best_epoch": ckpt.get("epoch"), "data": mode, "precision": precision})
+                     "best_epoch": ckpt.get("epoch"), "data": mode, "precision": precision,
+                     "tta": bool(tta),
+                     "tta_views": n_tta, "cache_views": cache_views})
     metrics.update(checkpoint=str(checkpoint), split={"path": str(split_path), "sha256": file_sha256(split_path)},
                    cache=str(cache_path), backbone=ckpt.get("backbone"), versions=versions())
     if out_dir is not None:
@@ -499,4 +405,4 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
     return metrics, df
 
 
-__all__ = ["TrainConfig", "train_split", "evaluate", "predict_split"]
+__all__ = ["TrainConfig", "train_split", "evaluate", "predict_split", "tta_views"]

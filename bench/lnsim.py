@@ -136,7 +136,8 @@ def amnet_configs(base: str, overrides: dict[str, str], args, train_mean: float)
     from amnet.model import AMNetConfig
     from amnet.train import TrainConfig
 
-    mc, tc = AMNetConfig(), TrainConfig(epochs=args.epochs, device=args.device, amp=args.amp,
+    precision = {"off": "fp32"}.get(args.amp, args.amp)  # the old --amp names
+    mc, tc = AMNetConfig(), TrainConfig(epochs=args.epochs, device=args.device, precision=precision,
                                         workers=0, progress=False, **PAPER_TRAIN)
     settings = {**AMNET_VARIANTS[base], **overrides}
     m_keys = {f.name: f.type for f in fields(AMNetConfig)}
@@ -370,7 +371,7 @@ def run_amnet(work: Path, backbone: str, slug: str, base: str, overrides: dict, 
         if prev.get("fingerprint") == json.loads(json.dumps(fingerprint)):
             log(f"{backbone}/{slug}/split {k}: done before (rho {prev['rho']:.4f}), skipped")
             return prev
-    log(f"{backbone}/{slug}/split {k}: training {tc.epochs} epochs ({args.device}, amp {tc.amp})")
+    log(f"{backbone}/{slug}/split {k}: training {tc.epochs} epochs ({args.device}, precision {tc.precision})")
     data = work / "data"
     t0 = time.perf_counter()
     m = train_split(cache, split_path(data, "train", k), split_path(data, "val", k),

@@ -31,6 +31,7 @@ def main() -> None:
         def run(overwrite: bool) -> dict:
             return extract(items, partial, weights=backbone["weights"],
                            image_size=backbone["image_size"], flip=backbone["flip"],
+                           views=backbone.get("views", 0),
                            device=backbone["device"], batch_size=backbone["batch_size"],
                            workers=backbone["workers"], precision=backbone["precision"],
                            on_error="fail", overwrite=overwrite,
