@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="no compute: render the markdown and README block from the JSON")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                    help="AMNet head: auto (bf16 where the hardware runs it natively), bf16, fp32")
+                    help="AMNet head: auto (bf16 where the hardware runs it natively; with "
+                         "TrainConfig.amp, on CUDA only), bf16, fp32")
     ap.add_argument("--amp", default=None, choices=("auto", "bf16", "off"),
                     help=argparse.SUPPRESS)  # the old name of --precision (off = fp32)
     ap.add_argument("--resmem-precision", default="fp32", choices=("fp32", "bf16"))

@@ -4,7 +4,8 @@ Model ids (the issue's rows):
 
   mean                 the training-mean predictor (MSE floor; rho undefined)
   ridge                ridge on globally average-pooled layer3 features, alpha chosen on val
-  amnet-paper          AMNet, paper settings (SUN: batch 222, lr 1e-4, wd 1e-4; --epochs, 49)
+  amnet-paper          AMNet, paper settings (SUN: batch 222, lr 1e-4, wd 1e-4; --epochs, 49),
+                       flip views, no crop views
   amnet-tuned          AMNet with the recipe of configs/lnsim.yaml (model:, train:), chosen on val
   amnet-tuned-noatt    the same, use_attention = false
   amnet-tuned-noviews  the same without cached crop views (views = tta = false, where
@@ -34,7 +35,7 @@ PAPER = dict(epochs=49, batch_size=222, lr=1e-4, weight_decay=1e-4, gamma=1e-5, 
              flip=True)
 # AMNet ids: (recipe, settings on top of it)
 AMNET = {
-    "amnet-paper": ("paper", {}),
+    "amnet-paper": ("paper", {"views": False, "tta": False}),   # flip views only, as the paper
     "amnet-tuned": ("tuned", {}),
     "amnet-tuned-noatt": ("tuned", {"use_attention": False}),
     "amnet-tuned-noviews": ("tuned", {"views": False, "tta": False}),
