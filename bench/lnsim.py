@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     def need_feats(bb: str):
         if bb not in feats:
             need_cache(bb)
-            feats[bb] = D.pooled(work, bb, names)
+            feats[bb] = D.pooled(work, bb, names, views)
             results["timings"]["pool_seconds"][bb] = feats[bb][2]
         return feats[bb]
 
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"val rho {r['val_rho']:.4f} (alpha {r['alpha']:.3g})")
             else:
                 need_cache(bb)
-                r = M.run_amnet(work, bb, slug, settings_of[slug], k, args, force=args.force)
+                r = M.run_amnet(work, bb, slug, settings_of[slug], k, args, force=args.force,
+                                views=views)
             per.setdefault((slug, bb), {})[k] = r
             publish()
     if readme is not None:

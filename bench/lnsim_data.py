@@ -134,8 +134,9 @@ def read_part(work: Path, part: str, k: int):
 # ---------------------------------------------------------------------------------------------
 # feature caches
 
-def cache_path(work: Path, backbone: str) -> Path:
-    return work / "cache" / f"{backbone}.h5"
+def cache_path(work: Path, backbone: str, views: int = 0) -> Path:
+    """work/cache/<backbone>.h5 (plain + flip), or <backbone>.views<K>.h5 with K crop views too."""
+    return work / "cache" / (f"{backbone}.h5" if not views else f"{backbone}.views{views}.h5")
 
 
 def cache_views(cache: Any) -> int:
@@ -157,7 +158,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     """
     from amnet.extract import extract
 
-    path = cache_path(work, backbone)
+    path = cache_path(work, backbone, views)
     timing_path = path.with_suffix(".timing.json")
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else \
         {"seconds": 0.0, "extracted": 0, "device": None}
@@ -200,7 +201,8 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     return report()
 
 
-def pooled(work: Path, backbone: str, names: list[str]) -> tuple[dict[str, int], Any, float]:
+def pooled(work: Path, backbone: str, names: list[str],
+           views: int = 0) -> tuple[dict[str, int], Any, float]:
     """(name -> row, [N, C] average-pooled features, seconds to pool), saved next to the cache."""
     import numpy as np
 
@@ -214,7 +216,7 @@ def pooled(work: Path, backbone: str, names: list[str]) -> tuple[dict[str, int],
         if m["names"] == names:
             return {n: i for i, n in enumerate(names)}, np.load(npy), m["seconds"]
     t0 = time.perf_counter()
-    with FeatureCache(cache_path(work, backbone)) as cache:
+    with FeatureCache(cache_path(work, backbone, views)) as cache:  # its plain view
         x = pooled_features(cache, names)
     seconds = time.perf_counter() - t0
     np.save(npy, x)

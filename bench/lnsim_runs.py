@@ -25,7 +25,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lnsim_data import N_SPLITS, log, read_part, write_json
+from lnsim_data import N_SPLITS, cache_path, log, read_part, write_json
 
 MODELS = ("mean", "ridge", "amnet-paper", "amnet-tuned", "amnet-tuned-noatt",
           "amnet-tuned-noviews", "resmem", "human")
@@ -252,7 +252,7 @@ def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
 
 def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args, *,
               force: bool = False, test: bool = True, out_root: Path | None = None,
-              keep_checkpoint: bool = True) -> dict:
+              keep_checkpoint: bool = True, views: int = 0) -> dict:
     """Train one AMNet row on split k; skipped when a result.json with the same fingerprint exists.
 
     test=False (the sweep) never reads the test half: the result holds validation numbers only.
@@ -264,8 +264,8 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
     out = out_root / slug / f"split_{k}"
     _, ytr = read_part(work, "train", k)
     mc, tc = amnet_configs(settings, args, float(ytr.mean()))
-    cache = work / "cache" / f"{backbone}.h5"
-    fingerprint = {"backbone": backbone, "model": asdict(mc),
+    cache = cache_path(work, backbone, views)
+    fingerprint = {"backbone": backbone, "cache": cache.name, "model": asdict(mc),
                    "train": {k_: v for k_, v in asdict(tc).items() if k_ != "progress"},
                    "split": k}
     if not test:

@@ -150,15 +150,20 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device, "device_name": D.device_label(args.device, cpu),
                 "precision": args.precision, "date": time.strftime("%Y-%m-%d")}
     rows: list[dict] = []
+    # `cache_views: K` in a config picks the cache with K crop views (default: the recipe's)
+    default_views = tuned["views"] if tuned else 0
+    cache_views = {name: int(ov.get("cache_views", default_views)) for name, ov in overrides.items()}
     for bb in backbones:
-        D.ensure_cache(work, bb, names, args, tuned["views"] if tuned else 0)
+        for views in sorted(set(cache_views.values())):
+            D.ensure_cache(work, bb, names, args, views)
         per: dict[str, dict[int, dict]] = {}
         for k in splits:          # split-major: a stopped sweep has every config on split 1
             for name, ov in overrides.items():
                 st = M.recipe(recipe_base, {}, tuned)
-                st.update({key: M.coerce(v) for key, v in ov.items()})
+                st.update({key: M.coerce(v) for key, v in ov.items() if key != "cache_views"})
                 r = M.run_amnet(work, bb, name, st, k, args, force=args.force, test=False,
-                                out_root=work / "sweep" / bb, keep_checkpoint=False)
+                                out_root=work / "sweep" / bb, keep_checkpoint=False,
+                                views=cache_views[name])
                 per.setdefault(name, {})[k] = {f: r.get(f) for f in VAL_KEYS}
             rows = [r for r in rows if r["backbone"] != bb] + \
                 [{**r, "backbone": bb} for r in summary_rows(per, overrides)]
