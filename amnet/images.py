@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from amnet.errors import ImageError, SplitError
+from amnet.listfiles import RootChecker, read_name_list
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -166,7 +167,6 @@ def read_image_list(list_file: str | Path, images_root: str | Path | None = None
     """A list file (`name score` or `name` per line) -> `(name, path)` in file order, with names
     resolved against `images_root` (default: the list file's folder). Raises SplitError naming
     the list file and the name for names escaping the root or naming no file."""
-    from amnet.datasets.splits import RootChecker, read_name_list
     list_file = Path(list_file)
     root = Path(images_root) if images_root is not None else list_file.parent
     entries = read_name_list(list_file)  # checks format, '..', absolute names, duplicates

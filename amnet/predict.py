@@ -319,7 +319,7 @@ class Predictor:
 # ---- inputs --------------------------------------------------------------------------------------
 
 def _read_list(path: Path) -> list[tuple[str, float | None]]:
-    from amnet.datasets.splits import read_name_list
+    from amnet.listfiles import read_name_list
     # a name listed twice is scored twice (harmless here, unlike in a cache)
     return read_name_list(path, unique=False)
 

@@ -89,7 +89,7 @@ def _check_names(cache, names: Sequence[str], split_path: str | os.PathLike, cac
 
 
 def _read(path, cfg: TrainConfig) -> tuple[list[str], np.ndarray]:
-    from amnet.datasets.splits import read_split
+    from amnet.listfiles import read_split
 
     items = read_split(path, score_range=(cfg.score_min, cfg.score_max))
     return [n for n, _ in items], np.asarray([s for _, s in items], dtype=np.float64)
