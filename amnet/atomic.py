@@ -5,7 +5,7 @@ Every writer goes through `atomic_path`: the content goes to a temporary file ne
 over the target (`os.replace`, atomic on POSIX and Windows); on any error, KeyboardInterrupt
 included, the temporary file is removed and the target is left as it was.
 
-Temporary names are recognisable: `.<target name>.<tag>-<pid>` (hidden, next to the target;
+Temporary names are recognisable: `.<stem>.<tag>-<pid><extension>` (hidden, next to the target;
 `tag` says who writes it: `tmp` by default, `creating` for a new feature cache, `merging` for a
 merge, `partial` for a predictions CSV), so a leftover of a killed process is easy to spot.
 
@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+_COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".zip"}
+
+
 def temp_path(path: str | os.PathLike, tag: str = "tmp") -> Path:
-    """The temporary name `atomic_path` writes `path` under: `.<name>.<tag>-<pid>` beside it."""
+    """The temporary name `atomic_path` writes `path` under, beside it: `.<stem>.<tag>-<pid><ext>`
+    (`feats.h5` -> `.feats.creating-123.h5`). The extension stays last because libraries pick
+    a format from it (numpy appends `.npy` otherwise, pandas infers `.csv.gz` compression)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+    ext = "".join(path.suffixes[-2:]) if path.suffix in _COMPRESSED else path.suffix
+    stem = path.name[:len(path.name) - len(ext)] if ext else path.name
+    return path.with_name(f".{stem}.{tag}-{os.getpid()}{ext}")
 
 
 def _fsync_file(path: Path) -> None:
