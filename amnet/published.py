@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from amnet.atomic import atomic_path, atomic_write_text
+from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 from amnet.checkpoint import make_checkpoint, save_checkpoint
 from amnet.errors import WeightsError
 from amnet.model import AMNet, AMNetConfig
@@ -41,8 +42,6 @@ from amnet.provenance import BackboneRecord, file_sha256
 BACKBONE_PREFIX = "core_cnn.core_cnn."
 HEAD_LAYERS = ("inconv", "bn1", "hs1", "hc1", "e1", "eh1", "eh3", "rnn", "regnet1", "regnet4")
 TRUNK_LAYERS = ("conv1", "bn1", "layer1", "layer2", "layer3")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # bottleneck blocks in layer3 -> torchvision architecture
 LAYER3_BLOCKS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}
 
@@ -166,8 +165,6 @@ def import_weights(src: str | os.PathLike, out_dir: str | os.PathLike, *, lstm_s
         torch.save(trunk, tmp)
     weights_id = f"file:{bb_path.resolve()}"
     # the hash stage one records for these weights, so caches made from backbone.pt match
-    from amnet.backbone import load_backbone
-
     _, spec = load_backbone(weights_id, precision="fp32")
     if spec.arch != arch:
         raise WeightsError(f"{bb_path}: stage one reads this trunk as a {spec.arch}, not a {arch}")
