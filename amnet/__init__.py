@@ -1,9 +1,12 @@
 """amnet: AMNet image memorability as a two-stage feature-cache pipeline.
 
 Heavy modules (torch, h5py) are imported lazily so that `import amnet` and the CLIs'
-`--help` stay instant.
+`--help` stay instant: `amnet.__version__` comes from `amnet._version` (which imports nothing),
+`amnet.Predictor`, `amnet.FeatureCache` and `amnet.AMNet` are imported on first access.
+Inside the package, modules read the version from `amnet._version`, never from `amnet` itself
+(the layers contract in setup.cfg: `amnet` reaches up to `amnet.predict`).
 """
-__version__ = "0.1.0"
+from amnet._version import __version__
 
 __all__ = ["Predictor", "FeatureCache", "AMNet", "__version__"]
 

@@ -156,11 +156,11 @@ class ResMemScorer:
 
     def __init__(self, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32,
                  model: Any = None, transform: Callable | None = None):
-        import torch
+        from amnet.device import resolve_device
 
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # auto, cpu, cuda[:N]
         self.precision, self.batch_size = precision, int(batch_size)
         if model is None or transform is None:
             import resmem  # the wheel: pip install resmem==1.1.6 (non-commercial research licence)

@@ -15,6 +15,7 @@ after image i's features were written. A process killed at any point leaves a re
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from amnet.errors import CacheError
+from amnet.provenance import BackboneRecord, versions
+from amnet.views import view_transform_description
 
 FORMAT = "amnet-feature-cache"
 FORMAT_VERSION = 2  # 1: no views; 2: optional `views`/`views_flip` and their attributes
@@ -36,23 +39,21 @@ _SETTING_DEFAULTS = {"views": 0, "view_seed": 0}
 
 def settings_attrs(spec, image_size: int, flip: bool, channels: int,
                    grid: tuple[int, int], views: int = 0, view_seed: int = 0) -> dict[str, Any]:
-    """The attributes describing features made with backbone `spec` at `image_size`, with
-    `views` seeded crop views per image (0: the plain view only)."""
-    import torchvision
-    import amnet
-    from amnet.images import view_transform_description
+    """The attributes describing features made with backbone `spec` (an
+    `amnet.backbone.BackboneSpec`, or a `BackboneRecord`) at `image_size`, with `views` seeded
+    crop views per image (0: the plain view only)."""
+    record = spec if isinstance(spec, BackboneRecord) else BackboneRecord.from_spec(spec)
+    record = replace(record, image_size=int(image_size))
     extra: dict[str, Any] = {"views": int(views), "view_seed": int(view_seed)}
     if views:
         extra["view_transform"] = view_transform_description(image_size)
+    v = versions()
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "backbone": spec.arch, "layer": spec.layer, "weights_id": spec.weights_id,
-        "weights_sha256": spec.weights_sha256, "image_size": int(image_size),
-        "mean": _stats_attr(spec.mean), "std": _stats_attr(spec.std), "flip": bool(flip),
-        "precision": spec.precision, "dtype": "float16", "channels": int(channels),
+        "format": FORMAT, "format_version": FORMAT_VERSION, **record.to_attrs(),
+        "flip": bool(flip), "dtype": "float16", "channels": int(channels),
         "grid": np.asarray(grid, dtype=np.int64), "resize": "squash, PIL bilinear (antialiased)",
-        "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-        "amnet_version": amnet.__version__, **extra,
+        "torch_version": v["torch"], "torchvision_version": v["torchvision"],
+        "amnet_version": v["amnet"], **extra,
     }
 
 
@@ -237,6 +238,11 @@ class FeatureCache:
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
 
+    @property
+    def backbone(self) -> BackboneRecord:
+        """The backbone these features come from (from the attributes; old files included)."""
+        return BackboneRecord.from_attrs(self.attrs)
+
     def index(self, name: str) -> int:
         """Row of `name`; CacheError when the cache lacks it or holds no features for it."""
         i = self._index.get(name)
@@ -313,8 +319,3 @@ class FeatureCache:
                 f"{self.attrs.get('weights_id')}, {self.channels}x{self.grid[0]}x{self.grid[1]}, "
                 f"{self.views} views)")
 
-
-def extract(items, out, **kwargs) -> dict:
-    """See `amnet.extract.extract` (kept here too: the contract names `amnet.cache.extract`)."""
-    from amnet.extract import extract as _extract
-    return _extract(items, out, **kwargs)

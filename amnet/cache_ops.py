@@ -1,7 +1,6 @@
 """Whole-file operations on feature caches: merge shards, describe (info), verify."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -9,6 +8,7 @@ import h5py
 import numpy as np
 
 from amnet import cache as C
+from amnet.atomic import atomic_path
 from amnet.errors import CacheError
 
 _BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224); / K for views
@@ -52,9 +52,7 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
     attrs = {k: (C._stats_attr(v) if k in ("mean", "std") else
                  np.asarray(v) if isinstance(v, list) else v) for k, v in attrs.items()}
     attrs["merged_from"] = np.array([str(p) for p, *_ in metas], dtype=h5py.string_dtype())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
-    try:
+    with atomic_path(out, tag="merging") as tmp:
         with C.create(tmp, all_names, attrs) as g:
             dsets = [d for d in ("features", "features_flip", "views", "views_flip") if d in g]
             block = max(1, _BLOCK // max(1, int(ref.get("views") or 0)))
@@ -63,8 +61,8 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
                 for start in range(0, len(order), block):
                     part = order[start:start + block]
                     for name in dsets:
-                        block = np.stack([handles[s][name][r] for s, r in part])
-                        g[name][start:start + len(part)] = block
+                        rows = np.stack([handles[s][name][r] for s, r in part])
+                        g[name][start:start + len(part)] = rows
                     g["done"][start:start + len(part)] = [metas[s][3][r] for s, r in part]
             finally:
                 for h in handles:
@@ -74,10 +72,6 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
                 C.append_failed(g, failed)
             g.attrs["complete"] = True
             g.attrs["created"] = C.now()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"out": str(out), "images": len(all_names), "shards": len(metas),
             "failed": len(failed)}
 
@@ -182,8 +176,8 @@ def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str, block: int
             mask = done[start:stop]
             if not mask.any():
                 continue
-            block = ds[start:stop]
-            finite = np.isfinite(block.reshape(stop - start, -1)).all(axis=1)
+            data = ds[start:stop]
+            finite = np.isfinite(data.reshape(stop - start, -1)).all(axis=1)
             bad.extend(int(start + k) for k in np.flatnonzero(mask & ~finite))
             bar.update(int(mask.sum()))
     return bad

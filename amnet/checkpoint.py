@@ -6,8 +6,9 @@ with `torch.load(..., weights_only=True)`:
     format_version  int (1)
     model_config    AMNetConfig as a dict
     state_dict      the head's state dict (keys as in spec section 9: inconv.*, ..., regnet4.*)
-    backbone        {arch, layer, weights_id, weights_sha256, image_size, mean, std}: the features
-                    this head expects (taken from the cache's attributes, or from import-weights)
+    backbone        {arch, layer, weights_id, weights_sha256, image_size, mean, std, precision}:
+                    the features this head expects (`amnet.provenance.BackboneRecord.to_dict`,
+                    taken from the cache's attributes, or from import-weights)
     epoch           the chosen epoch (None for imported weights)
     metrics         that epoch's metrics (val_rho, val_mse, ...)
     train_config    the training settings (or the import's source and its sha256)
@@ -16,19 +17,20 @@ with `torch.load(..., weights_only=True)`:
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from amnet.atomic import atomic_path
 from amnet.errors import WeightsError
 from amnet.model import AMNet, AMNetConfig
+from amnet.provenance import BackboneRecord, versions  # noqa: F401  (versions: re-exported)
 
 FORMAT_VERSION = 1
-BACKBONE_KEYS = ("arch", "layer", "weights_id", "weights_sha256", "image_size", "mean", "std",
-                 "precision")  # precision: the trunk's bf16 policy, so predict matches the cache
+# the `backbone` dict's keys (precision: the trunk's bf16 policy, so predict matches the cache)
+BACKBONE_KEYS = tuple(BackboneRecord().to_dict())
 
 
 def plain(obj: Any) -> Any:
@@ -51,32 +53,21 @@ def plain(obj: Any) -> Any:
 
 
 def backbone_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The backbone provenance recorded by a feature cache (its HDF5 attributes)."""
-    b = {k: plain(attrs.get(k)) for k in BACKBONE_KEYS}
-    if b["arch"] is None and attrs.get("backbone") is not None:
-        b["arch"] = plain(attrs.get("backbone"))
-    return b
+    """The backbone provenance recorded by a feature cache (its HDF5 attributes), as the
+    checkpoint's `backbone` dict."""
+    return BackboneRecord.from_attrs(attrs).to_dict()
 
 
-def versions() -> dict[str, str]:
-    """Library versions stored with every checkpoint and metrics file."""
-    import torchvision
-
-    import amnet
-
-    return {"amnet": str(amnet.__version__), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "python": platform.python_version()}
-
-
-def make_checkpoint(model: AMNet, *, backbone: Mapping[str, Any], epoch: int | None = None,
-                    metrics: Mapping[str, Any] | None = None,
+def make_checkpoint(model: AMNet, *, backbone: BackboneRecord | Mapping[str, Any],
+                    epoch: int | None = None, metrics: Mapping[str, Any] | None = None,
                     train_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict for `model` (its state dict is copied to CPU)."""
     return {
         "format_version": FORMAT_VERSION,
         "model_config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "backbone": plain(dict(backbone)),
+        "backbone": (backbone.to_dict() if isinstance(backbone, BackboneRecord)
+                     else plain(dict(backbone))),
         "epoch": epoch,
         "metrics": plain(dict(metrics or {})),
         "train_config": plain(dict(train_config or {})),
@@ -85,12 +76,10 @@ def make_checkpoint(model: AMNet, *, backbone: Mapping[str, Any], epoch: int | N
 
 
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write atomically (temp file + rename) so a killed run never leaves half a checkpoint."""
+    """Write atomically (amnet.atomic) so a killed run never leaves half a checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(ckpt), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(ckpt), tmp)
     return path
 
 

@@ -63,14 +63,19 @@ def cpu_features() -> dict[str, bool]:
             "avx2": query("_is_avx2_supported")}
 
 
-def cpu_label() -> str:
-    """A short description of this CPU for benchmark tables: model name, cores, bf16 units."""
-    model = ""
+def cpu_model() -> str:
+    """The CPU's model name ("" where the OS does not say)."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
-        pass
+        import platform
+        return platform.processor()
+
+
+def cpu_label() -> str:
+    """A short description of this CPU for benchmark tables: model name, cores, bf16 units."""
+    model = cpu_model()
     feats = cpu_features()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
     capped = f", oneDNN capped at {isa}" if isa else ""

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from amnet import cache as C
+from amnet.atomic import atomic_path
 from amnet.progress import progress_bar
 from amnet.backbone import features, load_backbone, normalize_uint8
 from amnet.device import resolve_device, set_compute_threads
@@ -128,14 +129,8 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool):
             f.close()
             raise
         return f, bool(f.attrs.get("complete"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
-    try:
+    with atomic_path(out, tag="creating") as tmp:  # a file at `out` is a fully created cache
         C.create(tmp, names, attrs).close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise  # a file at `out` is always a fully created cache
     return C.open_existing(out, "r+"), False
 
 

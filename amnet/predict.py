@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -25,13 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from amnet.atomic import atomic_open
 from amnet.errors import AmnetError, CacheError, ImageError, WeightsError
 from amnet.progress import progress_bar
+from amnet.provenance import BackboneRecord, as_record, check_compatible
 
 LIST_EXTS = {".txt", ".lst", ".list"}
-# provenance fields every checkpoint of one run must share (weights_id may differ when the
-# sha256 agrees: the same file: weights at two paths)
-_SHARED = ("arch", "layer", "weights_sha256", "image_size")
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -79,65 +77,40 @@ class ItemResult:
 
 # ---- provenance ----------------------------------------------------------------------------------
 
-def _norm_stats(v: Any) -> tuple[float, ...] | None:
-    """mean/std as stored (tuple, list, array, None, empty, "none") -> rounded tuple or None."""
-    if v is None or (isinstance(v, str) and v.lower() in ("", "none", "null")):
-        return None
-    arr = np.asarray(v, dtype=np.float64).ravel()
-    return tuple(round(float(x), 6) for x in arr) if arr.size else None
-
-
-def _provenance(meta: dict, path: Path) -> dict:
+def _provenance(meta: dict, path: Path) -> BackboneRecord:
+    """The backbone a checkpoint's head expects (layer3 and 224 where older files omit them)."""
     b = meta.get("backbone")
     if not isinstance(b, dict) or "weights_id" not in b:
         raise WeightsError(f"{path}: checkpoint has no backbone provenance; re-save it with amnet")
-    return {"arch": b.get("arch"), "layer": b.get("layer", "layer3"),
-            "weights_id": b["weights_id"], "weights_sha256": b.get("weights_sha256"),
-            "image_size": int(b.get("image_size", 224)),
-            "mean": _norm_stats(b.get("mean")), "std": _norm_stats(b.get("std")),
-            # trunk numerics the features were made with (recorded by newer checkpoints)
-            "precision": b.get("precision")}
+    rec = BackboneRecord.from_dict(b)
+    return replace(rec, layer=rec.layer or "layer3", image_size=rec.image_size or 224)
 
 
-def _check_same_backbone(provs: list[dict], paths: list[Path]) -> dict:
-    ref = provs[0]
+def _check_same_backbone(provs: list[BackboneRecord], paths: list[Path]) -> BackboneRecord:
+    # weights_id may differ when the sha256 agrees: the same file: weights at two paths
     for prov, path in zip(provs[1:], paths[1:]):
-        for key in _SHARED + ("mean", "std"):
-            if prov[key] != ref[key]:
-                raise WeightsError(
-                    f"{path}: backbone {key} {prov[key]!r} differs from {paths[0]}'s {ref[key]!r}; "
-                    "checkpoints averaged together must come from one feature cache/backbone")
-    return ref
+        check_compatible(prov, provs[0], f"checkpoint {path}", f"checkpoint {paths[0]}",
+                         error=WeightsError, hint="checkpoints averaged together must come from "
+                         "one feature cache/backbone")
+    return provs[0]
 
 
-def check_cache_provenance(attrs: dict, prov: dict, cache_path: Path, ckpt: Path) -> None:
-    """Refuse a cache whose features were made with another backbone than the checkpoint's."""
-    pairs = [("backbone", "arch"), ("layer", "layer"), ("weights_sha256", "weights_sha256"),
-             ("image_size", "image_size")]
-    for ckey, pkey in pairs:
-        have = attrs.get(ckey)
-        if have is None:
-            continue
-        if isinstance(have, bytes):
-            have = have.decode()
-        if pkey == "image_size":
-            have = int(have)
-        if have != prov[pkey]:
-            raise CacheError(f"{cache_path}: cache {ckey} {have!r} differs from the checkpoint's "
-                             f"{prov[pkey]!r} ({ckpt}); score it with a head trained on this cache")
-    for key in ("mean", "std"):
-        if key in attrs and _norm_stats(attrs[key]) != prov[key]:
-            raise CacheError(f"{cache_path}: cache {key} {_norm_stats(attrs[key])} differs from the "
-                             f"checkpoint's {prov[key]} ({ckpt})")
+def check_cache_provenance(attrs: dict, prov: BackboneRecord | dict, cache_path: Path,
+                           ckpt: Path) -> None:
+    """Refuse a cache whose features were made with another backbone than the checkpoint's.
+    `prov`: the checkpoint's BackboneRecord (or its `backbone` dict)."""
+    check_compatible(BackboneRecord.from_attrs(attrs), as_record(prov),
+                     f"feature cache {cache_path}", f"checkpoint {ckpt}", error=CacheError,
+                     hint="score it with a head trained on this cache")
 
 
-def _load_trunk(prov: dict, weights: str | None, ckpt: Path, precision: str = "auto",
+def _load_trunk(prov: BackboneRecord, weights: str | None, ckpt: Path, precision: str = "auto",
                 device: torch.device | str = "cpu"):
     """Build the backbone the checkpoint was trained on; `weights` (user's) must be the same.
     `precision`: a trunk precision ("auto" resolved for `device`)."""
     from amnet.backbone import load_backbone
 
-    wanted = prov["weights_id"]
+    wanted = prov.weights_id
     if weights is not None and weights != wanted and not weights.startswith("file:"):
         raise WeightsError(f"--weights {weights} does not match {ckpt}, trained on backbone weights "
                            f"{wanted}; drop --weights or pass those weights")
@@ -148,14 +121,10 @@ def _load_trunk(prov: dict, weights: str | None, ckpt: Path, precision: str = "a
         hint = (f"; pass --weights file:<local copy of {wanted[5:]}>" if weights is None
                 and wanted.startswith("file:") else "")
         raise WeightsError(f"{e} (backbone of {ckpt}){hint}") from e
-    if prov["weights_sha256"] and spec.weights_sha256 != prov["weights_sha256"]:
-        raise WeightsError(
-            f"backbone weights {source} (sha256 {spec.weights_sha256[:12]}) differ from those {ckpt} "
-            f"was trained on ({wanted}, sha256 {prov['weights_sha256'][:12]})")
-    if prov["arch"] and spec.arch != prov["arch"]:
-        raise WeightsError(f"backbone {source} is a {spec.arch}, {ckpt} was trained on a {prov['arch']}")
-    if prov["layer"] and getattr(spec, "layer", prov["layer"]) != prov["layer"]:
-        raise WeightsError(f"backbone layer {spec.layer} differs from {ckpt}'s {prov['layer']}")
+    # normalisation belongs to the weight source; it must be what the head was trained on
+    check_compatible(BackboneRecord.from_spec(spec), prov, f"backbone weights {source}",
+                     f"checkpoint {ckpt}", error=WeightsError,
+                     hint="pass the weights the head was trained on")
     return trunk, spec
 
 
@@ -164,11 +133,11 @@ def _load_trunk(prov: dict, weights: str | None, ckpt: Path, precision: str = "a
 class Predictor:
     """Backbone (optional: cached features need none) + one or more AMNet heads, in eval mode."""
 
-    def __init__(self, heads: list[torch.nn.Module], provenance: dict, checkpoints: list[Path],
+    def __init__(self, heads: list[torch.nn.Module], provenance: BackboneRecord, checkpoints: list[Path],
                  device: torch.device, trunk: torch.nn.Module | None = None, spec: Any = None,
                  batch_size: int = 32, round_fp16: bool = False) -> None:
         self.heads = heads
-        self.provenance = provenance
+        self.provenance = as_record(provenance)  # the backbone the heads expect
         self.checkpoints = checkpoints
         self.device = device
         self.trunk = trunk
@@ -178,7 +147,7 @@ class Predictor:
         cfg = heads[0].config
         self.grid: int = int(cfg.grid)
         self.steps: int = int(cfg.steps_out)
-        self.image_size: int = int(provenance["image_size"])
+        self.image_size: int = int(self.provenance.image_size)
         self._transform = None
 
     @classmethod
@@ -214,22 +183,17 @@ class Predictor:
                 if getattr(h.config, key) != getattr(heads[0].config, key):
                     raise WeightsError(f"{p}: head {key} {getattr(h.config, key)} differs from "
                                        f"{paths[0]}'s {getattr(heads[0].config, key)}")
-        if heads[0].config.grid * 16 != prov["image_size"]:
+        if heads[0].config.grid * 16 != prov.image_size:
             raise WeightsError(f"{paths[0]}: head grid {heads[0].config.grid} does not fit input "
-                               f"size {prov['image_size']} (layer3 output is size/16)")
+                               f"size {prov.image_size} (layer3 output is size/16)")
         dev = resolve_device(device)
         trunk = spec = None
         if backbone:
             if match_cache:
-                precision = prov.get("precision") or "mixed"
+                precision = prov.precision or "mixed"
             trunk, spec = _load_trunk(prov, weights, paths[0], precision, dev)
             trunk = trunk.to(dev).eval()
-            # normalisation belongs to the weight source; it must be what the head was trained on
-            for key in ("mean", "std"):
-                if _norm_stats(getattr(spec, key)) != prov[key]:
-                    raise WeightsError(f"backbone {key} {getattr(spec, key)} differs from "
-                                       f"{paths[0]}'s {prov[key]}")
-        elif weights is not None and weights != prov["weights_id"]:
+        elif weights is not None and weights != prov.weights_id:
             _load_trunk(prov, weights, paths[0])  # only to verify a file: by its sha256
         heads = [h.to(dev) for h in heads]
         return cls(heads, prov, paths, dev, trunk, spec, batch_size, round_fp16=match_cache)
@@ -240,8 +204,8 @@ class Predictor:
         """PIL image -> `[3, S, S]` (squash-resize, ToTensor, the weights' normalisation)."""
         if self._transform is None:
             from amnet.backbone import image_transform
-            self._transform = image_transform(self.image_size, self.provenance["mean"],
-                                              self.provenance["std"])
+            self._transform = image_transform(self.image_size, self.provenance.mean,
+                                              self.provenance.std)
         return self._transform
 
     def load_image(self, path: str | Path) -> Image.Image:
@@ -319,7 +283,7 @@ class Predictor:
 # ---- inputs --------------------------------------------------------------------------------------
 
 def _read_list(path: Path) -> list[tuple[str, float | None]]:
-    from amnet.datasets.splits import read_name_list
+    from amnet.listfiles import read_name_list
     # a name listed twice is scored twice (harmless here, unlike in a cache)
     return read_name_list(path, unique=False)
 
@@ -418,7 +382,7 @@ def predict_items(predictor: Predictor, items: list[InputItem], *, batch_size: i
             if ok:
                 from amnet.backbone import normalize_uint8
                 x = torch.stack(xs).to(predictor.device, non_blocking=True)
-                x = normalize_uint8(x, predictor.provenance["mean"], predictor.provenance["std"])
+                x = normalize_uint8(x, predictor.provenance.mean, predictor.provenance.std)
                 _fill(ok, predictor.predict_features(predictor.features(x)))
             bar.update(len(batch))
             yield from results
@@ -511,9 +475,8 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     counts = {"n": len(items), "scored": 0, "failed": 0, "figures": 0, "grid": []}
     sheet: list = []
     used: set[str] = set()
-    tmp = out.with_name(out.name + ".partial")  # a run stopped by --on-error fail leaves no CSV
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    try:  # a run stopped by --on-error fail leaves no CSV (amnet.atomic)
+        with atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             for r in results:
@@ -536,10 +499,6 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                 if grid is not None and it.path is not None and (fc is None or r.image is not None
                                                                  or Path(it.path).is_file()):
                     sheet.append(viz.SheetItem(it.path, r.score, it.name, it.gt))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         if fc is not None:
             fc.close()

@@ -32,16 +32,16 @@ from typing import Any
 
 import torch
 
+from amnet.atomic import atomic_path, atomic_write_text
+from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 from amnet.checkpoint import make_checkpoint, save_checkpoint
 from amnet.errors import WeightsError
 from amnet.model import AMNet, AMNetConfig
-from amnet.provenance import file_sha256
+from amnet.provenance import BackboneRecord, file_sha256
 
 BACKBONE_PREFIX = "core_cnn.core_cnn."
 HEAD_LAYERS = ("inconv", "bn1", "hs1", "hc1", "e1", "eh1", "eh3", "rnn", "regnet1", "regnet4")
 TRUNK_LAYERS = ("conv1", "bn1", "layer1", "layer2", "layer3")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # bottleneck blocks in layer3 -> torchvision architecture
 LAYER3_BLOCKS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}
 
@@ -161,27 +161,25 @@ def import_weights(src: str | os.PathLike, out_dir: str | os.PathLike, *, lstm_s
 
     out.mkdir(parents=True, exist_ok=True)
     bb_path = out / "backbone.pt"
-    tmp = bb_path.with_name(bb_path.name + ".tmp")
-    torch.save(trunk, tmp)
-    os.replace(tmp, bb_path)
+    with atomic_path(bb_path) as tmp:
+        torch.save(trunk, tmp)
     weights_id = f"file:{bb_path.resolve()}"
     # the hash stage one records for these weights, so caches made from backbone.pt match
-    from amnet.backbone import load_backbone
-
     _, spec = load_backbone(weights_id, precision="fp32")
     if spec.arch != arch:
         raise WeightsError(f"{bb_path}: stage one reads this trunk as a {spec.arch}, not a {arch}")
-    backbone = {"arch": arch, "layer": "layer3", "weights_id": weights_id,
-                "weights_sha256": spec.weights_sha256, "image_size": int(image_size),
-                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    # the trunk's numerics are for the user to choose: no precision recorded
+    backbone = BackboneRecord(arch=arch, layer="layer3", weights_id=weights_id,
+                              weights_sha256=spec.weights_sha256, image_size=int(image_size),
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD)
     record = {"source": str(src.resolve()), "source_sha256": sha, "source_keys": len(sd),
               "arch": arch, "guessed_from_path": guess, "model_config": cfg.to_dict(),
-              "backbone": backbone, "backbone_file": str(bb_path), "head_file": str(out / "head.pt"),
+              "backbone": backbone.to_dict(), "backbone_file": str(bb_path), "head_file": str(out / "head.pt"),
               "note": "published AMNet weights (Fajtl et al. 2018); backbone keeps the file's "
                       "BatchNorm statistics"}
     ckpt = make_checkpoint(model, backbone=backbone, epoch=guess.get("epoch"), metrics={},
                            train_config={"imported_from": record["source"], "source_sha256": sha,
                                          **{k: v for k, v in guess.items() if k != "epoch"}})
     save_checkpoint(ckpt, out / "head.pt")
-    (out / "import.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "import.json", json.dumps(record, indent=2) + "\n")
     return record

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from amnet.atomic import atomic_write_text
 from amnet.device import autocast, resolve_device, resolve_head_precision, seed_everything
 from amnet.checkpoint import backbone_from_attrs, load_checkpoint, make_checkpoint, plain, \
     save_checkpoint, versions
@@ -47,7 +48,7 @@ from amnet.feeding import Lazy as _Lazy, Preloaded as _Preloaded, Split as _Spli
 from amnet.metrics import finite_or_none, mse, spearman
 from amnet.model import AMNet, AMNetConfig, amnet_loss
 from amnet.progress import progress_bar
-from amnet.provenance import file_sha256
+from amnet.provenance import BackboneRecord, check_compatible, file_sha256
 
 log = logging.getLogger("amnet.train")
 
@@ -89,7 +90,7 @@ def _check_names(cache, names: Sequence[str], split_path: str | os.PathLike, cac
 
 
 def _read(path, cfg: TrainConfig) -> tuple[list[str], np.ndarray]:
-    from amnet.datasets.splits import read_split
+    from amnet.listfiles import read_split
 
     items = read_split(path, score_range=(cfg.score_min, cfg.score_max))
     return [n for n, _ in items], np.asarray([s for _, s in items], dtype=np.float64)
@@ -174,10 +175,7 @@ def _predictions_frame(split: _Split, pred: np.ndarray, steps: np.ndarray):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plain(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(plain(obj), indent=2, allow_nan=False) + "\n")
 
 
 def _safe(m: dict[str, Any]) -> dict[str, Any]:
@@ -368,19 +366,12 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
         if (cache.channels, cache.grid[0], cache.grid[1]) != (mc.in_channels, mc.grid, mc.grid):
             raise CacheError(f"{cache_path}: features are {cache.channels}x{cache.grid[0]}x{cache.grid[1]}, "
                              f"but the head expects {mc.in_channels}x{mc.grid}x{mc.grid}")
-        cache_bb = backbone_from_attrs(cache.attrs)
-        ckpt_bb = ckpt.get("backbone") or {}
-        want, have = ckpt_bb.get("weights_sha256"), cache_bb.get("weights_sha256")
-        if check_backbone and want and have and want != have:
-            raise CacheError(f"{cache_path}: features come from backbone weights {have[:12]} "
-                             f"({cache_bb.get('weights_id')}), but {checkpoint} was trained on "
-                             f"{want[:12]} ({ckpt_bb.get('weights_id')}); extract a cache "
-                             "with the matching --weights")
-        for key in ("arch", "layer", "image_size"):
-            a, b = cache_bb.get(key), ckpt_bb.get(key)
-            if check_backbone and a is not None and b is not None and a != b:
-                raise CacheError(f"{cache_path}: cache {key} {a!r} differs from {checkpoint}'s "
-                                 f"{b!r}; extract a cache with the checkpoint's settings")
+        if check_backbone and isinstance(ckpt.get("backbone"), dict):
+            check_compatible(BackboneRecord.from_attrs(cache.attrs),
+                             BackboneRecord.from_dict(ckpt["backbone"]),
+                             f"feature cache {cache_path}", f"checkpoint {checkpoint}",
+                             error=CacheError, hint="extract a cache with the checkpoint's "
+                             "--weights and settings")
         split = _Split(names, scores)
         needs = {"test": (cache.views, cache.has_flip)} if tta else {}
         mode = attach_sources(cache_path, cache, {"test": split}, needs, preload, workers, dev)

@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from amnet.backbone import resolve_device
+    from amnet.device import resolve_device
     from amnet.extract import auto_workers
     from amnet.images import list_image_folder
     if not args.images.is_dir():

@@ -52,13 +52,11 @@ def json_safe(x: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomically: a temporary file next to `path`, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True, default=_json_default,
-                              allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    """Atomically (amnet.atomic: a temporary file next to `path`, fsync, os.replace)."""
+    from amnet.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True,
+                                       default=_json_default, allow_nan=False) + "\n")
 
 
 def have_lnsim(data_root: Path) -> bool:
@@ -69,26 +67,11 @@ def cpu_info() -> dict[str, Any]:
     """CPU model and the bf16 paths it has natively (AMX > AVX512-BF16 > only AVX2)."""
     import torch
 
-    name = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
+    from amnet.device import cpu_features, cpu_model
 
-    def probe(fn: str) -> bool | None:
-        f = getattr(torch.cpu, fn, None)
-        try:
-            return bool(f()) if f else None
-        except Exception:  # a private torch helper: absent or failing on odd builds
-            return None
-
-    amx, bf16, avx2 = (probe("_is_amx_tile_supported"), probe("_is_avx512_bf16_supported"),
-                       probe("_is_avx2_supported"))
+    name = cpu_model() or platform.processor() or platform.machine()
+    feats = cpu_features()
+    amx, bf16, avx2 = feats["amx"], feats["avx512_bf16"], feats["avx2"]
     isa = "AMX" if amx else "AVX512-BF16" if bf16 else "AVX2 only" if avx2 else "no AVX2"
     return {"model": name, "cores": os.cpu_count(), "amx": amx, "avx512_bf16": bf16,
             "avx2": avx2, "isa": isa, "torch_threads": torch.get_num_threads()}
@@ -256,11 +239,12 @@ def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float],
 
 
 def resolve_device_args(args) -> None:
-    """auto -> cuda when present; worker and batch defaults per device (in place)."""
-    import torch
+    """auto -> cuda when present (amnet.device); worker and batch defaults per device (in place)."""
+    from amnet.device import resolve_device
 
+    device = resolve_device(args.device)  # checks the name, and that a CUDA device exists
     if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = device.type
     if getattr(args, "workers", None) is None:
         args.workers = min(8, os.cpu_count() or 1) if args.device.startswith("cuda") else 0
     if getattr(args, "extract_batch", None) is None:

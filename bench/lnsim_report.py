@@ -340,19 +340,12 @@ def replace_block(text: str, block: str) -> str:
 
 def render(json_path: Path, md_path: Path, readme: Path | None, notes: Path | None) -> str:
     """Markdown (and README block, when a README is given) from the JSON; returns the markdown."""
-    import os
+    from amnet.atomic import atomic_write_text
 
     results = load_results(json_path)
     text = render_markdown(results, notes)
-    md_path = Path(md_path)
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, md_path)
+    atomic_write_text(md_path, text)
     if readme is not None:
         readme = Path(readme)
-        new = replace_block(readme.read_text(), readme_block(results))
-        tmp = readme.with_name(readme.name + ".tmp")
-        tmp.write_text(new)
-        os.replace(tmp, readme)
+        atomic_write_text(readme, replace_block(readme.read_text(), readme_block(results)))
     return text

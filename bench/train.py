@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from amnet.atomic import atomic_write_text
 from amnet.device import cpu_label, resolve_device, resolve_head_precision
 from amnet.model import AMNet, AMNetConfig, amnet_loss, count_parameters
 from amnet.train import TrainConfig, evaluate, train_split
@@ -182,10 +182,7 @@ def _fmt_s(s: float) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def main() -> None:

@@ -211,7 +211,8 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
 # ---- cached path -------------------------------------------------------------------------------
 
 def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
-    from amnet.cache import FeatureCache, extract
+    from amnet.cache import FeatureCache
+    from amnet.extract import extract
     from amnet.predict import InputItem, predict_cached
     good = ["a.jpg", "b.png", "d.jpg", "sub/c.jpg"]
     cache = tmp_path / "feat.h5"

@@ -207,9 +207,9 @@ def versions(*extra: str) -> dict[str, str]:
     """Versions that can change what `prepare` writes (recorded in prepare.json)."""
     import PIL
 
-    import amnet
+    from amnet._version import __version__
 
-    out = {"amnet": amnet.__version__, "python": platform.python_version(),
+    out = {"amnet": __version__, "python": platform.python_version(),
            "numpy": np.__version__, "pillow": PIL.__version__}
     for name in extra:
         module = __import__(name)

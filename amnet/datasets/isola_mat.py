@@ -26,6 +26,7 @@ import numpy as np
 from amnet.datasets import build
 from amnet.datasets.splits import RootChecker
 from amnet.errors import AmnetError
+from amnet.metrics import spearman
 from amnet.provenance import file_sha256
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -69,12 +70,6 @@ def list_images(folder: Path) -> list[str]:
     if all(re.fullmatch(r"\d+", Path(n).stem) for n in names):
         return sorted(names, key=lambda n: (int(Path(n).stem), n))
     return sorted(names)
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b)[0])
 
 
 def convert(stage: Path, *, root: str | Path, splits: int | Sequence[int] | None = None,
@@ -124,8 +119,8 @@ def convert(stage: Path, *, root: str | Path, splits: int | Sequence[int] | None
         train, val = build.carve(train, val_fraction, build.rng_for(seed, k, 1))
         build.write_parts(stage, k, train, val, test)
         human[str(k)] = {
-            "rho_test_half": round(_spearman(s1[k - 1, test_idx], s2[k - 1, test_idx]), 6),
-            "rho_all_images": round(_spearman(s1[k - 1], s2[k - 1]), 6),
+            "rho_test_half": round(spearman(s1[k - 1, test_idx], s2[k - 1, test_idx]), 6),
+            "rho_all_images": round(spearman(s1[k - 1], s2[k - 1]), 6),
             "n_test": int(len(test_idx))}
         (stage / "splits" / f"human_{k}.json").write_text(
             json.dumps({"split": k, **human[str(k)]}, indent=2, sort_keys=True) + "\n")
