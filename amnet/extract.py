@@ -158,7 +158,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     on_batch(batches, extracted): called after each batch of this run is written -- its feature
     rows (every view, flip included), then their `done` flags, and (on_error="skip") its failed
     images recorded -- and before the periodic flush; `batches` counts this run's batches (1, 2,
-    ...), `extracted` the images extracted so far in this run. An exception it raises ends the
+    ...), `extracted` the images extracted so far in this run (not called for a batch that stops
+    the run with ImageError under on_error="fail"). An exception it raises ends the
     run like any other (the file is flushed and closed, rows marked done stay done); progress
     reports, benchmarks and tests (killing the process at a batch boundary) use it.
     Raises ImageError (on_error="fail", after flushing everything extracted so far),
