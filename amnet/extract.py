@@ -9,10 +9,9 @@ few batches, so a killed run resumes where it stopped (see amnet/cache.py for wh
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +27,9 @@ from amnet.images import load_views_uint8
 
 FLUSH_EVERY_BATCHES = 4
 FLUSH_EVERY_SECONDS = 30.0
-# test hook: SIGKILL this process after that many batches were written (before their flush)
-KILL_HOOK = "AMNET_TEST_KILL_AFTER_BATCHES"
+
+# on_batch(batches, extracted): called once per batch, see extract()
+BatchCallback = Callable[[int, int], None]
 
 
 class _Images(Dataset):
@@ -140,7 +140,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
             batch_size: int = 32, workers: int = 0, on_error: str = "fail",
             overwrite: bool = False, shard: tuple[int, int] | None = None,
             progress: bool = True, precision: str = "auto", source: str | None = None,
-            backbone: tuple | None = None) -> dict:
+            backbone: tuple | None = None, on_batch: BatchCallback | None = None) -> dict:
     """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
 
     views K > 0: also store K seeded random-resized-crop views per image (`views` dataset,
@@ -150,6 +150,13 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     with `out` renamed by `shard_path`). Returns a summary dict (counts, seconds, images/s).
     backbone: an already loaded `(trunk, spec)` from `load_backbone(weights, precision, device)`
     (benchmarks and tests reuse one; `weights`/`precision` must be what it was loaded with).
+    on_batch(batches, extracted): called after each batch of this run is written -- its feature
+    rows (every view, flip included), then their `done` flags, and (on_error="skip") its failed
+    images recorded -- and before the periodic flush; `batches` counts this run's batches (1, 2,
+    ...), `extracted` the images extracted so far in this run (not called for a batch that stops
+    the run with ImageError under on_error="fail"). An exception it raises ends the
+    run like any other (the file is flushed and closed, rows marked done stay done); progress
+    reports, benchmarks and tests (killing the process at a batch boundary) use it.
     Raises ImageError (on_error="fail", after flushing everything extracted so far),
     CacheError (a file made with other settings or for other images), WeightsError.
     """
@@ -205,7 +212,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
         rows = [i for i in range(len(names)) if not done[i] and names[i] not in failed]
         dataset = _Images(paths, names, rows, image_size, views, view_seed)
         _run(f, trunk, spec, dev, dataset, names, flip, views, batch_size, workers, on_error,
-             progress, summary, out)
+             progress, summary, out, on_batch)
         done = f["done"][:].astype(bool)
         summary["failed_total"] = len(C.read_failed(f))
         summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
@@ -231,14 +238,13 @@ def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool
 
 
 def _run(f, trunk, spec, dev, dataset: _Images, names, flip, views, batch_size, workers,
-         on_error, progress, summary, out) -> None:
+         on_error, progress, summary, out, on_batch: BatchCallback | None = None) -> None:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate,
                         pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
     feats_ds, flip_ds, done_ds = f["features"], f["features_flip"] if flip else None, f["done"]
     views_ds = f["views"] if views else None
     views_flip_ds = f["views_flip"] if views and flip else None
-    kill_after = int(os.environ.get(KILL_HOOK, "0"))
     bar = progress_bar(total=len(names), initial=summary["already"] + summary["failed_total"],
                        desc=out.name, enabled=progress)
     t0 = last_flush = time.perf_counter()
@@ -266,8 +272,8 @@ def _run(f, trunk, spec, dev, dataset: _Images, names, flip, views, batch_size, 
                 f.flush()
             batches += 1
             bar.update(len(idx) + len(fails))
-            if kill_after and batches >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if on_batch is not None:
+                on_batch(batches, summary["extracted"])
             if (batches % FLUSH_EVERY_BATCHES == 0
                     or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS):
                 f.flush()

@@ -99,19 +99,63 @@ def image_dir(tmp_path: Path) -> Path:
     return root
 
 
-_BACKBONES: dict = {}
+# ---- stage one: loaded trunks and runs killed at a batch boundary ---------------------------
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def fast_backbone(monkeypatch):
-    """Build each (weights, precision) trunk once per test session for `amnet.extract`."""
-    from amnet import backbone, extract
+@pytest.fixture(scope="session")
+def backbones():
+    """`backbones(weights, precision="auto")` -> a loaded `(trunk, spec)`, built once per session
+    per (weights, resolved precision), for `extract(..., backbone=...)` (pass the same `weights`
+    and `precision` to extract, it records them)."""
+    from amnet.backbone import load_backbone
+    from amnet.device import resolve_trunk_precision
 
-    def cached(weights: str, precision: str = "auto", device="cpu"):
-        from amnet.device import resolve_trunk_precision
-        key = (weights, resolve_trunk_precision(precision, device))
-        if key not in _BACKBONES:
-            _BACKBONES[key] = backbone.load_backbone(weights, precision)
-        return _BACKBONES[key]
-    monkeypatch.setattr(extract, "load_backbone", cached)
-    return cached
+    loaded: dict = {}
+
+    def get(weights: str = "random:0", precision: str = "auto"):
+        key = (weights, resolve_trunk_precision(precision, "cpu"))
+        if key not in loaded:
+            loaded[key] = load_backbone(weights, precision, "cpu")
+        return loaded[key]
+    return get
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child python that must import this checkout's amnet."""
+    import os
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **extra}
+
+
+_KILL_SCRIPT = """\
+import json, os, signal, sys
+from amnet.extract import extract
+from amnet.images import list_image_folder
+
+root, out, after, kw = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+
+
+def kill(batches, extracted):
+    if batches >= after:  # rows and done flags of this batch written, the flush not yet done
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+extract(list_image_folder(root), out, on_batch=kill, progress=False, **kw)
+sys.exit("not killed")
+"""
+
+
+def extract_killed_after(tmp_path: Path, images: Path, out: Path, batches: int, **kw):
+    """Run `extract(list_image_folder(images), out, **kw)` in a child python that SIGKILLs itself
+    after `batches` batches (through `on_batch`); returns the CompletedProcess."""
+    import json
+    import subprocess
+    import sys
+    script = tmp_path / "extract_and_die.py"
+    script.write_text(_KILL_SCRIPT)
+    return subprocess.run([sys.executable, str(script), str(images), str(out), str(batches),
+                           json.dumps(kw)], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)

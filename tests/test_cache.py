@@ -19,10 +19,10 @@ from amnet.images import list_image_folder
 
 
 @pytest.fixture
-def cache_file(image_dir, tmp_path, fast_backbone):
+def cache_file(image_dir, tmp_path, backbones):
     out = tmp_path / "c.h5"
     extract(list_image_folder(image_dir), out, weights="random:0", image_size=32, device="cpu",
-            batch_size=16, progress=False)
+            batch_size=16, progress=False, backbone=backbones("random:0"))
     return out
 
 

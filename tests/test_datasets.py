@@ -51,8 +51,12 @@ def test_demo_layout_counts_and_info(tmp_path: Path) -> None:
     info = prepare_dataset("demo", out, **SMALL_DEMO, fractions=[0.6, 0.2, 0.2])
     assert json.loads((out / "prepare.json").read_text()) == info == load_prepare_info(out)
     assert info["kind"] == "demo" and info["splits"] == [1, 2] and info["seed"] == 0
-    assert info["counts"]["1"] == {"train": 36, "val": 12, "test": 12,
-                                   "train_mean": info["counts"]["1"]["train_mean"]}
+    assert set(info["counts"]) == {"1", "2"}
+    for k in ("1", "2"):  # train_mean: the mean score of the split's train file, computed apart
+        scores = np.loadtxt(out / "splits" / f"train_{k}.txt", usecols=1, dtype=np.float64)
+        assert info["counts"][k] == {"train": 36, "val": 12, "test": 12,
+                                     "train_mean": pytest.approx(scores.mean(), abs=1e-6)}
+    assert info["counts"]["1"]["train_mean"] != info["counts"]["2"]["train_mean"]
     assert available_splits(out) == [1, 2]
     assert len(list((out / "images").iterdir())) == 60
     for k in (1, 2):

@@ -43,12 +43,15 @@ def test_isola_protocol(tmp_path: Path) -> None:
     info = prepare_dataset("isola-mat", out, root=tmp_path / "src", splits=2, val_fraction=0.1,
                            seed=3)
     assert info["splits"] == [1, 2] and info["seed"] == 3
-    assert info["counts"]["1"] == {"train": 18, "val": 2, "test": 20,
-                                   "train_mean": info["counts"]["1"]["train_mean"]}
     assert os.readlink(out / "images") == str((tmp_path / "src" / "Image_data").resolve())
     col = {f"{j + 1:04d}.jpg": j for j in range(40)}
     for k in (1, 2):
         got = read_parts(out, k)
+        # train_mean: observer group 1's mean over the train names, from the .mat values
+        train_cols = [col[n] for n, _ in got["train"]]
+        assert info["counts"][str(k)] == {"train": 18, "val": 2, "test": 20,
+                                          "train_mean": pytest.approx(h1[k - 1, train_cols].mean(),
+                                                                      abs=2e-6)}
         names = [n for items in got.values() for n, _ in items]
         assert sorted(names) == sorted(col)  # halves disjoint and covering
         for part, scores in (("train", h1), ("val", h1), ("test", h2)):
@@ -129,8 +132,9 @@ def test_real_lnsim(tmp_path: Path) -> None:
     out = tmp_path / "lnsim"
     info = prepare_dataset("isola-mat", out, root=LNSIM)
     assert info["splits"] == list(range(1, 26))
+    train = np.loadtxt(out / "splits" / "train_1.txt", usecols=1, dtype=np.float64)
     assert info["counts"]["1"] == {"train": 1184, "val": 132, "test": 1316,
-                                   "train_mean": info["counts"]["1"]["train_mean"]}
+                                   "train_mean": pytest.approx(train.mean(), abs=1e-6)}
     per_split = info["human_consistency"]["per_split"]
     all_images = np.mean([v["rho_all_images"] for v in per_split.values()])
     assert all_images == pytest.approx(0.779, abs=0.001)  # README: 0.779 (sd 0.005)

@@ -1,6 +1,7 @@
 """`amnet-cache extract`: listing, provenance, resume after SIGKILL, refusals, shards + merge.
 
-CPU only, `random:0` weights, tiny images at --image-size 32/64 (grid 2/4)."""
+CPU only, `random:0` weights, tiny images at --image-size 32/64 (grid 2/4). Library calls get the
+session's loaded trunk (`backbone=`); CLI runs load it themselves (random:0: ~0.3 s)."""
 from __future__ import annotations
 
 import os
@@ -21,9 +22,9 @@ from amnet.cache import FeatureCache
 from amnet.cache_ops import merge
 from amnet.cli import cache_cli
 from amnet.errors import CacheError, ImageError, SplitError
-from amnet.extract import KILL_HOOK, extract
+from amnet.extract import extract
 from amnet.images import collect_images, list_image_folder, load_resized_uint8
-from conftest import write_image
+from conftest import extract_killed_after, subprocess_env, write_image
 
 NAMES = ["UPPER.JPEG"] + [f"img{i:02d}.jpg" for i in range(9)] + ["sub/deep.jpg"]
 
@@ -69,12 +70,13 @@ def _direct(names, root, size, trunk, spec, flip=False):
     return B.features(trunk, x, "cpu").half()
 
 
-def test_shapes_dtypes_provenance(image_dir, tmp_path, fast_backbone):
+def test_shapes_dtypes_provenance(image_dir, tmp_path, backbones):
     out = tmp_path / "f.h5"
+    trunk, spec = backbones("random:0")
     s = extract(list_image_folder(image_dir), out, weights="random:0", image_size=64, flip=True,
-                device="cpu", batch_size=4, progress=False, source=str(image_dir))
+                device="cpu", batch_size=4, progress=False, source=str(image_dir),
+                backbone=(trunk, spec))
     assert s["complete"] and s["extracted"] == 11 and s["skipped"] == 0
-    trunk, spec = fast_backbone("random:0")
     with FeatureCache(out) as c:
         assert c.names == NAMES and len(c) == 11 and c.complete and c.has_flip
         assert c.grid == (4, 4) and c.channels == 1024
@@ -99,7 +101,7 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, fast_backbone):
         assert f["features"].chunks == (1, 1024, 4, 4) and f["features"].compression is None
 
 
-def test_complete_refusals_and_overwrite(image_dir, tmp_path, fast_backbone):
+def test_complete_refusals_and_overwrite(image_dir, tmp_path):
     from amnet.device import resolve_trunk_precision
     auto = resolve_trunk_precision("auto", "cpu")  # what this host's default resolves to
     other = "bf16" if auto != "bf16" else "fp32"
@@ -131,42 +133,77 @@ def test_complete_refusals_and_overwrite(image_dir, tmp_path, fast_backbone):
 
 
 def _cli_subprocess(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
     code = "from amnet.cli import cache_cli; cache_cli()"
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], env=subprocess_env(**(env_extra or {})),
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(image_dir, tmp_path, fast_backbone):
+def _arrays(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in ("features", "features_flip", "views", "views_flip", "done")
+                if k in f}
+
+
+def test_on_batch_is_called_after_each_batch_is_written(image_dir, tmp_path, backbones):
+    """on_batch(batches, extracted) comes once per batch, after the batch's rows and done flags
+    were written; an exception from it stops the run with those rows kept."""
+    calls = []
+    out = tmp_path / "f.h5"
+
+    def cb(batches, extracted):
+        calls.append((batches, extracted))
+        if batches == 2:
+            raise KeyboardInterrupt  # as a user's Ctrl-C at that point would
+
+    kw = dict(weights="random:0", image_size=32, device="cpu", batch_size=4, progress=False,
+              backbone=backbones("random:0"))
+    with pytest.raises(KeyboardInterrupt):
+        extract(list_image_folder(image_dir), out, on_batch=cb, **kw)
+    assert calls == [(1, 4), (2, 8)]
+    with FeatureCache(out) as c:  # both batches' rows are on disk and marked done
+        assert [n for n in c.names if n in c] == NAMES[:8] and not c.complete
+    s = extract(list_image_folder(image_dir), out, on_batch=lambda b, e: calls.append((b, e)), **kw)
+    assert s["already"] == 8 and s["extracted"] == 3 and s["complete"]
+    assert calls[2:] == [(1, 3)]  # counted per run
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(image_dir, tmp_path, backbones):
+    """fp32, one image per batch: the resumed file holds the same bytes as an uninterrupted run."""
     out = tmp_path / "killed.h5"
-    args = ["extract", str(image_dir), "--out", str(out), "--weights", "random:0",
-            "--image-size", "32", "--batch-size", "1", "--device", "cpu", "--workers", "0"]
+    kw = dict(weights="random:0", image_size=32, device="cpu", batch_size=1, workers=0,
+              precision="fp32")
     # SIGKILL after 6 batches were written: 4 flushed, 2 maybe not
-    p = _cli_subprocess(args, {KILL_HOOK: "6"})
+    p = extract_killed_after(tmp_path, image_dir, out, 6, **kw)
     assert p.returncode == -signal.SIGKILL, p.stderr
     with FeatureCache(out) as c:  # still a readable cache, partly done
         have = [n for n in c.names if n in c]
         assert 4 <= len(have) <= 6 and not c.complete
+        assert have == NAMES[:len(have)]
         assert c.missing(NAMES) == [n for n in NAMES if n not in have]
-    p = _cli_subprocess(args)
+    args = ["extract", str(image_dir), "--out", str(out), "--weights", "random:0",
+            "--image-size", "32", "--batch-size", "1", "--device", "cpu", "--workers", "0",
+            "--precision", "fp32"]
+    p = _cli_subprocess(args)  # resumed by the command line
     assert p.returncode == 0, p.stderr
     assert f"{11 - len(have)} images" in p.stderr and f"{len(have)} already there" in p.stderr
     ref = tmp_path / "ref.h5"
-    extract(list_image_folder(image_dir), ref, weights="random:0", image_size=32, device="cpu",
-            batch_size=1, progress=False)
+    extract(list_image_folder(image_dir), ref, progress=False,
+            backbone=backbones("random:0", "fp32"), **kw)
     with FeatureCache(out) as a, FeatureCache(ref) as b:
-        assert a.complete and a.names == b.names
-        assert torch.equal(a.load(a.names), b.load(b.names))
+        assert a.complete and a.names == b.names and a.attrs["precision"] == "fp32"
+    a, b = _arrays(out), _arrays(ref)
+    assert set(a) == set(b) == {"features", "done"}
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)  # byte-identical
     assert run_cli("verify", str(out)).exit_code == 0
 
 
-def test_on_error_fail_keeps_progress_then_skip(image_dir, tmp_path, fast_backbone):
+def test_on_error_fail_keeps_progress_then_skip(image_dir, tmp_path, backbones):
     write_image(image_dir / "img04b.jpg", "truncated")  # 6th in sorted order
     out = tmp_path / "f.h5"
     items = list_image_folder(image_dir)
     with pytest.raises(ImageError, match=r"img04b\.jpg: cannot decode"):
         extract(items, out, weights="random:0", image_size=32, device="cpu", batch_size=2,
-                progress=False)
+                progress=False, backbone=backbones("random:0"))
     with FeatureCache(out) as c:
         have = [n for n in c.names if n in c]
         assert have == ["UPPER.JPEG", "img00.jpg", "img01.jpg", "img02.jpg", "img03.jpg",
@@ -175,7 +212,7 @@ def test_on_error_fail_keeps_progress_then_skip(image_dir, tmp_path, fast_backbo
                   "--image-size", "32", "--batch-size", "2")
     assert res.exit_code == 1 and "img04b.jpg" in res.output and "kept" in res.output
     s = extract(items, out, weights="random:0", image_size=32, device="cpu", batch_size=2,
-                on_error="skip", progress=False)
+                on_error="skip", progress=False, backbone=backbones("random:0"))
     assert s["complete"] and s["skipped"] == 1 and s["extracted"] == 3 and s["already"] == 8  # the CLI run did img06
     with FeatureCache(out) as c:
         assert c.missing(c.names) == ["img04b.jpg"] and "truncated" in c.failed["img04b.jpg"]
@@ -184,10 +221,10 @@ def test_on_error_fail_keeps_progress_then_skip(image_dir, tmp_path, fast_backbo
     assert run_cli("verify", str(out)).exit_code == 0  # a recorded skip is not a problem
 
 
-def test_shards_and_merge_equal_single_run(image_dir, tmp_path, fast_backbone, monkeypatch):
+def test_shards_and_merge_equal_single_run(image_dir, tmp_path, backbones, monkeypatch):
     items = list_image_folder(image_dir)
     kw = dict(weights="random:0", image_size=32, device="cpu", batch_size=1, progress=False,
-              flip=True)
+              flip=True, backbone=backbones("random:0"))
     extract(items, tmp_path / "single.h5", **kw)
     shards = []
     for i in range(3):

@@ -67,38 +67,127 @@ def test_no_attention_ablation_is_uniform():
     assert torch.equal(m(x)[0], m(x)[0])
 
 
-def test_uniform_attention_loss_matches_spec():
-    alphas = torch.full((4, 3, 196), 1 / 196)
-    value = 1e-5 * attention_loss(alphas)
-    assert value.item() == pytest.approx(1e-5 * 196 * (0.2 - 3 / 196) ** 2, rel=1e-5)
-    assert value.item() == pytest.approx(6.686e-5, abs=5e-9)
+def test_attention_loss_known_values():
+    # uniform attention over 196 locations, 3 steps: the spec's 6.686e-5 after gamma = 1e-5
+    assert (1e-5 * attention_loss(torch.full((4, 3, 196), 1 / 196))).item() == \
+        pytest.approx(6.686e-5, abs=5e-9)
     # all three steps on one location: about 1.56e-4 (spec 3)
     peaked = torch.zeros(4, 3, 196)
     peaked[:, :, 0] = 1
     assert (1e-5 * attention_loss(peaked)).item() == pytest.approx(1.56e-4, abs=1e-6)
+    # by hand, 2 steps x 3 locations: per location (0.2 - sum over steps)^2, summed, batch mean
+    alphas = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]],     # sums 2, 0, 0: 3.24 + 0.04 + 0.04
+                           [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]])    # sums .5, 1, .5: .09 + .64 + .09
+    assert attention_loss(alphas).item() == pytest.approx((3.32 + 0.82) / 2, rel=1e-6)
 
 
-def test_loss_is_mse_on_normalised_mean_plus_gamma_att():
-    cfg = AMNetConfig()
-    out = torch.tensor([[0.1, 0.2, 0.3], [0.0, -0.3, 0.0]])
-    y = torch.tensor([0.9, 0.6])
-    alphas = torch.full((2, 3, 196), 1 / 196)
-    yn = (y - 0.754) * 2
-    want = ((out.mean(1) - yn) ** 2).mean() + 1e-5 * 196 * (0.2 - 3 / 196) ** 2
-    assert amnet_loss(out, alphas, y, cfg).item() == pytest.approx(want.item(), rel=1e-6)
+def test_attention_loss_prefers_spread_and_ignores_order():
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.softmax(torch.randn(3, 3, 16, generator=g) * 3, dim=-1)
+    base = attention_loss(alphas)
+    perm = torch.randperm(16, generator=g)
+    assert attention_loss(alphas[:, :, perm]).item() == pytest.approx(base.item(), rel=1e-6)
+    assert attention_loss(alphas[:, [2, 0, 1]]).item() == pytest.approx(base.item(), rel=1e-6)
+    assert attention_loss(alphas.flip(0)).item() == pytest.approx(base.item(), rel=1e-6)
+    uniform = attention_loss(torch.full((3, 3, 16), 1 / 16))
+    assert uniform < base  # spreading the attention is what the term rewards
+    # gradients: the constant 0.2 only shifts every location's gradient by the same amount,
+    # which the softmax cancels: logits get the same gradient as from sum_l (sum_t alpha)^2
+    logits = torch.randn(2, 3, 16, generator=g, requires_grad=True)
+    (g1,) = torch.autograd.grad(attention_loss(torch.softmax(logits, -1)), logits)
+    (g2,) = torch.autograd.grad((torch.softmax(logits, -1).sum(1) ** 2).sum(1).mean(), logits)
+    assert torch.allclose(g1, g2, atol=1e-6) and g1.abs().max() > 1e-3
 
 
-def test_predict_denormalises_and_step_scores_sum_to_score():
+def test_loss_known_values():
+    cfg = AMNetConfig()  # y' = (y - 0.754) * 2
+    uniform = torch.full((2, 3, 196), 1 / 196)
+    # per-step outputs averaging exactly y': only the attention term is left
+    out = torch.tensor([[0.4, 0.5, 0.6], [-0.3, 0.0, 0.0]])   # means 0.5, -0.1
+    y = torch.tensor([1.004, 0.704])                          # y' = 0.5, -0.1
+    assert amnet_loss(out, uniform, y, cfg).item() == pytest.approx(6.686e-5, abs=5e-9)
+    assert amnet_loss(out, uniform, y, cfg, gamma=0.0).item() == pytest.approx(0.0, abs=1e-12)
+    # off by 0.2 and 0.1 in normalised units: MSE (0.04 + 0.01) / 2
+    y2 = torch.tensor([0.904, 0.704 - 0.05])                  # y' = 0.3, -0.2
+    assert amnet_loss(out, uniform, y2, cfg, gamma=0.0).item() == pytest.approx(0.025, rel=1e-5)
+    assert amnet_loss(out, uniform, y2, cfg).item() == pytest.approx(0.025 + 6.686e-5, rel=1e-4)
+    # only the mean over steps counts: redistributing a row's outputs changes nothing
+    shuffled = torch.tensor([[0.5, 0.5, 0.5], [0.1, -0.2, -0.2]])
+    assert amnet_loss(shuffled, uniform, y2, cfg).item() == \
+        pytest.approx(amnet_loss(out, uniform, y2, cfg).item(), rel=1e-6)
+    # another target mapping: the same outputs are right for other scores
+    other = AMNetConfig(target_mean=0.5, target_scale=1.0)
+    assert amnet_loss(out, uniform, torch.tensor([1.0, 0.4]), other, gamma=0.0).item() == \
+        pytest.approx(0.0, abs=1e-12)
+
+
+def _constant_head(value: float, steps: int = 3) -> AMNet:
+    """A head whose every step outputs `value` (normalised): the regressor's last layer is a bias."""
+    m = AMNet(**SMALL, lstm_steps=steps).eval()
+    with torch.no_grad():
+        m.regnet4.weight.zero_()
+        m.regnet4.bias.fill_(value)
+    return m
+
+
+def test_predict_known_values():
+    x = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(3))
+    # every step outputs 0.5 (normalised): score 0.5 / 2 + 0.754 = 1.004, steps a third each
+    score, steps, alphas = _constant_head(0.5).predict(x)
+    assert score.tolist() == pytest.approx([1.004] * 4, abs=1e-6)
+    assert torch.allclose(steps, torch.full((4, 3), 1.004 / 3), atol=1e-6)
+    assert alphas.shape == (4, 3, 16)
+    score, steps, _ = _constant_head(0.0, steps=4).predict(x)   # y' = 0 is the target mean
+    assert score.tolist() == pytest.approx([0.754] * 4, abs=1e-6)
+    assert torch.allclose(steps, torch.full((4, 4), 0.754 / 4), atol=1e-6)
+    # a head predicting normalize_targets(y) predicts y: the two maps are inverse
+    for y in (0.2, 0.754, 0.93):
+        yn = _constant_head(0.0).normalize_targets(torch.tensor(y)).item()
+        assert _constant_head(yn).predict(x)[0].tolist() == pytest.approx([y] * 4, abs=1e-6)
+    # target mapping of spec 9: y = 0.754 -> 0, y = 1 -> 0.492
     torch.manual_seed(3)
     m = AMNet(**SMALL).eval()
-    x = torch.randn(4, 8, 4, 4)
-    out, _ = m(x)
-    score, steps, alphas = m.predict(x)
-    assert torch.allclose(score, out.mean(1) / 2 + 0.754)
-    assert torch.allclose(steps.sum(1), score, atol=1e-6)
-    assert torch.allclose(steps, out / 6 + 0.754 / 3)
-    # target mapping of spec 9: y = 0.754 -> 0, y = 1 -> 0.492
     assert m.normalize_targets(torch.tensor([0.754, 1.0])).tolist() == pytest.approx([0.0, 0.492])
+    # any head: step scores sum to the score, the score is monotone in every step's output
+    score, steps, _ = m.predict(x)
+    assert torch.allclose(steps.sum(1), score, atol=1e-6)
+    out = torch.tensor([[0.1, 0.2, 0.3]])
+    higher = torch.tensor([[0.1, 0.25, 0.3]])
+    assert m.denormalize(higher) > m.denormalize(out)
+
+
+def test_eval_outputs_do_not_depend_on_the_batch():
+    torch.manual_seed(6)
+    m = AMNet(**SMALL).eval()
+    x = torch.randn(5, 8, 4, 4)
+    out, alphas = m(x)
+    for i in (0, 3):
+        o1, a1 = m(x[i:i + 1])
+        assert torch.allclose(o1[0], out[i], atol=1e-5) and torch.allclose(a1[0], alphas[i], atol=1e-6)
+    po, pa = m(x.flip(0))
+    assert torch.allclose(po.flip(0), out, atol=1e-5) and torch.allclose(pa.flip(0), alphas, atol=1e-6)
+
+
+def test_attention_moves_with_the_content_when_locations_have_no_bias():
+    """eh1 gives each location its own bias; without it (zeroed) nothing distinguishes locations
+    but their features: moving the content moves the attention with it, and the outputs stay."""
+    torch.manual_seed(7)
+    m = AMNet(**SMALL).eval()
+    with torch.no_grad():
+        m.eh1.weight.zero_()
+        m.eh1.bias.zero_()
+    x = torch.randn(2, 8, 4, 4)
+    out, alphas = m(x)
+    rolled = x.roll(shifts=(1, 2), dims=(2, 3))
+    out_r, alphas_r = m(rolled)
+    moved = alphas.reshape(2, 3, 4, 4).roll(shifts=(1, 2), dims=(2, 3)).reshape(2, 3, 16)
+    assert torch.allclose(alphas_r, moved, atol=1e-6) and torch.allclose(out_r, out, atol=1e-5)
+    assert alphas.std() > 1e-3  # not trivially uniform
+    # a location made to stand out draws the attention
+    spot = x.clone()
+    spot[:, :, 2, 1] *= 6.0
+    _, alphas_s = m(spot)
+    assert not torch.allclose(alphas_s, alphas, atol=1e-3)
 
 
 def test_eval_is_deterministic_and_train_uses_dropout():

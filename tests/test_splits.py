@@ -33,8 +33,23 @@ def test_round_trip_and_format(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["train_1.txt"]  # no temp file left
 
 
-def test_split_error_is_amnet_error() -> None:
-    assert issubclass(SplitError, AmnetError)
+def test_bad_split_is_an_amnet_error_the_cli_reports_in_one_line(tmp_path: Path, root: Path) -> None:
+    """What the CLIs catch (AmnetError) is what a bad file raises: one line, file:line, exit 1."""
+    path = _write(tmp_path / "train_1.txt", "a.jpg 0.5\nb.jpg high\n")
+    with pytest.raises(AmnetError) as e:
+        read_split(path)
+    assert type(e.value) is SplitError
+    assert str(e.value) == f"{path}:2: score 'high' is not a finite number"
+    from click.testing import CliRunner
+
+    from amnet.cli import cache_cli
+    names = _write(root / "list.txt", "a.jpg\n../b.jpg\n")
+    res = CliRunner().invoke(cache_cli, ["extract", str(names), "--out", str(tmp_path / "f.h5"),
+                                         "--weights", "random:0"])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith(f"Error: {names}:2: ") and "contains '..'" in res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert not (tmp_path / "f.h5").exists()
 
 
 def test_blank_lines_bom_and_tabs_are_tolerated(tmp_path: Path) -> None:

@@ -1,0 +1,233 @@
+"""The DVC stage scripts (pipeline/*.py) as `dvc repro` runs them: each in its own python, in a
+temporary copy of the repository layout (pipeline/ + a tiny params.yaml: 40 demo images of 48 px,
+random:0 at --image-size 32, a 16-wide head, 2 epochs), without DVC itself.
+
+Covers prepare's outputs, extract's resume / replace of a left-over partial file, train and
+evaluate, and that evaluate writes the same metrics/summary.json bytes from the same inputs."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, subprocess_env
+
+N_IMAGES = 40
+
+
+def _params() -> dict:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["data"].update(dataset="demo", root="", splits=[1, 2])
+    p["data"]["demo"] = {"n_images": N_IMAGES, "image_size": 48}
+    p["backbone"].update(weights="random:0", image_size=32, flip=False, views=0, precision="auto",
+                         batch_size=8, workers=0, device="cpu")
+    p["model"].update(feature_dim=16, hidden_dim=16, regressor_dim=8)
+    p["train"].update(epochs=2, batch_size=8, device="cpu")
+    p["evaluate"]["attention_figures"] = 2
+    return p
+
+
+def _stage(proj: Path, script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, f"pipeline/{script}", *args], cwd=proj,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert p.returncode == 0, f"{script}: {p.stdout}\n{p.stderr}"
+    return p
+
+
+def _summary(p: subprocess.CompletedProcess) -> dict:
+    """The dict pipeline/extract.py prints as its last line (`extract: {...}`)."""
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("extract: {")][-1]
+    return ast.literal_eval(line[len("extract: "):])
+
+
+def _features(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in ("features", "done")} | {
+            "weights_id": f.attrs["weights_id"], "complete": bool(f.attrs["complete"])}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """prepare + extract, once for the module; tests copy it before changing anything."""
+    proj = tmp_path_factory.mktemp("pipeline") / "proj"
+    proj.mkdir()
+    shutil.copytree(REPO / "pipeline", proj / "pipeline")
+    (proj / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))
+    _stage(proj, "prepare.py")
+    _stage(proj, "extract.py")
+    return proj
+
+
+def _copy(project: Path, tmp_path: Path) -> Path:
+    proj = tmp_path / "proj"
+    shutil.copytree(project, proj, symlinks=True)
+    return proj
+
+
+def _items(proj: Path) -> list[tuple[str, Path]]:
+    """The (name, path) list pipeline/extract.py extracts, built the same way."""
+    from amnet.datasets import images_root
+    from amnet.datasets.splits import read_name_list
+    dataset = proj / "data" / "demo"
+    return [(n, images_root(dataset) / n) for n, _ in read_name_list(dataset / "images.txt")]
+
+
+# ---- prepare ---------------------------------------------------------------------------------
+
+def test_prepare_writes_splits_names_and_record(project):
+    from amnet.datasets.splits import read_split
+    data = project / "data" / "demo"
+    record = json.loads((data / "prepare.json").read_text())
+    assert record["kind"] == "demo" and record["splits"] == [1, 2] and record["seed"] == 2018
+    names = (data / "images.txt").read_text().splitlines()
+    assert names == sorted(names) and len(names) == N_IMAGES
+    for k in (1, 2):
+        parts = {p: read_split(data / "splits" / f"{p}_{k}.txt") for p in ("train", "val", "test")}
+        used = [n for items in parts.values() for n, _ in items]
+        assert sorted(used) == names  # images.txt: every image the splits use, once
+        counts = record["counts"][str(k)]
+        assert [counts[p] for p in ("train", "val", "test")] == [len(parts[p]) for p in parts]
+        assert counts["train"] == 28 and counts["test"] == 8  # params: 10% val, 20% test
+    assert (data / "images" / names[0]).is_file()
+
+
+def test_prepare_bad_params_is_one_line(project, tmp_path):
+    proj = tmp_path / "proj"
+    shutil.copytree(project / "pipeline", proj / "pipeline")
+    params = _params()
+    params["data"].update(dataset="lamem", root="")
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    p = _stage(proj, "prepare.py", check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("prepare: ")
+    assert "data.root is empty" in p.stderr and not (proj / "data" / "lamem").exists()
+
+
+# ---- extract ---------------------------------------------------------------------------------
+
+def test_extract_writes_the_complete_cache(project):
+    out = project / "data" / "features" / "demo.h5"
+    assert out.is_file() and not (project / "data" / "features" / "demo.partial.h5").exists()
+    from amnet.cache import FeatureCache
+    with FeatureCache(out) as c:
+        assert c.complete and c.names == [n for n, _ in _items(project)]
+        assert c.grid == (2, 2) and c.attrs["weights_id"] == "random:0"
+        assert c.attrs["image_size"] == 32 and not c.has_flip and c.views == 0
+        assert c.attrs["source"] == "data/demo"
+
+
+def _partial(proj: Path, batches: int, backbone, **settings) -> Path:
+    """A left-over of a run stopped after `batches` batches: data/features/demo.partial.h5."""
+    from amnet.extract import extract
+    params = yaml.safe_load((proj / "params.yaml").read_text())["backbone"]
+    kw = dict(weights=params["weights"], image_size=params["image_size"], flip=params["flip"],
+              views=params["views"], precision=params["precision"], device="cpu",
+              batch_size=params["batch_size"], progress=False, source="data/demo")
+    kw.update(settings)
+
+    def stop(b, _):
+        if b == batches:
+            raise KeyboardInterrupt
+
+    partial = proj / "data" / "features" / "demo.partial.h5"
+    with pytest.raises(KeyboardInterrupt):
+        extract(_items(proj), partial, on_batch=stop, backbone=backbone(kw["weights"],
+                                                                         kw["precision"]), **kw)
+    return partial
+
+
+def test_extract_resumes_a_partial_file_made_with_the_same_params(project, tmp_path, backbones):
+    proj = _copy(project, tmp_path)
+    ref = _features(proj / "data" / "features" / "demo.h5")
+    (proj / "data" / "features" / "demo.h5").unlink()
+    partial = _partial(proj, 2, backbones)
+    assert _features(partial)["done"].sum() == 16
+    p = _stage(proj, "extract.py")
+    s = _summary(p)
+    assert s["already"] == 16 and s["extracted"] == N_IMAGES - 16 and s["complete"]
+    assert "not resuming" not in p.stderr and not partial.exists()
+    got = _features(proj / "data" / "features" / "demo.h5")
+    # whole batches kept: the resumed run's batches are the uninterrupted run's, same bytes
+    assert got["features"].tobytes() == ref["features"].tobytes() and got["done"].all()
+
+
+@pytest.mark.parametrize("other", [{"weights": "random:1"}, {"image_size": 48}])
+def test_extract_replaces_a_partial_file_made_with_other_params(project, tmp_path, backbones,
+                                                                other):
+    proj = _copy(project, tmp_path)
+    ref = _features(proj / "data" / "features" / "demo.h5")
+    (proj / "data" / "features" / "demo.h5").unlink()
+    partial = _partial(proj, 1, backbones, **other)
+    p = _stage(proj, "extract.py")
+    assert f"extract: not resuming {Path('data/features/demo.partial.h5')}" in p.stderr
+    assert "other settings" in p.stderr
+    s = _summary(p)
+    assert s["already"] == 0 and s["extracted"] == N_IMAGES and s["complete"]
+    got = _features(proj / "data" / "features" / "demo.h5")
+    assert got["weights_id"] == "random:0" and got["complete"] and not partial.exists()
+    assert got["features"].tobytes() == ref["features"].tobytes()
+
+
+def test_extract_resumes_a_complete_partial_file_without_work(project, tmp_path):
+    """Killed between the last write and the rename: the next run only renames."""
+    proj = _copy(project, tmp_path)
+    cache = proj / "data" / "features" / "demo.h5"
+    cache.rename(cache.with_name("demo.partial.h5"))
+    s = _summary(_stage(proj, "extract.py"))
+    assert s["already"] == N_IMAGES and s["extracted"] == 0 and s["complete"] and cache.is_file()
+
+
+# ---- train + evaluate ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(project, tmp_path_factory) -> Path:
+    proj = tmp_path_factory.mktemp("trained") / "proj"
+    shutil.copytree(project, proj, symlinks=True)
+    for k in ("1", "2"):
+        _stage(proj, "train.py", k)
+    return proj
+
+
+def test_evaluate_summary_is_reproducible_to_the_byte(trained):
+    _stage(trained, "evaluate.py")
+    summary = trained / "metrics" / "summary.json"
+    first = summary.read_bytes()
+    figures = sorted(p.name for p in (trained / "metrics" / "attention").iterdir())
+    _stage(trained, "evaluate.py")
+    assert summary.read_bytes() == first
+    assert sorted(p.name for p in (trained / "metrics" / "attention").iterdir()) == figures
+    assert len(figures) == 2
+    # and what it holds: mean and sample sd over the per-split metrics, computed apart
+    s = json.loads(first)
+    per = [json.loads((trained / "metrics" / "splits" / f"{k}.json").read_text()) for k in (1, 2)]
+    assert s["splits"] == [1, 2] and s["dataset"] == "demo" and s["n_splits"] == 2
+    for key in ("rho", "mse"):
+        vals = [m[key] for m in per]
+        assert s[key]["values"] == vals
+        assert s[key]["mean"] == pytest.approx((vals[0] + vals[1]) / 2, rel=1e-12)
+        assert s[key]["sd"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5, rel=1e-12)
+    assert "human_rho" not in s  # the demo records no human consistency
+
+
+def test_evaluate_changes_when_a_split_metric_changes(trained, tmp_path):
+    """Not a constant file: other inputs, other bytes."""
+    proj = _copy(trained, tmp_path)
+    _stage(proj, "evaluate.py")
+    before = (proj / "metrics" / "summary.json").read_bytes()
+    m = proj / "metrics" / "splits" / "2.json"
+    d = json.loads(m.read_text())
+    d["rho"] = d["rho"] + 0.125
+    m.write_text(json.dumps(d))
+    _stage(proj, "evaluate.py")
+    after = json.loads((proj / "metrics" / "summary.json").read_text())
+    assert (proj / "metrics" / "summary.json").read_bytes() != before
+    assert after["rho"]["values"][1] == d["rho"]
