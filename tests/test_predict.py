@@ -205,7 +205,8 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
     res = CliRunner().invoke(main, ["predict", "--checkpoint", h1, str(env["images"]),
                                     "--out", str(out2), "--on-error", "fail"])
     assert res.exit_code == 1 and "bad.jpg" in res.output
-    assert not out2.exists() and not list(tmp_path.glob("*.partial"))
+    # nothing left behind: no CSV, no temp file of amnet.atomic (".fail.partial-<pid>.csv")
+    assert not out2.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     lst.unlink()
 
 
