@@ -80,8 +80,8 @@ def _resume(state_file: Path, fp: str, model: AMNet, opt: torch.optim.Optimizer,
     run = FitProgress(history=list(st["history"]), best=st["best"])
     done = run.epochs_done
     if done < epochs:
-        log.warning("resumed at epoch %d of %d from %s (epochs 1-%d done)", done + 1, epochs,
-                    state_file, done)
+        log.warning("resumed at epoch %d of %d from %s (%s done)", done + 1, epochs, state_file,
+                    "epoch 1" if done == 1 else f"epochs 1-{done}")
     else:
         log.warning("resumed after the last epoch (%d of %d) from %s: publishing the outputs",
                     done, epochs, state_file)
