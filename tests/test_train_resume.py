@@ -113,6 +113,7 @@ def test_kill_9_mid_training_resumes_to_identical_outputs(tmp_path, caplog):
     assert 2 <= done < epochs
     assert not any((out / name).exists() for name in OUTPUTS)
 
+    caplog.clear()            # only this run's records (earlier runs log too at INFO)
     with caplog.at_level(logging.INFO, logger="amnet.train"):
         m = train_split(cache, files["train"], files["val"], files["test"], out, mc, cfg)
     assert resume_lines(caplog) == [f"resumed at epoch {done + 1} of {epochs} from {state} "
@@ -150,6 +151,7 @@ def test_a_crash_while_publishing_is_redone(tmp_path, monkeypatch, caplog):
     assert (out / "history.csv").read_bytes() == old_history
     assert (out / "history.csv.tmp").is_file() and (out / ".train-state" / "head.pt.state").is_file()
 
+    caplog.clear()            # only this run's records (earlier runs log too at INFO)
     with caplog.at_level(logging.INFO, logger="amnet.train"):
         run(tmp_path, "o", cache, files)
     assert resume_lines(caplog) == [f"resumed after the last epoch (2 of 2) from "
@@ -177,6 +179,7 @@ def test_a_changed_run_starts_fresh(tmp_path, monkeypatch, caplog, change):
         files["train"].write_text("".join([f"{name} {float(score) / 2:.6f}\n", *lines[1:]]))
     else:
         state.write_bytes(b"half a file")
+    caplog.clear()            # only this run's records (earlier runs log too at INFO)
     with caplog.at_level(logging.INFO, logger="amnet.train"):
         m = run(tmp_path, "o", cache, files, **kw)
     (line,) = resume_lines(caplog)
@@ -218,6 +221,7 @@ def test_state_lives_beside_the_checkpoint_and_nothing_is_left(tmp_path, monkeyp
     assert leftovers(tmp_path) == ["models/.train-state"]         # the stale *.tmp are gone
     for p in paths.values():                                      # as `dvc repro` does
         p.unlink(missing_ok=True)
+    caplog.clear()            # only this run's records (earlier runs log too at INFO)
     with caplog.at_level(logging.INFO, logger="amnet.train"):
         m = go()
     assert resume_lines(caplog) == [f"resumed at epoch 2 of 3 from {state} (epoch 1 done)"]
