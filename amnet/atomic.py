@@ -35,7 +35,7 @@ def temp_path(path: str | os.PathLike, tag: str = "tmp") -> Path:
     return path.with_name(f".{stem}.{tag}-{os.getpid()}{ext}")
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,7 +43,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (best effort: not every OS/file system allows it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -72,12 +72,12 @@ def atomic_path(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
     tmp = temp_path(path, tag)
     try:
         yield tmp
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """Feeding cached features to the head: the same batches from memory or lazily from the cache.
 
-A `Split` (train, val or test images) gets a `Source` that yields one float16 `[b, C, g, g]`
-tensor per batch of row indices. Per sample it serves one view -- 0 the plain (test-transform)
-view, 1..K a stored random-resized crop (`amnet-cache extract --views K`) -- flipped or not.
+A `SplitPart` (one part of a split: its train, val or test images) gets a `Source` that yields
+one float16 `[b, C, g, g]` tensor per batch of row indices. Per sample it serves one view -- 0
+the plain (test-transform) view, 1..K a stored random-resized crop (`amnet-cache extract
+--views K`) -- flipped or not.
 `Preloaded` holds the features in RAM or on the GPU; `Lazy` reads them from the HDF5 file in
 DataLoader workers. Both return identical tensors for the same (indices, flips, views), so which
 one runs never changes the results.
@@ -32,8 +33,9 @@ def open_cache(path: str | os.PathLike):
     return FeatureCache(path)
 
 
-class Split:
-    """One set of images (train, val or test): names, scores `[N]` and a source of batches."""
+class SplitPart:
+    """One part of a split (its train, val or test images): names, scores `[N]` and a source of
+    batches."""
 
     def __init__(self, names: list[str], scores: np.ndarray):
         self.names, self.scores = names, scores
@@ -168,16 +170,17 @@ def _load_views(cache, names: list[str], k: int, flip: bool, target: torch.devic
     return out
 
 
-def attach_sources(cache_path, cache, splits: dict[str, Split], needs: dict[str, tuple[int, bool]],
-                   preload: str, workers: int, device: torch.device) -> str:
-    """Give each split a source; returns where the data lives: device, ram or lazy.
+def attach_sources(cache_path, cache, parts: dict[str, SplitPart],
+                   needs: dict[str, tuple[int, bool]], preload: str, workers: int,
+                   device: torch.device) -> str:
+    """Give each part a source; returns where the data lives: device, ram or lazy.
 
-    needs: split name -> (crop views K it must serve, whether it serves flips); splits not
+    needs: part name -> (crop views K it must serve, whether it serves flips); parts not
     named serve the plain view only. preload: auto | device | ram | lazy."""
     per_image = 2 * cache.channels * cache.grid[0] * cache.grid[1]          # float16 bytes
-    need = {k: needs.get(k, (0, False)) for k in splits}
+    need = {k: needs.get(k, (0, False)) for k in parts}
     total = sum(len(s) * per_image * (1 + need[k][0]) * (2 if need[k][1] else 1)
-                for k, s in splits.items())
+                for k, s in parts.items())
     mode = preload
     if mode == "auto":
         ram = available_ram()
@@ -189,15 +192,15 @@ def attach_sources(cache_path, cache, splits: dict[str, Split], needs: dict[str,
             mode = "lazy"
     if mode not in ("device", "ram", "lazy"):
         raise ValueError(f"preload must be auto, device, ram or lazy, not {preload!r}")
-    log.info("data: %d images, %.2f GB float16 -> %s", sum(map(len, splits.values())), total / 1e9, mode)
+    log.info("data: %d images, %.2f GB float16 -> %s", sum(map(len, parts.values())), total / 1e9, mode)
     if mode == "lazy":
         n_workers = workers if workers >= 0 else min(8, os.cpu_count() or 1)
-        for k, s in splits.items():
+        for k, s in parts.items():
             s.source = Lazy(str(cache_path), s.names, n_workers, pin=device.type == "cuda",
                             views=need[k][0], flip=need[k][1])
         return mode
     target = device if mode == "device" else torch.device("cpu")
-    for k, s in splits.items():
+    for k, s in parts.items():
         n_views, flip = need[k]
         feats = torch.as_tensor(cache.load(s.names)).to(target)
         feats_flip = torch.as_tensor(cache.load(s.names, flip=True)).to(target) if flip else None

@@ -1,7 +1,13 @@
 """DVC stage `train@<k>` (stage two): train the AMNet head on split k over the cached features.
 
 Usage: python pipeline/train.py K. Writes models/<k>.pt, metrics/history/<k>.csv,
-metrics/predictions/<k>.csv and metrics/splits/<k>.json.
+metrics/predictions/<k>.csv and metrics/splits/<k>.json, together at the end.
+
+Resumable: after every epoch the training state goes to models/.train-state/<k>.pt.state (not a
+DVC output, so it survives DVC deleting the stage's outputs before a re-run; .dvcignore keeps it
+out of the `models` dependency of `evaluate`). A `dvc repro` killed in this stage continues on
+the next one from the last finished epoch, with the same results; the state is removed once the
+outputs are written.
 """
 import sys
 from pathlib import Path

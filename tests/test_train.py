@@ -111,7 +111,17 @@ def test_no_attention_ablation_trains(tmp_path):
     m = run(tmp_path, "o", cache, files, AMNetConfig(**TINY, use_attention=False))
     model, ckpt = load_checkpoint(tmp_path / "o" / "head.pt")
     assert ckpt["model_config"]["use_attention"] is False
-    assert math.isfinite(m["mse"])
+    # the reported test metrics are those of the written predictions, which are the saved head's
+    pred = pd.read_csv(tmp_path / "o" / "predictions.csv")
+    assert math.isfinite(m["mse"]) and m["mse"] == mse(pred["gt"], pred["pred"])
+    assert m["rho"] == spearman(pred["gt"], pred["pred"]) and m["n"] == len(pred) == 32
+    from amnet.cache import FeatureCache
+    from amnet.device import autocast
+
+    with FeatureCache(cache) as fc, torch.no_grad(), autocast(torch.device("cpu"), m["precision"]):
+        scores, _, alphas = model.predict(fc.load(pred["name"].tolist()))
+    assert np.allclose(scores.double().numpy(), pred["pred"], rtol=0, atol=1e-6)
+    assert torch.all(alphas == 1 / G**2)                  # no attention: uniform weights
 
 
 # ---- determinism and data paths --------------------------------------------------------------
@@ -141,12 +151,43 @@ def test_preload_and_lazy_give_equal_results(tmp_path, workers):
     pd.testing.assert_frame_equal(pa, pb)
 
 
+def test_preload_device_equals_ram(tmp_path):
+    """preload="device" puts the features on the training device (here the CPU): same run as ram."""
+    cache, files = synthetic(tmp_path, n=(128, 40, 40), flip=True)
+    a = run(tmp_path, "ram", cache, files, preload="ram", device="cpu")
+    b = run(tmp_path, "dev", cache, files, preload="device", device="cpu")
+    assert (a["data"], b["data"]) == ("ram", "device") and a["device"] == b["device"] == "cpu"
+    for k in ("rho", "mse", "val_rho", "val_mse", "best_epoch", "flip"):
+        assert a[k] == b[k], k
+    for name in ("predictions.csv", "history.csv"):
+        pa, pb = (pd.read_csv(tmp_path / d / name) for d in ("ram", "dev"))
+        pd.testing.assert_frame_equal(pa.drop(columns="seconds", errors="ignore"),
+                                      pb.drop(columns="seconds", errors="ignore"), check_exact=True)
+    ha, hb = (load_checkpoint(tmp_path / d / "head.pt")[0].state_dict() for d in ("ram", "dev"))
+    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+
+
 def test_flip_changes_training_only_when_used(tmp_path):
     cache, files = synthetic(tmp_path, n=(128, 40, 40), flip=True)
     a = run(tmp_path, "f", cache, files)
     b = run(tmp_path, "n", cache, files, flip=False)
     assert a["flip"] and not b["flip"]
-    assert a["val_mse"] != b["val_mse"]
+    # unused, the stored flips change nothing: the same run as over a cache without them
+    (tmp_path / "plain").mkdir()
+    plain_cache, plain_files = synthetic(tmp_path / "plain", n=(128, 40, 40), flip=False)
+    c = run(tmp_path, "p", plain_cache, plain_files)
+    assert not c["flip"]
+    for k in ("rho", "mse", "val_rho", "val_mse", "best_epoch"):
+        assert b[k] == c[k], k
+    ha, hb, hc = (load_checkpoint(tmp_path / d / "head.pt")[0].state_dict() for d in "fnp")
+    assert all(torch.equal(hb[k], hc[k]) for k in hb)
+    # used, they change the weights trained...
+    assert any(not torch.equal(ha[k], hb[k]) for k in ha)
+    # ... and the val metrics reported are those of the saved head (val uses the plain view)
+    for d, m in (("f", a), ("n", b)):
+        ev, _ = evaluate(tmp_path / d / "head.pt", cache, files["val"], device="cpu",
+                         batch_size=50)
+        assert (ev["rho"], ev["mse"]) == (m["val_rho"], m["val_mse"]), d
 
 
 # ---- outputs ----------------------------------------------------------------------------------
@@ -155,6 +196,9 @@ def test_outputs_and_checkpoint_round_trip(tmp_path):
     cache, files = synthetic(tmp_path, n=(96, 32, 40))
     m = run(tmp_path, "o", cache, files, epochs=3)
     out = tmp_path / "o"
+    # the four outputs and nothing else: no temp file, no training state once complete
+    assert sorted(p.name for p in out.iterdir()) == ["head.pt", "history.csv", "metrics.json",
+                                                     "predictions.csv"]
     hist = pd.read_csv(out / "history.csv")
     assert list(hist.columns) == ["epoch", "train_loss", "val_rho", "val_mse", "lr", "seconds"]
     assert hist["epoch"].tolist() == [1, 2, 3]
