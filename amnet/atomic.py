@@ -35,6 +35,16 @@ def temp_path(path: str | os.PathLike, tag: str = "tmp") -> Path:
     return path.with_name(f".{stem}.{tag}-{os.getpid()}{ext}")
 
 
+def remove_stale_temps(path: str | os.PathLike, tag: str = "tmp") -> int:
+    """Delete the temporary files `atomic_path(path, tag)` of killed processes left beside
+    `path` (any pid); returns how many. Call it only where no other process writes `path`."""
+    pattern = temp_path(path, tag).name.replace(f"-{os.getpid()}", "-*", 1)
+    stale = list(Path(path).parent.glob(pattern))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

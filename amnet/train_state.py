@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from amnet.atomic import atomic_path
+from amnet.atomic import atomic_path, remove_stale_temps
 
 log = logging.getLogger("amnet.train")
 
@@ -87,7 +87,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 def load_state(path: Path, fp: str) -> dict[str, Any] | None:
     """The state at `path` when it belongs to a run with fingerprint `fp`; else None (a state of
     another run, or an unreadable one, is removed with a one-line note)."""
-    tmp_path(path).unlink(missing_ok=True)        # a state write that a kill interrupted
+    remove_stale_temps(path)        # state writes that a kill interrupted
     if not path.is_file():
         return None
     why = ""
@@ -109,7 +109,7 @@ def load_state(path: Path, fp: str) -> dict[str, Any] | None:
 def remove_state(path: Path) -> None:
     """Delete the state (and its folder once empty)."""
     path.unlink(missing_ok=True)
-    tmp_path(path).unlink(missing_ok=True)
+    remove_stale_temps(path)
     try:
         path.parent.rmdir()
     except OSError:

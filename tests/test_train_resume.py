@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
+from amnet.atomic import temp_path
+
 import amnet.fit
 import amnet.publish
 from amnet.model import AMNetConfig
@@ -63,7 +65,7 @@ def resume_lines(caplog) -> list[str]:
 
 def leftovers(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.name.endswith(".tmp") or p.name == ".train-state")
+                  if p.name.endswith(".tmp") or ".tmp-" in p.name or p.name == ".train-state")
 
 
 def assert_same_outputs(a: Path, b: Path) -> None:
@@ -205,9 +207,12 @@ def test_state_lives_beside_the_checkpoint_and_nothing_is_left(tmp_path, monkeyp
                  predictions_path=tmp_path / "metrics" / "predictions" / "1.csv",
                  metrics_path=tmp_path / "metrics" / "splits" / "1.json")
     state = tmp_path / "models" / ".train-state" / "1.pt.state"
-    for p in (*paths.values(), state):
+    for p in paths.values():  # staged outputs of amnet.publish
         p.parent.mkdir(parents=True, exist_ok=True)
         p.with_name(p.name + ".tmp").write_bytes(b"left by a killed run")
+    state.parent.mkdir(parents=True)  # a state write (amnet.atomic) of a killed process 99999
+    stale_state = state.with_name(temp_path(state).name.replace(f"-{os.getpid()}", "-99999"))
+    stale_state.write_bytes(b"left by a killed run")
 
     def go(**kw):
         return train_split(cache, files["train"], files["val"], files["test"], tmp_path / "unused",
