@@ -4,7 +4,7 @@ Heavy modules (torch, h5py) are imported lazily so that `import amnet` and the C
 `--help` stay instant: `amnet.__version__` comes from `amnet._version` (which imports nothing),
 `amnet.Predictor`, `amnet.FeatureCache` and `amnet.AMNet` are imported on first access.
 Inside the package, modules read the version from `amnet._version`, never from `amnet` itself
-(the layers contract in setup.cfg: `amnet` reaches up to `amnet.predict`).
+(the layers contract in setup.cfg: `amnet` reaches up to `amnet.predictor`).
 """
 from amnet._version import __version__
 
@@ -13,7 +13,7 @@ __all__ = ["Predictor", "FeatureCache", "AMNet", "__version__"]
 
 def __getattr__(name: str):
     if name == "Predictor":
-        from amnet.predict import Predictor
+        from amnet.predictor import Predictor
         return Predictor
     if name == "FeatureCache":
         from amnet.cache import FeatureCache

@@ -1,65 +1,37 @@
 """Stage one's loop: images -> trunk -> float16 rows of an HDF5 feature cache, resumably.
 
 Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader
-workers (uint8 `[1 + K, 3, S, S]` per image, a quarter of float32's bytes); ToTensor/Normalize
-happen on the device; one trunk forward per batch covers every view (and its flip); one process
-writes. `done[i]` is set after all of row i's datasets are written, and the file is flushed every
-few batches, so a killed run resumes where it stopped (see amnet/cache.py for why it survives).
+workers (amnet.image_loading: uint8 `[1 + K, 3, S, S]` per image, a quarter of float32's bytes);
+ToTensor/Normalize happen on the device; one trunk forward per batch covers every view (and its
+flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
+file is flushed every few batches, so a killed run resumes where it stopped (see amnet/cache.py
+for why it survives).
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from amnet import cache as C
+from amnet import cache
 from amnet.atomic import atomic_path
 from amnet.progress import progress_bar
 from amnet.backbone import features, load_backbone, normalize_uint8
 from amnet.device import resolve_device, set_compute_threads
 from amnet.errors import CacheError, ImageError
-from amnet.images import load_views_uint8
+from amnet.image_loading import ImageRows, collate_rows
 
 FLUSH_EVERY_BATCHES = 4
 FLUSH_EVERY_SECONDS = 30.0
 
 # on_batch(batches, extracted): called once per batch, see extract()
 BatchCallback = Callable[[int, int], None]
-
-
-class _Images(Dataset):
-    """Row index -> (index, uint8 [1 + views, 3, S, S] or None, reason or None): the plain view,
-    then the seeded crops (which depend on (view_seed, name, j) only). Errors become values so
-    that one bad file does not kill a worker."""
-
-    def __init__(self, paths: Sequence[Path], names: Sequence[str], rows: Sequence[int],
-                 size: int, views: int = 0, view_seed: int = 0):
-        self.paths, self.names, self.rows, self.size = paths, names, rows, size
-        self.views, self.view_seed = views, view_seed
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        i = self.rows[k]
-        try:
-            x = load_views_uint8(self.paths[i], self.size, self.names[i], self.views,
-                                 self.view_seed)
-            return i, x, None
-        except ImageError as e:
-            return i, None, str(e)
-
-
-def _collate(batch):
-    good = [(i, x) for i, x, _ in batch if x is not None]
-    fails = [(i, why) for i, _, why in batch if why is not None]
-    x = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], x, fails
 
 
 def grid_for(size: int) -> tuple[int, int]:
@@ -111,9 +83,9 @@ def _write(ds, idx: Sequence[int], arr: np.ndarray) -> None:
 def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool):
     """(open h5py file in r+ mode, True if it was already complete)."""
     if out.exists() and not overwrite:
-        f = C.open_existing(out, "r+")
+        f = cache.open_existing(out, "r+")
         try:
-            diffs = C.settings_differences(C.read_attrs(f), attrs)
+            diffs = cache.settings_differences(cache.read_attrs(f), attrs)
             if diffs:
                 raise CacheError(f"{out}: made with other settings ({'; '.join(diffs)}); "
                                  "choose another --out or pass --overwrite to replace it")
@@ -130,8 +102,8 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool):
             raise
         return f, bool(f.attrs.get("complete"))
     with atomic_path(out, tag="creating") as tmp:  # a file at `out` is a fully created cache
-        C.create(tmp, names, attrs).close()
-    return C.open_existing(out, "r+"), False
+        cache.create(tmp, names, attrs).close()
+    return cache.open_existing(out, "r+"), False
 
 
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
@@ -191,7 +163,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     threads = set_compute_threads(dev, workers)
     trunk, spec = backbone or load_backbone(weights, precision, dev)  # "auto" resolved for dev
     grid = grid_for(image_size)
-    attrs = C.settings_attrs(spec, image_size, flip, channels=1024, grid=grid, views=views,
+    attrs = cache.settings_attrs(spec, image_size, flip, channels=1024, grid=grid, views=views,
                              view_seed=view_seed)
     attrs["source"] = str(source) if source is not None else ""
     if shard is not None:
@@ -204,20 +176,20 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
                "precision": spec.precision, "threads": threads, "workers": workers}
     try:
         done = f["done"][:].astype(bool)
-        failed = C.read_failed(f)
+        failed = cache.read_failed(f)
         summary["already"] = int(done.sum())
         summary["failed_total"] = len(failed)
         if complete:
             return summary
         rows = [i for i in range(len(names)) if not done[i] and names[i] not in failed]
-        dataset = _Images(paths, names, rows, image_size, views, view_seed)
-        _run(f, trunk, spec, dev, dataset, names, flip, views, batch_size, workers, on_error,
-             progress, summary, out, on_batch)
+        plan = _RunPlan(out, names, paths, rows, image_size, flip, views, view_seed, batch_size,
+                        workers, on_error, progress, on_batch)
+        _run(f, plan, trunk, spec, dev, summary)
         done = f["done"][:].astype(bool)
-        summary["failed_total"] = len(C.read_failed(f))
+        summary["failed_total"] = len(cache.read_failed(f))
         summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
         f.attrs["complete"] = summary["complete"]
-        f.attrs["updated"] = C.now()
+        f.attrs["updated"] = cache.now()
         f.attrs["device"] = str(dev)
     finally:
         f.close()  # flushes: whatever happened, rows marked done are on disk
@@ -237,16 +209,37 @@ def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool
     return y[0], (y[1] if flip else None)
 
 
-def _run(f, trunk, spec, dev, dataset: _Images, names, flip, views, batch_size, workers,
-         on_error, progress, summary, out, on_batch: BatchCallback | None = None) -> None:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate,
-                        pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
+@dataclass
+class _RunPlan:
+    """What one run of `_run` extracts (rows `rows` of the file's `names`) and how."""
+    out: Path
+    names: list[str]          # every name of the file, in row order
+    paths: list[Path]         # their images
+    rows: list[int]           # the rows to extract now (not done, not failed before)
+    size: int
+    flip: bool
+    views: int
+    view_seed: int
+    batch_size: int
+    workers: int
+    on_error: str
+    progress: bool
+    on_batch: BatchCallback | None = None
+
+
+def _run(f, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
+    """Extract `plan.rows` into the open file `f`, counting into `summary`."""
+    images = ImageRows(plan.paths, plan.names, plan.rows, plan.size, plan.views, plan.view_seed)
+    loader = DataLoader(images, batch_size=plan.batch_size, shuffle=False,
+                        num_workers=plan.workers, collate_fn=collate_rows,
+                        pin_memory=dev.type == "cuda",
+                        prefetch_factor=4 if plan.workers else None)
+    flip, views, names = plan.flip, plan.views, plan.names
     feats_ds, flip_ds, done_ds = f["features"], f["features_flip"] if flip else None, f["done"]
     views_ds = f["views"] if views else None
     views_flip_ds = f["views_flip"] if views and flip else None
     bar = progress_bar(total=len(names), initial=summary["already"] + summary["failed_total"],
-                       desc=out.name, enabled=progress)
+                       desc=plan.out.name, enabled=plan.progress)
     t0 = last_flush = time.perf_counter()
     batches = 0
     try:
@@ -264,16 +257,16 @@ def _run(f, trunk, spec, dev, dataset: _Images, names, flip, views, batch_size, 
                     done_ds[start:stop] = True  # only after the rows themselves
                 summary["extracted"] += len(idx)
             if fails:
-                if on_error == "fail":
+                if plan.on_error == "fail":
                     f.flush()
                     raise ImageError(fails[0][1])
-                C.append_failed(f, [(names[i], why) for i, why in fails])
+                cache.append_failed(f, [(names[i], why) for i, why in fails])
                 summary["skipped"] += len(fails)
                 f.flush()
             batches += 1
             bar.update(len(idx) + len(fails))
-            if on_batch is not None:
-                on_batch(batches, summary["extracted"])
+            if plan.on_batch is not None:
+                plan.on_batch(batches, summary["extracted"])
             if (batches % FLUSH_EVERY_BATCHES == 0
                     or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS):
                 f.flush()

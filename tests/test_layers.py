@@ -47,7 +47,7 @@ def test_version_without_torch_and_lazy_names():
     from amnet._version import __version__
     assert got["v"] == __version__
     assert got["before"] == {"torch": False, "numpy": False, "h5py": False}
-    assert got["predictor"] == "amnet.predict" and got["cache"] == "FeatureCache"
+    assert got["predictor"] == "amnet.predictor" and got["cache"] == "FeatureCache"
 
 
 def test_setup_cfg_reads_the_version_module():

@@ -22,7 +22,8 @@ from amnet.cache_ops import info, merge, verify
 from amnet.checkpoint import load_checkpoint
 from amnet.cli import cache_cli, main
 from amnet.errors import CacheError
-from amnet.extract import _Images, extract
+from amnet.extract import extract
+from amnet.image_loading import ImageRows
 from amnet.images import (list_image_folder, load_views_uint8, random_resized_crop_params,
                           view_generator, view_pre_size)
 from amnet.model import AMNetConfig
@@ -81,13 +82,13 @@ def test_crops_follow_torchvision_random_resized_crop(image_dir):
 def test_crop_depends_only_on_seed_name_and_view(image_dir):
     items = list_image_folder(image_dir)
     names, paths = [n for n, _ in items], [p for _, p in items]
-    a = _Images(paths, names, list(range(len(names))), 64, views=2, view_seed=0)
-    b = _Images(paths, names, [5, 1, 3], 64, views=2, view_seed=0)  # another order and subset
+    a = ImageRows(paths, names, list(range(len(names))), 64, views=2, view_seed=0)
+    b = ImageRows(paths, names, [5, 1, 3], 64, views=2, view_seed=0)  # another order and subset
     got = {a[k][0]: a[k][1] for k in range(len(a))}
     for k in range(len(b)):
         i, x, _ = b[k]
         assert torch.equal(x, got[i])
-    other = _Images(paths, names, [1], 64, views=2, view_seed=1)[0][1]
+    other = ImageRows(paths, names, [1], 64, views=2, view_seed=1)[0][1]
     assert torch.equal(other[0], got[1][0]) and not torch.equal(other[1:], got[1][1:])
 
 

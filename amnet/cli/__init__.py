@@ -1,0 +1,31 @@
+"""Click entry points: `amnet-cache` (stage one) and `amnet` (stage two, predict).
+
+Thin: parse arguments, call the library; one module per command group (`cache`: extract, merge,
+info, verify; `train`: train, evaluate; `predict`; `weights`: import-weights). Heavy imports stay
+inside the commands so `--help` is instant. Errors the user can fix (`AmnetError`) become one
+line and exit 1 through one decorator, `amnet_errors` (amnet/cli/_errors.py).
+"""
+from __future__ import annotations
+
+import click
+
+from amnet.cli import cache, predict, train, weights
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="amnet")
+def cache_cli() -> None:
+    """Stage one: extract ResNet layer3 feature maps into an HDF5 cache."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="amnet")
+def main() -> None:
+    """Stage two and use: train/evaluate the AMNet head, import published weights, predict."""
+
+
+for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify):
+    cache_cli.add_command(_command)
+for _command in (train.train_cmd, train.evaluate_cmd, weights.import_weights_cmd,
+                 predict.predict_cmd):
+    main.add_command(_command)

@@ -1,0 +1,30 @@
+"""The one way the CLIs report an error the user can fix: an `AmnetError` becomes click's one line
+`Error: <message>` and exit code 1 (anything else is a bug and keeps its traceback)."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import click
+
+from amnet.errors import AmnetError
+
+
+def amnet_errors(func: Callable | None = None, *,
+                 messages: dict[type[AmnetError], str] | None = None) -> Callable:
+    """Decorate a command's function (innermost, right above its `def`) so that an AmnetError it
+    raises becomes a `click.ClickException`. `messages` maps an error type to the template of its
+    line, filled with `error` and the command's parameters, e.g.
+    `@amnet_errors(messages={ImageError: "{error} (kept in {out})"})`; the first type the error is
+    an instance of wins, any other error's line is its message."""
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            try:
+                return f(*args, **kwargs)
+            except AmnetError as e:
+                template = next((t for typ, t in (messages or {}).items() if isinstance(e, typ)),
+                                "{error}")
+                raise click.ClickException(template.format(error=e, **kwargs)) from e
+        return wrapper
+    return decorate if func is None else decorate(func)

@@ -1,0 +1,78 @@
+"""`amnet predict`: score images (or cached features) with trained heads; CSV and figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from amnet.cli._errors import amnet_errors
+
+_PREDICT_HELP = """Score images with one or more trained heads (averaged) and write a CSV.
+
+IMAGES are image files, folders (searched recursively) or list files (.txt, "name [score]" per
+line; names are relative to --images-root, else to data/<ds>/images for a data/<ds>/splits file,
+else to the list's folder; scores there are ground truth). With --cache, features are read from
+the cache by name (all its names, or those of the given list files) and no image is needed.
+
+CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
+"""
+
+
+@click.command("predict", help=_PREDICT_HELP)
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--checkpoint", "checkpoints", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Head checkpoint (head.pt); repeat to average several (e.g. the 5 splits).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV to write.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes decoding images (worth it with a GPU).")
+@click.option("--weights", default=None,
+              help="Backbone weights to use; must be the checkpoints' (by id, or by sha256 for "
+                   "file:PATH, e.g. a local copy of the file it was trained with).")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="skip: a row with the reason and no score; fail: stop at the first bad image.")
+@click.option("--cache", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Score cached features (HDF5 from amnet-cache extract) instead of images.")
+@click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder the names of list files / the cache refer to (for figures with --cache).")
+@click.option("--attention-maps", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one attention figure per image (<name>_att.png) into this folder.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a contact sheet of all images, most to least memorable (PNG).")
+@click.option("--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
+              show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
+              "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+@click.option("--match-cache", is_flag=True,
+              help="Run the backbone as the checkpoint's cache was made (its precision, features "
+              "rounded to float16), so scores equal those of the cached features.")
+@amnet_errors
+def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, on_error, cache,
+                images_root, attention_maps, grid, precision, match_cache) -> None:
+    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, summary_line,
+                               write_predictions)
+
+    if cache is not None:
+        if any(Path(a).suffix.lower() not in LIST_EXTS for a in images):
+            raise click.UsageError("with --cache, IMAGES may only be list files (name [score])")
+        if images:
+            items = collect_inputs(images, images_root)
+        else:
+            from amnet.cache import FeatureCache
+            fc = FeatureCache(cache)
+            names = list(fc.names)
+            fc.close()
+            items = [InputItem(n, images_root / n if images_root else None) for n in names]
+    else:
+        if not images:
+            raise click.UsageError("give IMAGES (files, folders, list files) or --cache")
+        items = collect_inputs(images, images_root)
+    predictor = Predictor.from_checkpoint(list(checkpoints), device, weights=weights,
+                                          backbone=cache is None, batch_size=batch_size,
+                                          precision=precision, match_cache=match_cache)
+    counts = write_predictions(predictor, items, out, cache=cache, batch_size=batch_size,
+                               workers=workers, on_error=on_error,
+                               attention_maps=attention_maps, grid=grid)
+    click.echo(summary_line(counts, out), err=True)

@@ -1,0 +1,255 @@
+"""The Predictor: one or more trained AMNet heads + the backbone they were trained on.
+
+The backbone comes from the checkpoints' provenance (weights id + sha256 of the trunk); every
+checkpoint must name the same one, and weights the user passes must match it. Several checkpoints
+(e.g. the 5 LaMem splits) are averaged: the score, the per-step scores and the attention maps are
+means over checkpoints (each averaged map still sums to 1).
+
+    p = Predictor.from_checkpoint(["models/1/head.pt", "models/2/head.pt"])
+    r = p.predict("photo.jpg")        # r.score: float, r.step_scores: [T], r.attention: [T, g, g]
+    r = p.predict(batch)              # batch [B, 3, S, S] preprocessed -> [B], [B, T], [B, T, g, g]
+
+The batch loops over many inputs are amnet.scoring; `amnet predict`'s CSV and figures,
+amnet.report (amnet.predict gathers the three).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from amnet.errors import AmnetError, CacheError, WeightsError
+from amnet.provenance import BackboneRecord, as_record, check_compatible
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    """Scores and attention. Batched inputs: score `[B]`, step_scores `[B, T]`, attention
+    `[B, T, g, g]`, per_checkpoint `[B, K]`; a single image: float, `[T]`, `[T, g, g]`, `[K]`.
+    All numpy float32 (score a Python float when single). Also readable as a dict (`r["score"]`).
+    """
+    score: Any
+    step_scores: np.ndarray
+    attention: np.ndarray
+    per_checkpoint: np.ndarray
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return ["score", "step_scores", "attention", "per_checkpoint"]
+
+    def _single(self) -> "Prediction":
+        return Prediction(float(self.score[0]), self.step_scores[0], self.attention[0],
+                          self.per_checkpoint[0])
+
+
+# ---- provenance ----------------------------------------------------------------------------------
+
+def _provenance(meta: dict, path: Path) -> BackboneRecord:
+    """The backbone a checkpoint's head expects (layer3 and 224 where older files omit them)."""
+    b = meta.get("backbone")
+    if not isinstance(b, dict) or "weights_id" not in b:
+        raise WeightsError(f"{path}: checkpoint has no backbone provenance; re-save it with amnet")
+    rec = BackboneRecord.from_dict(b)
+    return replace(rec, layer=rec.layer or "layer3", image_size=rec.image_size or 224)
+
+
+def _check_same_backbone(provs: list[BackboneRecord], paths: list[Path]) -> BackboneRecord:
+    # weights_id may differ when the sha256 agrees: the same file: weights at two paths
+    for prov, path in zip(provs[1:], paths[1:]):
+        check_compatible(prov, provs[0], f"checkpoint {path}", f"checkpoint {paths[0]}",
+                         error=WeightsError, hint="checkpoints averaged together must come from "
+                         "one feature cache/backbone")
+    return provs[0]
+
+
+def check_cache_provenance(attrs: dict, prov: BackboneRecord | dict, cache_path: Path,
+                           ckpt: Path) -> None:
+    """Refuse a cache whose features were made with another backbone than the checkpoint's.
+    `prov`: the checkpoint's BackboneRecord (or its `backbone` dict)."""
+    check_compatible(BackboneRecord.from_attrs(attrs), as_record(prov),
+                     f"feature cache {cache_path}", f"checkpoint {ckpt}", error=CacheError,
+                     hint="score it with a head trained on this cache")
+
+
+def _load_trunk(prov: BackboneRecord, weights: str | None, ckpt: Path, precision: str = "auto",
+                device: torch.device | str = "cpu"):
+    """Build the backbone the checkpoint was trained on; `weights` (user's) must be the same.
+    `precision`: a trunk precision ("auto" resolved for `device`)."""
+    from amnet.backbone import load_backbone
+
+    wanted = prov.weights_id
+    if weights is not None and weights != wanted and not weights.startswith("file:"):
+        raise WeightsError(f"--weights {weights} does not match {ckpt}, trained on backbone weights "
+                           f"{wanted}; drop --weights or pass those weights")
+    source = weights or wanted
+    try:
+        trunk, spec = load_backbone(source, precision, device)
+    except WeightsError as e:
+        hint = (f"; pass --weights file:<local copy of {wanted[5:]}>" if weights is None
+                and wanted.startswith("file:") else "")
+        raise WeightsError(f"{e} (backbone of {ckpt}){hint}") from e
+    # normalisation belongs to the weight source; it must be what the head was trained on
+    check_compatible(BackboneRecord.from_spec(spec), prov, f"backbone weights {source}",
+                     f"checkpoint {ckpt}", error=WeightsError,
+                     hint="pass the weights the head was trained on")
+    return trunk, spec
+
+
+# ---- the predictor -------------------------------------------------------------------------------
+
+class Predictor:
+    """Backbone (optional: cached features need none) + one or more AMNet heads, in eval mode."""
+
+    def __init__(self, heads: list[torch.nn.Module], provenance: BackboneRecord, checkpoints: list[Path],
+                 device: torch.device, trunk: torch.nn.Module | None = None, spec: Any = None,
+                 batch_size: int = 32, round_fp16: bool = False) -> None:
+        self.heads = heads
+        self.provenance = as_record(provenance)  # the backbone the heads expect
+        self.checkpoints = checkpoints
+        self.device = device
+        self.trunk = trunk
+        self.spec = spec
+        self.batch_size = batch_size
+        self.round_fp16 = round_fp16
+        cfg = heads[0].config
+        self.grid: int = int(cfg.grid)
+        self.steps: int = int(cfg.steps_out)
+        self.image_size: int = int(self.provenance.image_size)
+        self._transform = None
+
+    @classmethod
+    def from_checkpoint(cls, path_or_paths: str | Path | Sequence[str | Path], device: str = "auto",
+                        *, weights: str | None = None, backbone: bool = True,
+                        batch_size: int = 32, precision: str = "auto",
+                        match_cache: bool = False) -> "Predictor":
+        """Load heads (all must share one backbone provenance) and, unless `backbone=False` (for
+        scoring cached features), the backbone they were trained on. `weights`: optional weights
+        id the user insists on; it must match the checkpoints' (for `file:` by sha256).
+        `precision`: the trunk's numerics (amnet.device): "auto" (mixed where bf16 is native,
+        else fp32), "mixed", "bf16" or "fp32" -- with "fp32" the whole route from image to score
+        is fp32, no rounding anywhere. `match_cache`: reproduce the cached path instead: the
+        trunk precision the checkpoint's cache was made with, and features rounded through
+        float16 as the cache stores them (then image and cached scores agree)."""
+        from amnet.device import resolve_device
+        from amnet.checkpoint import load_checkpoint
+
+        paths = [Path(path_or_paths)] if isinstance(path_or_paths, (str, Path)) else \
+            [Path(p) for p in path_or_paths]
+        if not paths:
+            raise AmnetError("no checkpoint given")
+        heads, provs = [], []
+        for p in paths:
+            if not p.is_file():
+                raise WeightsError(f"{p}: checkpoint not found")
+            model, meta = load_checkpoint(p, map_location="cpu")
+            heads.append(model.eval())
+            provs.append(_provenance(meta, p))
+        prov = _check_same_backbone(provs, paths)
+        for h, p in zip(heads[1:], paths[1:]):
+            for key in ("grid", "lstm_steps", "in_channels"):
+                if getattr(h.config, key) != getattr(heads[0].config, key):
+                    raise WeightsError(f"{p}: head {key} {getattr(h.config, key)} differs from "
+                                       f"{paths[0]}'s {getattr(heads[0].config, key)}")
+        if heads[0].config.grid * 16 != prov.image_size:
+            raise WeightsError(f"{paths[0]}: head grid {heads[0].config.grid} does not fit input "
+                               f"size {prov.image_size} (layer3 output is size/16)")
+        dev = resolve_device(device)
+        trunk = spec = None
+        if backbone:
+            if match_cache:
+                precision = prov.precision or "mixed"
+            trunk, spec = _load_trunk(prov, weights, paths[0], precision, dev)
+            trunk = trunk.to(dev).eval()
+        elif weights is not None and weights != prov.weights_id:
+            _load_trunk(prov, weights, paths[0])  # only to verify a file: by its sha256
+        heads = [h.to(dev) for h in heads]
+        return cls(heads, prov, paths, dev, trunk, spec, batch_size, round_fp16=match_cache)
+
+    # -- preprocessing ---------------------------------------------------------------------------
+    @property
+    def transform(self):
+        """PIL image -> `[3, S, S]` (squash-resize, ToTensor, the weights' normalisation)."""
+        if self._transform is None:
+            from amnet.backbone import image_transform
+            self._transform = image_transform(self.image_size, self.provenance.mean,
+                                              self.provenance.std)
+        return self._transform
+
+    def load_image(self, path: str | Path) -> Image.Image:
+        from amnet.backbone import open_image_rgb
+        return open_image_rgb(path)
+
+    def _to_batch(self, x: Any) -> tuple[torch.Tensor, bool]:
+        if isinstance(x, torch.Tensor):
+            if x.ndim == 3:
+                return x.unsqueeze(0), True
+            if x.ndim == 4:
+                return x, False
+            raise ValueError(f"expected a tensor [B, 3, S, S] or [3, S, S], got {tuple(x.shape)}")
+        if isinstance(x, np.ndarray):
+            x = Image.fromarray(x)
+        if isinstance(x, (str, Path)):
+            x = self.load_image(x)
+        if isinstance(x, Image.Image):
+            return self.transform(x.convert("RGB")).unsqueeze(0), True
+        if isinstance(x, (list, tuple)):
+            return torch.cat([self._to_batch(v)[0] for v in x]), False
+        raise TypeError(f"cannot predict on a {type(x).__name__}")
+
+    # -- inference -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, 3, S, S]` -> layer3 features `[B, 1024, g, g]` float32.
+
+        With `round_fp16` (from `match_cache`) rounded through float16 as the cache stores them,
+        so that end-to-end scores match the cached path's; otherwise left as the trunk made them."""
+        if self.trunk is None:
+            raise AmnetError("this Predictor was built without a backbone (backbone=False)")
+        from amnet.backbone import features
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"expected input {self.image_size}x{self.image_size} (the checkpoint's "
+                             f"image_size), got {tuple(x.shape[-2:])}")
+        f = features(self.trunk, x, self.device)
+        return f.to(torch.float16).float() if self.round_fp16 else f
+
+    @torch.inference_mode()
+    def predict_features(self, f: torch.Tensor) -> Prediction:
+        """Score layer3 features `[B, C, g, g]` (e.g. from a FeatureCache); always batched."""
+        f = f.to(self.device, torch.float32)
+        scores, steps, atts = [], [], []
+        for head in self.heads:
+            s, st, a = head.predict(f)
+            scores.append(s.float())
+            steps.append(st.float())
+            atts.append(a.float())
+        per_ck = torch.stack(scores, 1)                                      # [B, K]
+        att = torch.stack(atts).mean(0)                                      # [B, T, L]
+        att = att.reshape(att.shape[0], att.shape[1], self.grid, self.grid)  # l = y*g + x
+        return Prediction(per_ck.mean(1).cpu().numpy(), torch.stack(steps).mean(0).cpu().numpy(),
+                          att.cpu().numpy(), per_ck.cpu().numpy())
+
+    def predict(self, x: Any) -> Prediction:
+        """Score a PIL image, an image path, a HxWx3 uint8 array, a preprocessed tensor `[3, S, S]`
+        (single result) or `[B, 3, S, S]`, or a list of images/paths (batched result)."""
+        batch, single = self._to_batch(x)
+        parts = [self.predict_features(self.features(batch[i:i + self.batch_size]))
+                 for i in range(0, len(batch), self.batch_size)]
+        out = Prediction(*(np.concatenate([getattr(p, k) for p in parts]) for k in
+                           ("score", "step_scores", "attention", "per_checkpoint")))
+        return out._single() if single else out
+
+    @property
+    def checkpoint_labels(self) -> list[str]:
+        """Per-checkpoint CSV labels: file stems if unique, else parent folder names, else 1..K."""
+        for labels in ([p.stem for p in self.checkpoints], [p.parent.name for p in self.checkpoints]):
+            if len(set(labels)) == len(labels) and all(labels):
+                return labels
+        return [str(i + 1) for i in range(len(self.checkpoints))]
