@@ -298,7 +298,9 @@ def test_cache_of_another_input_size_is_one_line_error(env, tmp_path):
     with C.FeatureCache(path) as fc, pytest.raises(AmnetError) as e:  # what the CLIs catch
         check_cache_provenance(dict(fc.attrs), env["prov0"], path, h1)
     assert type(e.value) is CacheError
-    assert str(e.value).startswith(f"{path}: cache image_size 32 differs from the checkpoint's 64")
+    # the one compatibility check (amnet.provenance.check_compatible) names both files
+    assert str(e.value).startswith(f"feature cache {path} vs checkpoint {h1}: different backbone "
+                                   "image_size 32 vs 64")
     res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h1), "--cache", str(path),
                                     "--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 1 and res.output == f"Error: {e.value}\n"
