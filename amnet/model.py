@@ -25,22 +25,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amnet.settings import setting
+
 
 @dataclass
 class AMNetConfig:
     """Head hyper-parameters; the defaults are the paper's (spec sections 2 and 3)."""
 
-    in_channels: int = 1024       # channels of the cached feature map (ResNet50 layer3: 1024)
-    feature_dim: int = 1024       # D: inconv output width = LSTM input width
-    hidden_dim: int = 1024        # H: LSTM hidden width
-    regressor_dim: int = 512      # regnet1 output width
-    grid: int = 14                # feature map side; L = grid * grid locations
-    lstm_steps: int = 3           # T; 0 = no LSTM: one attention pass with h = h0 (spec 2.11)
-    use_attention: bool = True    # False = the paper's ablation: uniform alphas (spec 7)
-    feature_dropout: float = 0.8  # dropout on the whole adapted feature map (spec 2.1)
-    dropout: float = 0.5          # dropout in attention, on h_t and in the regressor
-    target_mean: float = 0.754    # y' = (y - target_mean) * target_scale (spec 3)
-    target_scale: float = 2.0
+    in_channels: int = setting(1024, "channels of the cached feature map (ResNet50 layer3: "
+                               "1024); set from the cache", internal=True)
+    feature_dim: int = setting(1024, "D: inconv output width = LSTM input width", min=1)
+    hidden_dim: int = setting(1024, "H: LSTM hidden width", min=1)
+    regressor_dim: int = setting(512, "regnet1 output width", min=1)
+    grid: int = setting(14, "feature map side; L = grid * grid locations; set from the cache",
+                        internal=True)
+    lstm_steps: int = setting(3, "T; 0 = no LSTM: one attention pass with h = h0 (spec 2.11)",
+                              min=0)
+    use_attention: bool = setting(True, "false = the paper's ablation: uniform alphas (spec 7)")
+    feature_dropout: float = setting(0.8, "dropout on the whole adapted feature map (spec 2.1)",
+                                     min=0.0)
+    dropout: float = setting(0.5, "dropout in attention, on h_t and in the regressor", min=0.0)
+    target_mean: float = setting(0.754, "y' = (y - target_mean) * target_scale (spec 3); the "
+                                 "original's constant for LaMem and SUN alike")
+    target_scale: float = setting(2.0, "see target_mean")
 
     @property
     def locations(self) -> int:

@@ -59,38 +59,46 @@ from amnet.metrics import mse, spearman
 from amnet.model import AMNet, AMNetConfig
 from amnet.provenance import file_sha256
 from amnet.publish import Outputs
+from amnet.settings import knob_names, setting
 from amnet.train_state import fingerprint, remove_state, state_path
 
 log = logging.getLogger("amnet.train")
 
 PathLike = str | os.PathLike
-# settings that decide how a run reads its data, not what it computes: a resumed run may differ
-NOT_FINGERPRINTED = ("preload", "workers", "progress")
 
 
 @dataclass
 class TrainConfig:
     """Training settings; defaults are the original's LaMem ones (spec section 4)."""
 
-    epochs: int = 54                # the original ran epochs 1..54 on LaMem (49 on SUN)
-    batch_size: int = 222           # train batch; the last partial batch is dropped
-    eval_batch_size: int = 370      # val/test batch; every image is used
-    lr: float = 1e-4                # constant, no schedule
-    weight_decay: float = 1e-6      # Adam L2: LaMem 1e-6, SUN 1e-4
-    gamma: float = 1e-5             # attention-loss weight
-    seed: int = 12345
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    precision: str = "auto"         # auto: bf16 autocast where bf16 is native (amnet.device), else fp32
-    flip: bool = True               # use the cache's features_flip when it has them
-    views: bool = True              # draw one of the cache's crop views per image and epoch
-    tta: bool = False               # test: average over all stored views (and flips)
-    preload: str = "auto"           # auto | device | ram | lazy
-    workers: int = -1               # DataLoader workers for lazy reading; -1 = min(8, cores)
-    holdout: float = 0.1            # fraction of train used for selection when there is no val split
-    score_min: float = 0.0          # allowed score range in split files
-    score_max: float = 1.0
-    progress: bool | None = None    # False = off; else shown when stderr is a terminal (not in CI)
+    epochs: int = setting(54, "the original ran epochs 1..54 on LaMem (49 on SUN)", min=1)
+    batch_size: int = setting(222, "train batch; the last partial batch is dropped", min=1)
+    eval_batch_size: int = setting(370, "val/test batch; every image is used", min=1)
+    lr: float = setting(1e-4, "Adam learning rate, constant (no schedule)", min=0.0)
+    weight_decay: float = setting(1e-6, "Adam L2: LaMem 1e-6, SUN 1e-4", min=0.0)
+    gamma: float = setting(1e-5, "weight of the attention term of the loss", min=0.0)
+    seed: int = setting(12345, "seeds the head's weights, batch order and view/flip draws")
+    # not a knob: another device rounds differently, and precision "auto" resolves per device
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = setting("auto", "auto: bf16 autocast where bf16 is native (amnet.device), "
+                             "else fp32", choices=("auto", "bf16", "fp32"))
+    flip: bool = setting(True, "use the cache's features_flip when it has them")
+    views: bool = setting(True, "draw one of the cache's crop views per image and epoch")
+    tta: bool = setting(False, "test: average over all stored views (and flips)")
+    preload: str = setting("auto", "where the features are held: auto | device | ram | lazy",
+                           knob=True, choices=("auto", "device", "ram", "lazy"))
+    workers: int = setting(-1, "DataLoader workers for lazy reading; -1 = min(8, cores)",
+                           knob=True, min=-1)
+    holdout: float = setting(0.1, "fraction of train used for selection when there is no val "
+                             "split", min=0.0)
+    score_min: float = setting(0.0, "allowed score range in split files: low end")
+    score_max: float = setting(1.0, "allowed score range in split files: high end")
+    progress: bool | None = setting(None, "false = off; else shown when stderr is a terminal "
+                                    "(not in CI)", knob=True)
 
+
+# settings that decide how a run reads its data, not what it computes: a resumed run may differ
+NOT_FINGERPRINTED = knob_names(TrainConfig)
 
 def _load_parts(cache, cache_path, train_file, val_file, test_file, cfg: TrainConfig,
                 parts: dict[str, SplitPart]) -> str:

@@ -1,16 +1,21 @@
 """DVC stage `evaluate`: mean and sd over the splits' test metrics, and attention figures.
 
-Writes metrics/summary.json (rho and MSE, mean +- sd over the splits of params `data.splits`,
-beside the human consistency where the data set records it) and metrics/attention/*.png (the
-first `evaluate.attention_figures` test images of the first split, drawn like the paper's Fig. 2).
+Usage: python pipeline/evaluate.py --data DIR --cache H5 --models DIR --splits-dir DIR
+       --summary JSON --attention DIR   (dvc.yaml passes the paths); settings: params.yaml
+       `data.splits`, `evaluate`.
+
+Writes SUMMARY (rho and MSE, mean +- sd over the splits of `data.splits`, read from
+SPLITS_DIR/<k>.json, beside the human consistency where the data set records it) and
+ATTENTION/*.png (the first `evaluate.attention_figures` test images of the first split, scored
+by MODELS/<k>.pt and drawn like the paper's Fig. 2).
 """
+import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
+from amnet.config import load_params
 from amnet.datasets import images_root, load_prepare_info
 from amnet.datasets.splits import read_split, split_path
 from amnet.errors import AmnetError
@@ -18,42 +23,58 @@ from amnet.metrics import summarize
 
 
 def main() -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    dataset, splits = params["data"]["dataset"], [int(k) for k in params["data"]["splits"]]
-    dataset_dir = Path("data") / dataset
-    per_split = [json.loads((Path("metrics/splits") / f"{k}.json").read_text()) for k in splits]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="the prepared data set")
+    ap.add_argument("--cache", type=Path, required=True, help="the feature cache (.h5)")
+    ap.add_argument("--models", type=Path, required=True, help="folder of <k>.pt checkpoints")
+    ap.add_argument("--splits-dir", type=Path, required=True, help="folder of <k>.json metrics")
+    ap.add_argument("--summary", type=Path, required=True, help="the summary to write (.json)")
+    ap.add_argument("--attention", type=Path, required=True, help="folder for the figures")
+    ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
+    args = ap.parse_args()
+    try:
+        evaluate(args, load_params(args.params))
+    except AmnetError as e:
+        sys.exit(f"evaluate: {e}")
+
+
+def evaluate(args: argparse.Namespace, params) -> None:
+    dataset, splits = params.data.dataset, list(params.data.splits)
+    per_split = [json.loads((args.splits_dir / f"{k}.json").read_text()) for k in splits]
     summary = summarize(per_split, keys=["rho", "mse", "val_rho", "best_epoch"])
     summary["splits"] = splits
     summary["dataset"] = dataset
     summary["backbone"] = per_split[0].get("backbone")
-    human = load_prepare_info(dataset_dir).get("human_consistency")
+    human = load_prepare_info(args.data).get("human_consistency")
     if human:  # Isola's protocol: rho(hrs1, hrs2) on the same test halves, the ceiling to compare
         summary["human_rho"] = summarize(
             [{"rho": human["per_split"][str(k)]["rho_test_half"]} for k in splits])["rho"]
-    Path("metrics/summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"evaluate: {dataset}, {len(splits)} split(s): test rho "
           f"{summary['rho']['mean']:.4f} +- {summary['rho']['sd']:.4f}, mse "
           f"{summary['mse']['mean']:.5f} +- {summary['mse']['sd']:.5f}")
 
-    figures = Path("metrics/attention")
-    shutil.rmtree(figures, ignore_errors=True)
-    figures.mkdir(parents=True)
-    draw_attention_figures(dataset, splits[0], params["evaluate"]["attention_figures"], figures)
+    shutil.rmtree(args.attention, ignore_errors=True)
+    args.attention.mkdir(parents=True)
+    k = splits[0]
+    draw_attention_figures(args.data, args.cache, args.models / f"{k}.pt", k,
+                           params.evaluate.attention_figures, args.attention)
 
 
-def draw_attention_figures(dataset: str, k: int, count: int, out_dir: Path) -> None:
-    """Attention figures of the first `count` test images of split k, scored by model k."""
+def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
+                           count: int, out_dir: Path) -> None:
+    """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
     from amnet import viz
     from amnet.cache import FeatureCache
     from amnet.predict import InputItem, Predictor, figure_path, predict_cached
 
-    dataset_dir = Path("data") / dataset
     test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]
     images = images_root(dataset_dir)
     items = [InputItem(name, images / name, gt) for name, gt in test]
-    predictor = Predictor.from_checkpoint(Path("models") / f"{k}.pt", backbone=False)
+    predictor = Predictor.from_checkpoint(checkpoint, backbone=False)
     used: set[str] = set()
-    with FeatureCache(Path("data/features") / f"{dataset}.h5") as cache:
+    with FeatureCache(cache_path) as cache:
         for r in predict_cached(predictor, cache, items, keep_images=True, progress=False):
             if r.image is not None:
                 viz.save_attention_figure(figure_path(out_dir, r.item.name, used), r.image,
@@ -62,7 +83,4 @@ def draw_attention_figures(dataset: str, k: int, count: int, out_dir: Path) -> N
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AmnetError as e:
-        sys.exit(f"evaluate: {e}")
+    main()

@@ -1,15 +1,18 @@
-"""DVC stage `extract` (stage one): ResNet layer3 features of every image in data/<dataset>/images.txt.
+"""DVC stage `extract` (stage one): ResNet layer3 features of every image in DATA/images.txt.
 
-Writes data/features/<dataset>.h5. It extracts into <dataset>.partial.h5 (not a DVC output, so
-DVC does not delete it before a re-run) and renames it when complete: a run that crashed or was
-killed resumes where it stopped on the next `dvc repro`.
+Usage: python pipeline/extract.py DATA OUT   (dvc.yaml: data/${data.dataset}
+       data/features/${data.dataset}.h5); settings: params.yaml `backbone` + `extract_run`.
+
+Writes OUT. It extracts into OUT's <stem>.partial.h5 (not a DVC output, so DVC does not delete it
+before a re-run) and renames it when complete: a run that crashed or was killed resumes where it
+stopped on the next `dvc repro`.
 """
+import argparse
 import os
 import sys
 from pathlib import Path
 
-import yaml
-
+from amnet.config import extract_options, load_params
 from amnet.datasets import images_root
 from amnet.datasets.splits import read_name_list
 from amnet.errors import AmnetError, CacheError
@@ -17,25 +20,22 @@ from amnet.extract import extract
 
 
 def main() -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    dataset, backbone = params["data"]["dataset"], params["backbone"]
-    dataset_dir = Path("data") / dataset
-    out = Path("data/features") / f"{dataset}.h5"
-    partial = out.with_name(f"{dataset}.partial.h5")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path, help="the prepared data set (its images.txt and images)")
+    ap.add_argument("out", type=Path, help="the feature cache to write (.h5)")
+    ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
+    args = ap.parse_args()
+    out = args.out
+    partial = out.with_name(f"{out.stem}.partial{out.suffix}")
     try:
-        images = images_root(dataset_dir)  # the folder, or the source a link pointed to
-        names = [name for name, _ in read_name_list(dataset_dir / "images.txt")]
-        items = [(name, images / name) for name in names]
+        options = extract_options(load_params(args.params).extract)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        images = images_root(args.data)  # the folder, or the source a link pointed to
+        items = [(name, images / name) for name, _ in read_name_list(args.data / "images.txt")]
 
         def run(overwrite: bool) -> dict:
-            return extract(items, partial, weights=backbone["weights"],
-                           image_size=backbone["image_size"], flip=backbone["flip"],
-                           views=backbone.get("views", 0),
-                           device=backbone["device"], batch_size=backbone["batch_size"],
-                           workers=backbone["workers"], precision=backbone["precision"],
-                           on_error="fail", overwrite=overwrite,
-                           progress=True, source=str(dataset_dir))
+            return extract(items, partial, **options, on_error="fail", overwrite=overwrite,
+                           progress=True, source=str(args.data))
         try:
             summary = run(overwrite=False)
         except CacheError as e:

@@ -1,39 +1,47 @@
 """DVC stage `train@<k>` (stage two): train the AMNet head on split k over the cached features.
 
-Usage: python pipeline/train.py K. Writes models/<k>.pt, metrics/history/<k>.csv,
-metrics/predictions/<k>.csv and metrics/splits/<k>.json, together at the end.
+Usage: python pipeline/train.py K --data DIR --cache H5 --model PT --history CSV
+       --predictions CSV --metrics JSON   (dvc.yaml passes the paths); settings: params.yaml
+       `model`, `train` + `train_run`.
 
-Resumable: after every epoch the training state goes to models/.train-state/<k>.pt.state (not a
-DVC output, so it survives DVC deleting the stage's outputs before a re-run; .dvcignore keeps it
-out of the `models` dependency of `evaluate`). A `dvc repro` killed in this stage continues on
-the next one from the last finished epoch, with the same results; the state is removed once the
-outputs are written.
+Reads DIR/splits/{train,val,test}_K.txt; writes the four files together at the end.
+
+Resumable: after every epoch the training state goes to .train-state/<model>.state beside the
+model (not a DVC output, so it survives DVC deleting the stage's outputs before a re-run;
+.dvcignore keeps it out of the `models` dependency of `evaluate`). A `dvc repro` killed in this
+stage continues on the next one from the last finished epoch, with the same results; the state is
+removed once the outputs are written.
 """
+import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
+from amnet.config import load_params
 from amnet.datasets.splits import split_path
 from amnet.errors import AmnetError
-from amnet.model import AMNetConfig
-from amnet.train import TrainConfig, train_split
+from amnet.train import train_split
 
 
-def main(k: int) -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    dataset = params["data"]["dataset"]
-    dataset_dir = Path("data") / dataset
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("split", type=int, help="the split number k")
+    ap.add_argument("--data", type=Path, required=True, help="the prepared data set (its splits/)")
+    ap.add_argument("--cache", type=Path, required=True, help="the feature cache (.h5)")
+    ap.add_argument("--model", type=Path, required=True, help="the checkpoint to write (.pt)")
+    ap.add_argument("--history", type=Path, required=True, help="per-epoch history (.csv)")
+    ap.add_argument("--predictions", type=Path, required=True, help="test predictions (.csv)")
+    ap.add_argument("--metrics", type=Path, required=True, help="test metrics (.json)")
+    ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
+    args = ap.parse_args()
+    k = args.split
     try:
+        params = load_params(args.params)
         metrics = train_split(
-            Path("data/features") / f"{dataset}.h5",
-            split_path(dataset_dir, "train", k), split_path(dataset_dir, "val", k),
-            split_path(dataset_dir, "test", k), out_dir=Path("models"),
-            model_config=AMNetConfig(**params["model"]), cfg=TrainConfig(**params["train"]),
-            checkpoint_path=Path("models") / f"{k}.pt",
-            history_path=Path("metrics/history") / f"{k}.csv",
-            predictions_path=Path("metrics/predictions") / f"{k}.csv",
-            metrics_path=Path("metrics/splits") / f"{k}.json")
+            args.cache, split_path(args.data, "train", k), split_path(args.data, "val", k),
+            split_path(args.data, "test", k), out_dir=args.model.parent,
+            model_config=params.model, cfg=params.train, checkpoint_path=args.model,
+            history_path=args.history, predictions_path=args.predictions,
+            metrics_path=args.metrics)
     except AmnetError as e:
         sys.exit(f"train@{k}: {e}")
     print(f"train@{k}: test rho {metrics['rho']:.4f}, mse {metrics['mse']:.5f} "
@@ -41,6 +49,4 @@ def main(k: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python pipeline/train.py SPLIT_NUMBER")
-    main(int(sys.argv[1]))
+    main()

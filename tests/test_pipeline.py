@@ -1,6 +1,7 @@
-"""The DVC stage scripts (pipeline/*.py) as `dvc repro` runs them: each in its own python, in a
-temporary copy of the repository layout (pipeline/ + a tiny params.yaml: 40 demo images of 48 px,
-random:0 at --image-size 32, a 16-wide head, 2 epochs), without DVC itself.
+"""The DVC stage scripts (pipeline/*.py) as `dvc repro` runs them: each in its own python, with
+the command line of its stage in dvc.yaml, in a temporary copy of the repository layout
+(pipeline/ + a tiny params.yaml: 40 demo images of 48 px, random:0 at --image-size 32, a 16-wide
+head, 2 epochs), without DVC itself.
 
 Covers prepare's outputs, extract's resume / replace of a left-over partial file, train and
 evaluate, and that evaluate writes the same metrics/summary.json bytes from the same inputs."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,17 +29,33 @@ def _params() -> dict:
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["data"].update(dataset="demo", root="", splits=[1, 2])
     p["data"]["demo"] = {"n_images": N_IMAGES, "image_size": 48}
-    p["backbone"].update(weights="random:0", image_size=32, flip=False, views=0, precision="auto",
-                         batch_size=8, workers=0, device="cpu")
+    p["backbone"].update(weights="random:0", image_size=32, flip=False, views=0, precision="auto")
+    p["extract_run"].update(batch_size=8, workers=0, device="cpu")
     p["model"].update(feature_dim=16, hidden_dim=16, regressor_dim=8)
     p["train"].update(epochs=2, batch_size=8, device="cpu")
     p["evaluate"]["attention_figures"] = 2
     return p
 
 
+def _command(stage: str, item: str | None = None) -> list[str]:
+    """The stage's `cmd` in dvc.yaml with ${data.dataset} = demo (and ${item} = the split)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    spec = stages[stage]["do"] if "foreach" in stages[stage] else stages[stage]
+    cmd = spec["cmd"].replace("${data.dataset}", "demo")
+    if item is not None:
+        cmd = cmd.replace("${item}", item)
+    assert "${" not in cmd, cmd
+    argv = shlex.split(cmd)
+    assert argv[0] == "python"
+    return [sys.executable, *argv[1:]]
+
+
 def _stage(proj: Path, script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, f"pipeline/{script}", *args], cwd=proj,
-                       env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    """Run pipeline/<script> as its stage in dvc.yaml does (`args`: the split of train.py)."""
+    argv = _command(script.removesuffix(".py"), *args)
+    assert argv[1] == f"pipeline/{script}"
+    p = subprocess.run(argv, cwd=proj, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=600)
     if check:
         assert p.returncode == 0, f"{script}: {p.stdout}\n{p.stderr}"
     return p
@@ -128,10 +146,11 @@ def test_extract_writes_the_complete_cache(project):
 def _partial(proj: Path, batches: int, backbone, **settings) -> Path:
     """A left-over of a run stopped after `batches` batches: data/features/demo.partial.h5."""
     from amnet.extract import extract
-    params = yaml.safe_load((proj / "params.yaml").read_text())["backbone"]
+    doc = yaml.safe_load((proj / "params.yaml").read_text())
+    params = doc["backbone"]
     kw = dict(weights=params["weights"], image_size=params["image_size"], flip=params["flip"],
               views=params["views"], precision=params["precision"], device="cpu",
-              batch_size=params["batch_size"], progress=False, source="data/demo")
+              batch_size=doc["extract_run"]["batch_size"], progress=False, source="data/demo")
     kw.update(settings)
 
     def stop(b, _):
@@ -231,3 +250,27 @@ def test_evaluate_changes_when_a_split_metric_changes(trained, tmp_path):
     after = json.loads((proj / "metrics" / "summary.json").read_text())
     assert (proj / "metrics" / "summary.json").read_bytes() != before
     assert after["rho"]["values"][1] == d["rho"]
+
+
+# ---- params.yaml checked at stage start ------------------------------------------------------
+
+@pytest.mark.parametrize("script,args,section,key", [
+    ("train.py", ("1",), "train", "epoch"),          # `dvc exp run -S +train.epoch=3`
+    ("extract.py", (), "backbone", "workers"),       # a knob in the tracked section
+])
+def test_unknown_params_key_stops_the_stage_with_one_line(project, tmp_path, script, args,
+                                                          section, key):
+    from amnet.config import section_keys
+    proj = _copy(project, tmp_path)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params[section][key] = 3
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+    p = _stage(proj, script, *args, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    stage = script.removesuffix(".py") + ("@1" if args else "")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"{stage}: params.yaml: unknown key {section}.{key} "
+        f"(valid: {', '.join(sorted(section_keys(section)))})"), p.stderr
+    assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before  # nothing written

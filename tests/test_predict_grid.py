@@ -1,0 +1,46 @@
+"""The head grid vs the input size: the trunk's grid is ceil(S / 16) (amnet.backbone.grid_for), so
+a 72-px cache (grid 5) is extracted and trained on -- and its heads must load for prediction.
+
+Predictor.from_checkpoint still checks `grid * 16 != image_size`, which refuses every size 16
+does not divide (the fix is one line in amnet/predict.py; see the xfail reason)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from amnet.backbone import grid_for
+from amnet.errors import WeightsError
+
+
+def _head(path: Path, image_size: int, grid: int) -> Path:
+    from amnet.backbone import load_backbone
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    _, spec = load_backbone("random:0")
+    d = asdict(spec)
+    prov = {"arch": d["arch"], "layer": d.get("layer", "layer3"), "weights_id": d["weights_id"],
+            "weights_sha256": d["weights_sha256"], "image_size": image_size, "mean": d["mean"],
+            "std": d["std"], "precision": "fp32"}
+    model = AMNet(AMNetConfig(grid=grid, feature_dim=8, hidden_dim=8, regressor_dim=4))
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)
+
+
+@pytest.mark.xfail(strict=True, raises=WeightsError, reason=(
+    "amnet/predict.py Predictor.from_checkpoint checks `heads[0].config.grid * 16 != "
+    "prov.image_size`; it must check `(heads[0].config.grid,) * 2 != grid_for(prov.image_size)` "
+    "(from amnet.backbone import grid_for), as extract does"))
+def test_a_head_trained_on_a_72px_cache_loads(tmp_path):
+    assert grid_for(72) == (5, 5)
+    from amnet.predict import Predictor
+    p = Predictor.from_checkpoint(_head(tmp_path / "h.pt", 72, 5), device="cpu", backbone=False)
+    assert p.grid == 5 and p.image_size == 72
+
+
+@pytest.mark.parametrize("size,grid", [(72, 4), (64, 5), (224, 13)])
+def test_a_head_whose_grid_does_not_fit_the_input_size_is_refused(tmp_path, size, grid):
+    from amnet.predict import Predictor
+    with pytest.raises(WeightsError, match="does not fit input size"):
+        Predictor.from_checkpoint(_head(tmp_path / "h.pt", size, grid), device="cpu",
+                                  backbone=False)
