@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from amnet import cache
 from amnet.atomic import atomic_path
 from amnet.progress import progress_bar
-from amnet.backbone import features, load_backbone, normalize_uint8
+from amnet.backbone import grid_for, features, load_backbone, normalize_uint8
 from amnet.device import resolve_device, set_compute_threads
 from amnet.errors import CacheError, ImageError
 from amnet.image_loading import ImageRows, collate_rows
@@ -32,14 +32,6 @@ FLUSH_EVERY_SECONDS = 30.0
 
 # on_batch(batches, extracted): called once per batch, see extract()
 BatchCallback = Callable[[int, int], None]
-
-
-def grid_for(size: int) -> tuple[int, int]:
-    """layer3's spatial size for an S x S input: four stride-2 steps, each ceil(h / 2)."""
-    h = size
-    for _ in range(4):
-        h = (h - 1) // 2 + 1
-    return h, h
 
 
 def auto_workers(device: torch.device) -> int:

@@ -158,9 +158,10 @@ class Predictor:
                 if getattr(h.config, key) != getattr(heads[0].config, key):
                     raise WeightsError(f"{p}: head {key} {getattr(h.config, key)} differs from "
                                        f"{paths[0]}'s {getattr(heads[0].config, key)}")
-        if heads[0].config.grid * 16 != prov.image_size:
+        from amnet.backbone import grid_for
+        if (heads[0].config.grid,) * 2 != grid_for(prov.image_size):
             raise WeightsError(f"{paths[0]}: head grid {heads[0].config.grid} does not fit input "
-                               f"size {prov.image_size} (layer3 output is size/16)")
+                               f"size {prov.image_size} (layer3 output is ceil(size/16))")
         dev = resolve_device(device)
         trunk = spec = None
         if backbone:

@@ -1,8 +1,8 @@
 """The head grid vs the input size: the trunk's grid is ceil(S / 16) (amnet.backbone.grid_for), so
 a 72-px cache (grid 5) is extracted and trained on -- and its heads must load for prediction.
 
-Predictor.from_checkpoint still checks `grid * 16 != image_size`, which refuses every size 16
-does not divide (the fix is one line in amnet/predict.py; see the xfail reason)."""
+Predictor.from_checkpoint checks the head's grid against grid_for(image_size), as extract does
+(it used to check `grid * 16 == image_size`, refusing every size 16 does not divide)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -27,10 +27,6 @@ def _head(path: Path, image_size: int, grid: int) -> Path:
     return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)
 
 
-@pytest.mark.xfail(strict=True, raises=WeightsError, reason=(
-    "amnet/predict.py Predictor.from_checkpoint checks `heads[0].config.grid * 16 != "
-    "prov.image_size`; it must check `(heads[0].config.grid,) * 2 != grid_for(prov.image_size)` "
-    "(from amnet.backbone import grid_for), as extract does"))
 def test_a_head_trained_on_a_72px_cache_loads(tmp_path):
     assert grid_for(72) == (5, 5)
     from amnet.predict import Predictor
