@@ -11,8 +11,8 @@ Sections -> settings:
     data         DataConfig (amnet.settings)      prepare; paths are data/<dataset>
     backbone     ExtractConfig, the settings that decide the features     (DVC tracks it)
     extract_run  ExtractConfig, its knobs: batch_size, workers, device    (DVC does not)
-    model        AMNetConfig (amnet.model), less in_channels/grid: those come from the cache
-    train        TrainConfig (amnet.train), the settings that decide the results (tracked)
+    model        AMNetConfig (amnet.settings), less in_channels/grid: those come from the cache
+    train        TrainConfig (amnet.settings), the settings that decide the results (tracked)
     train_run    TrainConfig, its knobs: preload, workers, progress       (not tracked)
     evaluate     EvaluateConfig (amnet.settings)
 
@@ -28,9 +28,8 @@ from typing import Any
 import yaml
 
 from amnet.errors import AmnetError, ParamsError
-from amnet.model import AMNetConfig
-from amnet.settings import (DataConfig, EvaluateConfig, ExtractConfig, setting_names, validate)
-from amnet.train import TrainConfig
+from amnet.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig, TrainConfig,
+                            setting_names, validate)
 
 __all__ = ["Params", "load_params", "SECTIONS", "extract_options", "prepare_options"]
 

@@ -1,5 +1,8 @@
 """The AMNet head: a soft-attention LSTM over cached ResNet layer3 feature maps.
 
+Its settings, `AMNetConfig`, are defined in amnet/settings.py (torch-free: the CLI builds its
+options from them) and re-exported here.
+
 Follows `spec/amnet.md` section 2 (the official `AMemNetModel`) by default: `AMNet()` is the
 paper's LaMem/SUN configuration with exactly 13,323,461 trainable parameters, and its attribute
 names (`inconv`, `bn1`, `hs1`, `hc1`, `e1`, `eh1`, `eh3`, `rnn`, `regnet1`, `regnet4`) are the
@@ -18,54 +21,14 @@ Deviations from the original, all without effect on the outputs:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amnet.settings import setting
-
-
-@dataclass
-class AMNetConfig:
-    """Head hyper-parameters; the defaults are the paper's (spec sections 2 and 3)."""
-
-    in_channels: int = setting(1024, "channels of the cached feature map (ResNet50 layer3: "
-                               "1024); set from the cache", internal=True)
-    feature_dim: int = setting(1024, "D: inconv output width = LSTM input width", min=1)
-    hidden_dim: int = setting(1024, "H: LSTM hidden width", min=1)
-    regressor_dim: int = setting(512, "regnet1 output width", min=1)
-    grid: int = setting(14, "feature map side; L = grid * grid locations; set from the cache",
-                        internal=True)
-    lstm_steps: int = setting(3, "T; 0 = no LSTM: one attention pass with h = h0 (spec 2.11)",
-                              min=0)
-    use_attention: bool = setting(True, "false = the paper's ablation: uniform alphas (spec 7)")
-    feature_dropout: float = setting(0.8, "dropout on the whole adapted feature map (spec 2.1)",
-                                     min=0.0)
-    dropout: float = setting(0.5, "dropout in attention, on h_t and in the regressor", min=0.0)
-    target_mean: float = setting(0.754, "y' = (y - target_mean) * target_scale (spec 3); the "
-                                 "original's constant for LaMem and SUN alike")
-    target_scale: float = setting(2.0, "see target_mean")
-
-    @property
-    def locations(self) -> int:
-        return self.grid * self.grid
-
-    @property
-    def steps_out(self) -> int:
-        """Number of per-step outputs: T, or 1 when the LSTM is removed (lstm_steps = 0)."""
-        return max(self.lstm_steps, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AMNetConfig":
-        """Build from a (checkpoint) dict, ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+from amnet.settings import AMNetConfig  # the head's settings (torch-free, for the CLIs)
 
 
 class AMNet(nn.Module):

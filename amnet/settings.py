@@ -1,8 +1,9 @@
 """Settings dataclasses: each field is one setting, written once with its default, help and kind.
 
 A field declared with `setting(default, help, ...)` is the only place that default is written:
-params.yaml (`amnet.config.load_params`) takes what a file leaves out from here, and the CLIs can
-take their defaults and help from here too (`dataclass_defaults`, `field_help`, `field_spec`).
+params.yaml (`amnet.config.load_params`) takes what a file leaves out from here, and the CLIs'
+options are generated from here (`field_spec`; amnet/cli/_options.py): name, type, default, help,
+choices and range.
 
 Kinds of setting (the field's metadata):
   knob      a speed / resource setting (batch size of a loop, decoding workers, where data is
@@ -12,14 +13,17 @@ Kinds of setting (the field's metadata):
             re-running an expensive stage for that would be wasted.)
   internal  set by the library itself (the head's input shape comes from the feature cache), not
             a user setting: neither a params.yaml key nor a CLI option.
-  choices   the allowed values of a string setting; `min`: the lowest allowed number.
+  choices   the allowed values of a string setting; `min` / `max`: the lowest / highest allowed
+            number (`max_open`: the highest is excluded).
 
 `validate(cls, values, ...)` checks a mapping of settings against a dataclass: known keys only,
 values coerced to the field types (`int`, `float`, `bool`, `str`, `X | None`, `list[int]`, a
-nested settings dataclass), choices and minimums; anything wrong is a `ParamsError` of one line.
+nested settings dataclass), choices and ranges; anything wrong is a `ParamsError` of one line.
 
-Also here: the settings of the params sections whose code lives in the application layer or in
-the stage scripts -- `ExtractConfig` (stage one), `DataConfig` (prepare), `EvaluateConfig`.
+The settings dataclasses themselves live here too, free of torch, so that the CLIs can build their
+options from them at import time and `--help` stays instant: `AMNetConfig` (the head; also
+exported by amnet.model), `TrainConfig` (stage two; also exported by amnet.train), `ExtractConfig`
+(stage one), `DataConfig` (prepare), `EvaluateConfig`.
 """
 from __future__ import annotations
 
@@ -38,11 +42,13 @@ EXTRACT_PRECISIONS = ("auto", "mixed", "bf16", "fp32")
 
 
 def setting(default: Any, help: str, *, knob: bool = False, internal: bool = False,
-            choices: Iterable[Any] | None = None, min: float | None = None) -> Any:
+            choices: Iterable[Any] | None = None, min: float | None = None,
+            max: float | None = None, max_open: bool = False) -> Any:
     """A dataclass field with its help text and kind (see the module docstring). A list or dict
     default is copied for each instance; a dataclass *type* as default builds a fresh one."""
     meta = {"help": help, "knob": knob, "internal": internal,
-            "choices": tuple(choices) if choices is not None else None, "min": min}
+            "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
+            "max_open": max_open}
     if isinstance(default, type) and is_dataclass(default):
         return field(default_factory=default, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -91,6 +97,8 @@ class FieldSpec:
     knob: bool
     choices: tuple | None
     min: float | None
+    max: float | None = None
+    max_open: bool = False   # max itself is not allowed
 
 
 def field_spec(cls: type) -> dict[str, FieldSpec]:
@@ -98,7 +106,8 @@ def field_spec(cls: type) -> dict[str, FieldSpec]:
     hints = typing.get_type_hints(cls)
     return {f.name: FieldSpec(f.name, hints[f.name], _default(f), f.metadata.get("help", ""),
                               bool(f.metadata.get("knob")), f.metadata.get("choices"),
-                              f.metadata.get("min"))
+                              f.metadata.get("min"), f.metadata.get("max"),
+                              bool(f.metadata.get("max_open")))
             for f in fields(cls) if not f.metadata.get("internal")}
 
 
@@ -217,11 +226,96 @@ def validate(cls: type, values: Mapping[str, Any] | None, *, where: str, source:
                               f"{', '.join(map(str, choices))}")
         if low is not None and value is not None and value < low:
             raise ParamsError(f"{source}: {where}.{key}: {value!r} is below the minimum {low}")
+        high = meta.get("max")
+        if high is not None and value is not None and (
+                value >= high if meta.get("max_open") else value > high):
+            limit = f"not below {high}" if meta.get("max_open") else f"above the maximum {high}"
+            raise ParamsError(f"{source}: {where}.{key}: {value!r} is {limit}")
         out[key] = value
     return out
 
 
-# ---- the settings of sections without a dataclass of their own elsewhere ----------------------
+# ---- the settings dataclasses ------------------------------------------------------------------
+
+@dataclass
+class AMNetConfig:
+    """Head hyper-parameters; the defaults are the paper's (spec sections 2 and 3). The head
+    itself is amnet.model.AMNet (which re-exports this class)."""
+
+    in_channels: int = setting(1024, "channels of the cached feature map (ResNet50 layer3: "
+                               "1024); set from the cache", internal=True)
+    feature_dim: int = setting(1024, "D: inconv output width = LSTM input width", min=1)
+    hidden_dim: int = setting(1024, "H: LSTM hidden width", min=1)
+    regressor_dim: int = setting(512, "regnet1 output width", min=1)
+    grid: int = setting(14, "feature map side; L = grid * grid locations; set from the cache",
+                        internal=True)
+    lstm_steps: int = setting(3, "T; 0 = no LSTM: one attention pass with h = h0 (spec 2.11)",
+                              min=0)
+    use_attention: bool = setting(True, "off (false, --no-attention): the paper's ablation, "
+                                  "uniform attention weights (spec 7)")
+    feature_dropout: float = setting(0.8, "dropout on the whole adapted feature map (spec 2.1)",
+                                     min=0.0, max=1.0, max_open=True)
+    dropout: float = setting(0.5, "dropout in attention, on h_t and in the regressor", min=0.0,
+                             max=1.0, max_open=True)
+    target_mean: float = setting(0.754, "y' = (y - target_mean) * target_scale (spec 3); the "
+                                 "original's constant for LaMem and SUN alike")
+    target_scale: float = setting(2.0, "the scale of the normalised targets (see target_mean)")
+
+    @property
+    def locations(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def steps_out(self) -> int:
+        """Number of per-step outputs: T, or 1 when the LSTM is removed (lstm_steps = 0)."""
+        return max(self.lstm_steps, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AMNetConfig":
+        """Build from a (checkpoint) dict, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults are the original's LaMem ones (spec section 4). Stage two is
+    amnet.train.train_split (amnet.train re-exports this class)."""
+
+    epochs: int = setting(54, "the original ran epochs 1..54 on LaMem (49 on SUN)", min=1)
+    batch_size: int = setting(222, "train batch; the last partial batch is dropped", min=1)
+    eval_batch_size: int = setting(370, "val/test batch; every image is used", min=1)
+    lr: float = setting(1e-4, "Adam learning rate, constant (no schedule)", min=0.0)
+    weight_decay: float = setting(1e-6, "Adam L2: LaMem 1e-6, SUN 1e-4", min=0.0)
+    gamma: float = setting(1e-5, "weight of the attention term of the loss", min=0.0)
+    seed: int = setting(12345, "seeds the head's weights, batch order and view/flip draws")
+    # not a knob: another device rounds differently, and precision "auto" resolves per device
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = setting("auto", "head numerics. auto: bf16 autocast where bf16 is native "
+                             "(AMX/AVX512-BF16 CPU, CUDA; amnet.device), else fp32",
+                             choices=("auto", "bf16", "fp32"))
+    flip: bool = setting(True, "use the cache's flipped features (when it has them) as "
+                         "augmentation")
+    views: bool = setting(True, "draw one of the cache's crop views (when it has them: extract's "
+                          "views K) per image and epoch")
+    tta: bool = setting(False, "test predictions: the mean over every view the cache stores "
+                        "(plain, crops, flips); else the plain view only")
+    preload: str = setting("auto", "where the features are held: auto | device (GPU memory) | "
+                           "ram | lazy (read from the file as needed)", knob=True,
+                           choices=("auto", "device", "ram", "lazy"))
+    workers: int = setting(-1, "DataLoader workers for lazy reading; -1 = min(8, cores)",
+                           knob=True, min=-1)
+    holdout: float = setting(0.1, "without a val split: the fraction of train held out (chosen "
+                             "with the seed) to select the epoch; 0 = keep the last epoch",
+                             min=0.0, max=0.9)
+    score_min: float = setting(0.0, "allowed score range in split files: low end")
+    score_max: float = setting(1.0, "allowed score range in split files: high end")
+    progress: bool | None = setting(None, "false = off; else shown when stderr is a terminal "
+                                    "(not in CI)", knob=True)
+
 
 @dataclass
 class ExtractConfig:
@@ -244,7 +338,7 @@ class ExtractConfig:
     # shape and device) -- except that precision "auto" resolves per device: pin precision to
     # make device a pure knob. workers changes nothing.
     batch_size: int = setting(32, "images per trunk forward", knob=True, min=1)
-    workers: int = setting(-1, "decoding processes (0 = in the main process); -1 = auto: "
+    workers: int = setting(-1, "decoding processes (0 = in the main process); -1 (auto): "
                            "cores - 1 (at most 16) on CUDA, 1 on CPU", knob=True, min=-1)
     device: str = setting("auto", "auto | cpu | cuda[:N]", knob=True)
 

@@ -34,14 +34,15 @@ A run is resumable and publishes its files together:
 
 The parts: amnet/feeding.py (cached features to batches), amnet/fit.py (the epoch loop, the
 best epoch), amnet/train_state.py (the resumable state), amnet/evaluation.py (`predict_split`,
-`tta_views`, `evaluate`), amnet/publish.py (the files); this module holds `TrainConfig` and
-`train_split`, which ties them together.
+`tta_views`, `evaluate`), amnet/publish.py (the files); this module holds `train_split`, which
+ties them together. Its settings, `TrainConfig`, are defined in amnet/settings.py (torch-free, so
+the CLI builds its options from them without importing torch) and re-exported here.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,49 +57,19 @@ from amnet.evaluation import (check_names, evaluate, predict_split, predictions_
 from amnet.feeding import SplitPart, attach_sources, open_cache
 from amnet.fit import FitProgress, fit
 from amnet.metrics import mse, spearman
-from amnet.model import AMNet, AMNetConfig
+from amnet.model import AMNet
 from amnet.provenance import file_sha256
 from amnet.publish import Outputs
-from amnet.settings import knob_names, setting
+from amnet.settings import AMNetConfig, TrainConfig, knob_names  # settings: torch-free
 from amnet.train_state import fingerprint, remove_state, state_path
 
 log = logging.getLogger("amnet.train")
 
 PathLike = str | os.PathLike
 
-
-@dataclass
-class TrainConfig:
-    """Training settings; defaults are the original's LaMem ones (spec section 4)."""
-
-    epochs: int = setting(54, "the original ran epochs 1..54 on LaMem (49 on SUN)", min=1)
-    batch_size: int = setting(222, "train batch; the last partial batch is dropped", min=1)
-    eval_batch_size: int = setting(370, "val/test batch; every image is used", min=1)
-    lr: float = setting(1e-4, "Adam learning rate, constant (no schedule)", min=0.0)
-    weight_decay: float = setting(1e-6, "Adam L2: LaMem 1e-6, SUN 1e-4", min=0.0)
-    gamma: float = setting(1e-5, "weight of the attention term of the loss", min=0.0)
-    seed: int = setting(12345, "seeds the head's weights, batch order and view/flip draws")
-    # not a knob: another device rounds differently, and precision "auto" resolves per device
-    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = setting("auto", "auto: bf16 autocast where bf16 is native (amnet.device), "
-                             "else fp32", choices=("auto", "bf16", "fp32"))
-    flip: bool = setting(True, "use the cache's features_flip when it has them")
-    views: bool = setting(True, "draw one of the cache's crop views per image and epoch")
-    tta: bool = setting(False, "test: average over all stored views (and flips)")
-    preload: str = setting("auto", "where the features are held: auto | device | ram | lazy",
-                           knob=True, choices=("auto", "device", "ram", "lazy"))
-    workers: int = setting(-1, "DataLoader workers for lazy reading; -1 = min(8, cores)",
-                           knob=True, min=-1)
-    holdout: float = setting(0.1, "fraction of train used for selection when there is no val "
-                             "split", min=0.0)
-    score_min: float = setting(0.0, "allowed score range in split files: low end")
-    score_max: float = setting(1.0, "allowed score range in split files: high end")
-    progress: bool | None = setting(None, "false = off; else shown when stderr is a terminal "
-                                    "(not in CI)", knob=True)
-
-
 # settings that decide how a run reads its data, not what it computes: a resumed run may differ
 NOT_FINGERPRINTED = knob_names(TrainConfig)
+
 
 def _load_parts(cache, cache_path, train_file, val_file, test_file, cfg: TrainConfig,
                 parts: dict[str, SplitPart]) -> str:

@@ -180,6 +180,8 @@ def test_internal_fields_are_not_settings(tmp_path):
     ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True"),
     ({"train": {"tta": "yes please"}}, "train.tta: expected true or false, got 'yes please'"),
     ({"train": {"epochs": 0}}, "train.epochs: 0 is below the minimum 1"),
+    ({"train": {"holdout": 0.95}}, "train.holdout: 0.95 is above the maximum 0.9"),
+    ({"model": {"dropout": 1.0}}, "model.dropout: 1.0 is not below 1.0"),
     ({"backbone": {"precision": "fp16"}}, "backbone.precision: 'fp16' is not one of auto, mixed"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset: 'imagenet' is not one of demo, lamem"),
     ({"data": {"splits": 3}}, "data.splits: expected a list of integers, got 3"),
@@ -197,11 +199,11 @@ def test_bad_values_are_one_line(tmp_path, doc, words):
 
 def test_numbers_are_coerced(tmp_path):
     # DVC's `-S train.lr=1e-4` writes 1e-4, which PyYAML reads as a string
-    p = _load(tmp_path, "train:\n  lr: 1e-4\n  epochs: 3.0\nmodel:\n  dropout: 1\n"
+    p = _load(tmp_path, "train:\n  lr: 1e-4\n  epochs: 3.0\nmodel:\n  target_scale: 1\n"
                         "train_run:\n  progress: null\n")
     assert p.train.lr == 1e-4 and type(p.train.lr) is float
     assert p.train.epochs == 3 and type(p.train.epochs) is int
-    assert p.model.dropout == 1.0 and type(p.model.dropout) is float
+    assert p.model.target_scale == 1.0 and type(p.model.target_scale) is float
     assert p.train.progress is None
 
 

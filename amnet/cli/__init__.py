@@ -2,8 +2,10 @@
 
 Thin: parse arguments, call the library; one module per command group (`cache`: extract, merge,
 info, verify; `train`: train, evaluate; `predict`; `weights`: import-weights). Heavy imports stay
-inside the commands so `--help` is instant. Errors the user can fix (`AmnetError`) become one
-line and exit 1 through one decorator, `amnet_errors` (amnet/cli/_errors.py).
+inside the commands so `--help` is instant. Options that are settings are generated from the
+settings dataclasses (amnet/cli/_options.py), so their defaults are written there only. Errors
+the user can fix (`AmnetError`) become one line and exit 1 through one decorator,
+`amnet_errors` (amnet/cli/_errors.py).
 """
 from __future__ import annotations
 
