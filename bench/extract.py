@@ -51,18 +51,18 @@ def naive(items, weights: str, size: int, device: torch.device, batch: int = 32)
 
 def real(items, weights: str, size: int, device: torch.device, batch: int, workers: int,
          precision: str, tmp: Path):
-    from amnet import extract as E
     from amnet.backbone import features, load_backbone
     from amnet.cache import FeatureCache
-    trunk, spec = load_backbone(weights, precision)
+    from amnet.extract import extract
+    trunk, spec = load_backbone(weights, precision, device)  # loaded once, outside the timing
     features(trunk, torch.zeros(batch, 3, size, size), device)  # warm-up, not timed
-    E.load_backbone = lambda w, p="mixed": (trunk, spec)  # load once, outside the timing
     out = tmp / "bench.h5"
-    s = E.extract(items, out, weights=weights, image_size=size, device=str(device),
-                  batch_size=batch, workers=workers, progress=False, precision=precision)
+    s = extract(items, out, weights=weights, image_size=size, device=str(device),
+                batch_size=batch, workers=workers, progress=False, precision=precision,
+                backbone=(trunk, spec))
     with FeatureCache(out) as c:
         feats = c.load(c.names).float()
-    return feats, s["seconds"], spec.arch
+    return feats, s["seconds"], spec.arch, spec.precision
 
 
 def _sync(device: torch.device) -> None:
@@ -78,7 +78,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="auto", help="real path's decoding workers [auto]")
-    ap.add_argument("--precision", default="mixed", choices=["mixed", "bf16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "mixed", "bf16", "fp32"],
+                    help="auto: mixed where bf16 is native, else fp32 (amnet.device)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -91,21 +92,22 @@ def main() -> None:
     device = resolve_device(args.device)
     workers = auto_workers(device) if args.workers == "auto" else int(args.workers)
     with tempfile.TemporaryDirectory() as tmp:
-        f_real, t_real, arch = real(items, args.weights, args.image_size, device, args.batch_size,
+        f_real, t_real, arch, resolved = real(items, args.weights, args.image_size, device, args.batch_size,
                                     workers, args.precision, Path(tmp))
     f_naive, t_naive = naive(items, args.weights, args.image_size, device)
     n = len(items)
     r_real, r_naive = n / t_real, n / t_naive
     rel = ((f_real - f_naive).norm() / f_naive.norm()).item()
     ceiling = CEILING.get((device.type, arch))
+    from amnet.device import cpu_label
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
+        f"{cpu_label()}, {torch.get_num_threads()} threads"
     print(f"\n{n} images from {args.images.name}, {args.weights} ({arch}), "
           f"{args.image_size}x{args.image_size}, {dev_name}, torch {torch.__version__}\n")
     print("| path | images/s | seconds |")
     print("|---|---:|---:|")
     print(f"| naive: PIL per image, fp32, batch 32, no workers | {r_naive:.1f} | {t_naive:.1f} |")
-    print(f"| amnet-cache extract ({args.precision}, batch {args.batch_size}, {workers} workers) "
+    print(f"| amnet-cache extract ({args.precision} -> {resolved}, batch {args.batch_size}, {workers} workers) "
           f"| {r_real:.1f} | {t_real:.1f} |")
     print(f"| ratio | {r_real / r_naive:.2f}x | |")
     if ceiling:
