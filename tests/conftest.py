@@ -126,8 +126,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a child python that must import this checkout's amnet."""
     import os
     path = os.environ.get("PYTHONPATH")
+    from amnet.device import available_cores
+    # the same thread count as this process's own extract() calls (amnet.device.
+    # set_compute_threads): fp32 kernels sum in another order with another count, and the
+    # byte-identity tests compare a child's rows with rows made here
+    threads = os.environ.get("OMP_NUM_THREADS", str(available_cores()))
     return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **extra}
+            "OMP_NUM_THREADS": threads, **extra}
 
 
 _KILL_SCRIPT = """\
