@@ -42,6 +42,9 @@ class AMNet(nn.Module):
         cfg = replace(config or AMNetConfig(), **overrides)
         if cfg.lstm_steps < 0 or cfg.grid < 1:
             raise ValueError(f"bad AMNetConfig: {cfg}")
+        if isinstance(cfg.target_mean, str):
+            raise ValueError(f"target_mean {cfg.target_mean!r} is resolved when training starts "
+                             "(amnet.train.train_split); a head needs a number")
         self.config = cfg
         C, D, H, L, R = cfg.in_channels, cfg.feature_dim, cfg.hidden_dim, cfg.locations, cfg.regressor_dim
 

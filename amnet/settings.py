@@ -40,6 +40,8 @@ from amnet.errors import ParamsError
 DATASET_KINDS = ("demo", "lamem", "sun", "isola-mat", "csv")
 EXTRACT_PRECISIONS = ("auto", "mixed", "bf16", "fp32")
 
+TRAIN_MEAN = "train"  # AMNetConfig.target_mean: the mean of the training scores
+
 
 def setting(default: Any, help: str, *, knob: bool = False, internal: bool = False,
             choices: Iterable[Any] | None = None, min: float | None = None,
@@ -129,6 +131,12 @@ def _describe(tp: Any) -> str:
 
 class _Bad(Exception):
     pass
+
+
+def _number_or_word(tp: Any) -> bool:
+    """A `float | str` setting: a number, or one of its `choices` words."""
+    return typing.get_origin(tp) in (Union, types.UnionType) and \
+        set(typing.get_args(tp)) == {float, str}
 
 
 def _coerce(tp: Any, value: Any) -> Any:
@@ -221,7 +229,13 @@ def validate(cls: type, values: Mapping[str, Any] | None, *, where: str, source:
             raise ParamsError(f"{source}: {where}.{key}: expected {_describe(tp)}, got "
                               f"{value!r}") from None
         choices, low = meta.get("choices"), meta.get("min")
-        if choices and value not in choices:
+        if isinstance(value, str) and _number_or_word(tp):  # e.g. target_mean: a number or "train"
+            if value not in (choices or ()):
+                raise ParamsError(f"{source}: {where}.{key}: expected a number or one of "
+                                  f"{', '.join(map(str, choices or ()))}, got {value!r}")
+            out[key] = value
+            continue
+        if choices and value not in choices and not _number_or_word(tp):
             raise ParamsError(f"{source}: {where}.{key}: {value!r} is not one of "
                               f"{', '.join(map(str, choices))}")
         if low is not None and value is not None and value < low:
@@ -257,8 +271,10 @@ class AMNetConfig:
                                      min=0.0, max=1.0, max_open=True)
     dropout: float = setting(0.5, "dropout in attention, on h_t and in the regressor", min=0.0,
                              max=1.0, max_open=True)
-    target_mean: float = setting(0.754, "y' = (y - target_mean) * target_scale (spec 3); the "
-                                 "original's constant for LaMem and SUN alike")
+    target_mean: float | str = setting(0.754, "y' = (y - target_mean) * target_scale (spec 3); "
+                                       "the original's constant for LaMem and SUN alike; `train`: "
+                                       "the mean of the training scores, fixed when training "
+                                       "starts", choices=(TRAIN_MEAN,))
     target_scale: float = setting(2.0, "the scale of the normalised targets (see target_mean)")
 
     @property

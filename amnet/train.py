@@ -60,7 +60,7 @@ from amnet.metrics import mse, spearman
 from amnet.model import AMNet
 from amnet.provenance import file_sha256
 from amnet.publish import Outputs
-from amnet.settings import AMNetConfig, TrainConfig, knob_names  # settings: torch-free
+from amnet.settings import TRAIN_MEAN, AMNetConfig, TrainConfig, knob_names  # torch-free
 from amnet.train_state import fingerprint, remove_state, state_path
 
 log = logging.getLogger("amnet.train")
@@ -144,6 +144,12 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
         if (model_config.in_channels, model_config.grid) != (cache.channels, g[0]):
             log.info("model input set from the cache: %d channels, %dx%d grid", cache.channels, g[0], g[1])
             model_config = replace(model_config, in_channels=cache.channels, grid=g[0])
+        if model_config.target_mean == TRAIN_MEAN:
+            # the training scores' mean, fixed now and saved as a number in the checkpoint
+            # (LNSIM's mean is ~0.60; the original's constant 0.754 is LaMem's)
+            model_config = replace(model_config,
+                                   target_mean=round(float(np.mean(parts["train"].scores)), 6))
+            log.info("target mean: %.6f (the training scores' mean)", model_config.target_mean)
         use_flip = bool(cfg.flip and cache.has_flip)
         n_views = cache.views if cfg.views else 0            # crop views drawn in training
         needs = {"train": (n_views, use_flip)}

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from amnet.cli import cache_cli, main
-from amnet.cli._options import AutoInt, SettingOption, options_from, settings_of
+from amnet.cli._options import AutoInt, NumberOrWord, SettingOption, options_from, settings_of
 from amnet.settings import (AMNetConfig, ExtractConfig, TrainConfig, dataclass_defaults,
                             field_spec, setting_names)
 
@@ -61,7 +61,9 @@ def test_every_settings_option_is_its_fields(name):
         assert default == dataclass_defaults(cls)[opt.field] == spec.default, (name, opt.field)
         assert type(default) is type(spec.default), (name, opt.field)
         assert opt.help == spec.help and opt.help
-        if spec.choices:
+        if spec.choices and isinstance(opt.type, NumberOrWord):    # target_mean: number | train
+            assert opt.type.words == spec.choices
+        elif spec.choices:
             assert tuple(opt.type.choices) == spec.choices
         if isinstance(opt.type, (click.IntRange, click.FloatRange)):
             assert (opt.type.min, opt.type.max, opt.type.max_open) == (spec.min, spec.max,

@@ -53,6 +53,27 @@ class AutoInt(click.IntRange):
         return super().convert(value, param, ctx)
 
 
+class NumberOrWord(click.ParamType):
+    """A number, or one of a few words (`--target-mean train`)."""
+
+    name = "number|word"
+
+    def __init__(self, words: Collection[str]) -> None:
+        self.words = tuple(words)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)) or value in self.words:
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor one of {', '.join(self.words)}",
+                      param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "FLOAT|" + "|".join(w.upper() for w in self.words)
+
+
 def _bound(value: float | None, integer: bool) -> float | None:
     # a whole number as an int, so that the help reads x>=0, not x>=0.0
     if value is None:
@@ -89,6 +110,8 @@ def _option(cls: type, spec: FieldSpec, name: str | None, plain_flag: bool,
         type_: Any = AutoInt(auto, **_range(spec, True))
         if default == auto:
             default = "auto"
+    elif spec.choices and spec.type == float | str:
+        type_ = NumberOrWord(spec.choices)
     elif spec.choices:
         if spec.type is not str:
             raise TypeError(f"{where}: choices are offered for str settings only")
