@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--extract-batch", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--no-train", action="store_true",
+                    help="train nothing: write the table from the runs already done")
     ap.add_argument("--force", action="store_true", help="retrain runs that are done")
     return ap.parse_args(argv)
 
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, ov in overrides.items():
                 st = M.recipe(recipe_base, {}, tuned)
                 st.update({key: M.coerce(v) for key, v in ov.items() if key != "cache_views"})
+                if args.no_train and not (work / "sweep" / bb / name / f"split_{k}" /
+                                          "result.json").is_file():
+                    continue  # --no-train: table what is done
                 r = M.run_amnet(work, bb, name, st, k, args, force=args.force, test=False,
                                 out_root=work / "sweep" / bb, keep_checkpoint=False,
                                 views=cache_views[name])
