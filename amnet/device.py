@@ -103,22 +103,23 @@ def native_bf16(device: torch.device | str) -> bool:
     return feats["amx"] or feats["avx512_bf16"]
 
 
+def _resolve(precision: str, allowed: tuple[str, ...], native: str,
+             device: torch.device | str) -> str:
+    if precision not in allowed:
+        raise AmnetError(f"--precision {precision!r}: use one of {', '.join(allowed)}")
+    if precision == "auto":
+        return native if native_bf16(device) else "fp32"
+    return precision
+
+
 def resolve_trunk_precision(precision: str, device: torch.device | str) -> str:
     """"auto" -> "mixed" where bf16 is native, else "fp32"; other values are checked and kept."""
-    if precision not in TRUNK_PRECISIONS:
-        raise AmnetError(f"--precision {precision!r}: use one of {', '.join(TRUNK_PRECISIONS)}")
-    if precision == "auto":
-        return "mixed" if native_bf16(device) else "fp32"
-    return precision
+    return _resolve(precision, TRUNK_PRECISIONS, "mixed", device)
 
 
 def resolve_head_precision(precision: str, device: torch.device | str) -> str:
     """"auto" -> "bf16" where bf16 is native, else "fp32"; "bf16" / "fp32" are kept."""
-    if precision not in HEAD_PRECISIONS:
-        raise AmnetError(f"--precision {precision!r}: use one of {', '.join(HEAD_PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
+    return _resolve(precision, HEAD_PRECISIONS, "bf16", device)
 
 
 def autocast(device: torch.device, precision: str):

@@ -25,7 +25,7 @@ import math
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from amnet.atomic import atomic_write_text
 from amnet.errors import SplitError
@@ -98,6 +98,14 @@ def _lines(path: Path) -> list[str]:
         raise SplitError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def _records(path: Path) -> Iterator[tuple[int, str, list[str], str]]:
+    """(line number, "file:line", whitespace-split fields, the line) of each non-blank line."""
+    for lineno, line in enumerate(_lines(path), start=1):
+        fields = line.split()
+        if fields:
+            yield lineno, f"{path}:{lineno}", fields, line
+
+
 def read_split(path: str | Path, *, score_range: tuple[float, float] | None = (0.0, 1.0),
                images_root: str | Path | RootChecker | None = None) -> list[tuple[str, float]]:
     """Read a LaMem-format split file into `[(name, score), ...]` in file order.
@@ -113,11 +121,7 @@ def read_split(path: str | Path, *, score_range: tuple[float, float] | None = (0
         checker = RootChecker(images_root)
     items: list[tuple[str, float]] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(_lines(path), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{path}:{lineno}"
+    for lineno, where, fields, line in _records(path):
         if len(fields) != 2:
             raise SplitError(f"{where}: expected '<image name> <score>', got {line.strip()!r}")
         name, token = fields
@@ -150,11 +154,7 @@ def read_name_list(path: str | Path, *, unique: bool = True) -> list[tuple[str, 
     path = Path(path)
     items: list[tuple[str, float | None]] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(_lines(path), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{path}:{lineno}"
+    for lineno, where, fields, line in _records(path):
         if len(fields) > 2:
             raise SplitError(f"{where}: expected '<image name>' or '<image name> <score>', "
                              f"got {line.strip()!r}")

@@ -163,30 +163,17 @@ def _coerce(tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise _Bad
-    if tp is int:
-        if isinstance(value, bool):
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _Bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
+        if tp is int and isinstance(value, float):
+            if not value.is_integer():
+                raise _Bad
             return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise _Bad from None
-        raise _Bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise _Bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise _Bad from None
-        raise _Bad
+        try:
+            return tp(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise _Bad from None
     if tp is str:
         if isinstance(value, str):
             return value
