@@ -167,13 +167,16 @@ def train_config(args, **settings):
 def amnet_configs(settings: dict[str, Any], args, train_mean: float):
     """(AMNetConfig, TrainConfig) for flat settings; target_mean=train resolved."""
     from amnet.model import AMNetConfig
+    from amnet.settings import TRAIN_MEAN
     from amnet.train import TrainConfig
 
     m_keys = {f.name for f in fields(AMNetConfig)}
     t_keys = {f.name for f in fields(TrainConfig)} - set(CLI_OWNED)
     model, train = {}, {}
     for k, v in settings.items():
-        if k == "target_mean" and v == "train":
+        if k == "target_mean" and v == TRAIN_MEAN:
+            # what amnet.train.train_split would resolve it to, done here so that the run's
+            # fingerprint (and result.json) records the number, not the word
             v = round(train_mean, 6)
         if k in m_keys:
             model[k] = coerce(v)
