@@ -1,4 +1,6 @@
-"""Whole-file operations on feature caches: merge shards, describe (info), verify."""
+"""Whole-file operations on feature caches: merge shards, describe (info), verify.
+
+(`amnet-cache repair`, salvaging a damaged file, is amnet.cache_repair.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +10,8 @@ import h5py
 import numpy as np
 
 from amnet import cache as C
-from amnet.atomic import atomic_path
+from amnet.atomic import atomic_path, remove_stale_temps
+from amnet.diskspace import disk_full_guard
 from amnet.errors import CacheError
 
 _BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224); / K for views
@@ -52,11 +55,14 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
     attrs = {k: (C._stats_attr(v) if k in ("mean", "std") else
                  np.asarray(v) if isinstance(v, list) else v) for k, v in attrs.items()}
     attrs["merged_from"] = np.array([str(p) for p, *_ in metas], dtype=h5py.string_dtype())
-    with atomic_path(out, tag="merging") as tmp:
+    remove_stale_temps(out, "merging")       # the half-written output of a killed merge
+    needed = sum(Path(p).stat().st_size for p, *_ in metas)
+    with disk_full_guard(out, needed, "the shards are untouched and nothing was written to "
+                                      f"{out}"), atomic_path(out, tag="merging") as tmp:
         with C.create(tmp, all_names, attrs) as g:
             dsets = [d for d in ("features", "features_flip", "views", "views_flip") if d in g]
             block = max(1, _BLOCK // max(1, int(ref.get("views") or 0)))
-            handles = [h5py.File(p, "r") for p, *_ in metas]
+            handles = [C.open_h5(p, "r") for p, *_ in metas]
             try:
                 for start in range(0, len(order), block):
                     part = order[start:start + block]
@@ -157,7 +163,13 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
                 problems.append(f"{name} shape {list(ds.shape)}, expected {list(want)}")
                 continue
             block = _BLOCK if ds.ndim == 4 else max(1, _BLOCK // k)  # ~100 MB per read
-            bad = _scan_nonfinite(ds, done, progress, name, block)
+            try:
+                bad = _scan_nonfinite(ds, done, progress, name, block)
+            except (OSError, RuntimeError) as e:
+                problems.append(f"{name}: damaged: rows do not read back "
+                                f"({str(e).splitlines()[0]}); salvage the complete rows with "
+                                f"`amnet-cache repair {path} FIXED.h5`")
+                continue
             if bad:
                 problems.append(f"{name}: {len(bad)} images hold NaN/Inf, e.g. "
                                 f"{[names[i] for i in bad[:3]]}")
@@ -176,8 +188,7 @@ def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str, block: int
             mask = done[start:stop]
             if not mask.any():
                 continue
-            data = ds[start:stop]
-            finite = np.isfinite(data.reshape(stop - start, -1)).all(axis=1)
+            finite = C.finite_rows(ds[start:stop])
             bad.extend(int(start + k) for k in np.flatnonzero(mask & ~finite))
             bar.update(int(mask.sum()))
     return bad

@@ -5,7 +5,8 @@ Usage: python pipeline/extract.py DATA OUT   (dvc.yaml: data/${data.dataset}
 
 Writes OUT. It extracts into OUT's <stem>.partial.h5 (not a DVC output, so DVC does not delete it
 before a re-run) and renames it when complete: a run that crashed or was killed resumes where it
-stopped on the next `dvc repro`.
+stopped on the next `dvc repro`; a partial file that is damaged (truncated) keeps every row that
+can be salvaged (amnet.cache_repair) before it resumes.
 """
 import argparse
 import os
@@ -15,7 +16,8 @@ from pathlib import Path
 from amnet.config import extract_options, load_params
 from amnet.datasets import images_root
 from amnet.datasets.splits import read_name_list
-from amnet.errors import AmnetError, CacheError
+from amnet.cache_repair import repair
+from amnet.errors import AmnetError, CacheError, DamagedCacheError
 from amnet.extract import extract
 
 
@@ -37,7 +39,16 @@ def main() -> None:
             return extract(items, partial, **options, on_error="fail", overwrite=overwrite,
                            progress=True, source=str(args.data))
         try:
-            summary = run(overwrite=False)
+            try:
+                summary = run(overwrite=False)
+            except DamagedCacheError as e:
+                # truncated or corrupt (a full disk, a crash of the machine): keep every complete
+                # row (amnet-cache repair), then resume; what cannot be salvaged is redone
+                print(f"extract: {e}; salvaging its complete rows", file=sys.stderr)
+                s = repair(partial, partial, lost="resume", overwrite=True)
+                print(f"extract: kept {s['saved']} of {s['images']} rows of {partial}",
+                      file=sys.stderr)
+                summary = run(overwrite=False)
         except CacheError as e:
             if not partial.exists():
                 raise

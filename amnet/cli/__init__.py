@@ -1,7 +1,7 @@
 """Click entry points: `amnet-cache` (stage one) and `amnet` (stage two, predict).
 
 Thin: parse arguments, call the library; one module per command group (`cache`: extract, merge,
-info, verify; `train`: train, evaluate; `predict`; `weights`: import-weights). Heavy imports stay
+info, verify, repair; `train`: train, evaluate; `predict`; `weights`: import-weights). Heavy imports stay
 inside the commands so `--help` is instant. Options that are settings are generated from the
 settings dataclasses (amnet/cli/_options.py), so their defaults are written there only. Errors
 the user can fix (`AmnetError`) become one line and exit 1 through one decorator,
@@ -26,7 +26,8 @@ def main() -> None:
     """Stage two and use: train/evaluate the AMNet head, import published weights, predict."""
 
 
-for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify):
+for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify,
+                 cache.cache_repair):
     cache_cli.add_command(_command)
 for _command in (train.train_cmd, train.evaluate_cmd, weights.import_weights_cmd,
                  predict.predict_cmd):

@@ -33,7 +33,8 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Backbone weights to use; must be the checkpoints' (by id, or by sha256 for "
                    "file:PATH, e.g. a local copy of the file it was trained with).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="skip: a row with the reason and no score; fail: stop at the first bad image.")
+              help="skip: a row with the reason and no score (a bad image, NaN/Inf features); "
+                   "fail: stop at the first. No input scored at all exits non-zero either way.")
 @click.option("--cache", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Score cached features (HDF5 from amnet-cache extract) instead of images.")
 @click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -51,8 +52,8 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 @amnet_errors
 def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, on_error, cache,
                 images_root, attention_maps, grid, precision, match_cache) -> None:
-    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, summary_line,
-                               write_predictions)
+    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, nothing_scored,
+                               summary_line, write_predictions)
 
     if cache is not None:
         if any(Path(a).suffix.lower() not in LIST_EXTS for a in images):
@@ -69,10 +70,14 @@ def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, 
         if not images:
             raise click.UsageError("give IMAGES (files, folders, list files) or --cache")
         items = collect_inputs(images, images_root)
+    if not items:   # before loading anything
+        raise click.ClickException(nothing_scored({"n": 0}, out))
     predictor = Predictor.from_checkpoint(list(checkpoints), device, weights=weights,
                                           backbone=cache is None, batch_size=batch_size,
                                           precision=precision, match_cache=match_cache)
     counts = write_predictions(predictor, items, out, cache=cache, batch_size=batch_size,
                                workers=workers, on_error=on_error,
                                attention_maps=attention_maps, grid=grid)
+    if not counts["scored"]:
+        raise click.ClickException(nothing_scored(counts, out))
     click.echo(summary_line(counts, out), err=True)
