@@ -113,7 +113,7 @@ def predict_items(predictor: Predictor, items: list[InputItem], *, batch_size: i
                         r.image = img.permute(1, 2, 0).numpy()
                 x = normalize_uint8(x.to(predictor.device, non_blocking=True),
                                     predictor.provenance.mean, predictor.provenance.std)
-                _fill(ok, predictor.predict_features(predictor.features(x)))
+                _fill(ok, predictor.predict_images(x))
                 results.update(zip(batch.rows, ok))
             bar.update(len(results))
             yield from (results[i] for i in sorted(results))
