@@ -111,7 +111,9 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     `[N, K, C, h, w]`; `views_flip` with flip), the crops drawn from (view_seed, name, j) only.
 
     shard (i, n): only items i, i+n, i+2n, ... (under torchrun, (RANK, WORLD_SIZE) by default,
-    with `out` renamed by `shard_path`). Returns a summary dict (counts, seconds, images/s).
+    with `out` renamed by `shard_path`). Returns a summary dict (counts, seconds, images/s;
+    `first_frame`: how many multi-frame files gave their first frame, the first few of whose
+    notes are in `first_frame_notes`).
     backbone: an already loaded `(trunk, spec)` from `load_backbone(weights, precision, device)`
     (benchmarks and tests reuse one; `weights`/`precision` must be what it was loaded with).
     on_batch(batches, extracted): called after each batch of this run is written -- its feature
@@ -165,7 +167,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     summary = {"out": str(out), "images": len(names), "extracted": 0, "skipped": 0,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
                "images_per_s": 0.0, "device": str(dev), "weights": weights, "views": views,
-               "precision": spec.precision, "threads": threads, "workers": workers}
+               "precision": spec.precision, "threads": threads, "workers": workers,
+               "first_frame": 0, "first_frame_notes": []}
     try:
         done = f["done"][:].astype(bool)
         failed = cache.read_failed(f)
@@ -235,7 +238,11 @@ def _run(f, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
     t0 = last_flush = time.perf_counter()
     batches = 0
     try:
-        for idx, x, fails in loader:
+        for idx, x, fails, notes in loader:
+            # multi-frame files (animated GIF/PNG/WebP, multi-page TIFF) gave their first frame
+            summary["first_frame"] += len(notes)
+            shown = summary["first_frame_notes"]
+            shown += [note for _, note in notes][:max(0, 3 - len(shown))]
             if x is not None:
                 y, yf = _forward(trunk, spec, dev, x, flip)   # [b, 1 + K, C, h, w] each
                 _write(feats_ds, idx, y[:, 0])

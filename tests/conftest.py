@@ -164,3 +164,43 @@ def extract_killed_after(tmp_path: Path, images: Path, out: Path, batches: int, 
     return subprocess.run([sys.executable, str(script), str(images), str(out), str(batches),
                            json.dumps(kw)], env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
+
+
+# ---- bad inputs to listing and warnings: a small head on a real trunk, no hang ---------------
+
+def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Path:
+    """A small untrained AMNet head checkpoint for features of the trunk `spec` (a loaded
+    `BackboneSpec`, its precision included) at `image_size`, for `amnet predict` tests."""
+    import torch
+
+    from amnet.backbone import grid_for
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    from amnet.provenance import BackboneRecord
+
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=16, hidden_dim=16,
+                              regressor_dim=8))
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=BackboneRecord.from_spec(
+        spec, image_size)), path)
+
+
+@pytest.fixture
+def no_hang():
+    """`with no_hang(seconds):` fails the test (instead of hanging the suite) when the block
+    blocks longer, e.g. on reading a FIFO. SIGALRM: main thread, POSIX."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit(seconds: int = 60):
+        def expire(signum, frame):
+            raise TimeoutError(f"blocked for more than {seconds} s")
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return limit
