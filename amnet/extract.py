@@ -138,7 +138,8 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
 
     shard (i, n): only items i, i+n, i+2n, ... (under torchrun, (RANK, WORLD_SIZE) by default)
     into `shard_path(out, shard)`. Returns a summary dict (counts, seconds, images/s; `out` is
-    the file written).
+    the file written; `first_frame`: how many multi-frame
+    files gave their first frame, the first few of whose notes are in `first_frame_notes`).
     An existing `out` is resumed: same settings, and the same list, or the list it was made for
     less names that hold no features (failed or not yet extracted; the file is rewritten for the
     shorter list, every extracted row kept byte for byte). Images recorded as failed are not
@@ -211,7 +212,8 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
                "images_per_s": 0.0, "device": str(dev), "weights": weights, "views": views,
                "precision": spec.precision, "threads": threads, "workers": workers,
-               "dropped": dropped, "retried": 0}
+               "dropped": dropped, "retried": 0,
+               "first_frame": 0, "first_frame_notes": []}
     try:
         if retry_failed and cache.read_failed(f):
             f.attrs["complete"] = False  # killed while retrying: not complete, failures retried
@@ -285,7 +287,11 @@ def _run(f, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
     t0 = last_flush = time.perf_counter()
     batches = 0
     try:
-        for idx, x, fails in loader:
+        for idx, x, fails, notes in loader:
+            # multi-frame files (animated GIF/PNG/WebP, multi-page TIFF) gave their first frame
+            summary["first_frame"] += len(notes)
+            shown = summary["first_frame_notes"]
+            shown += [note for _, note in notes][:max(0, 3 - len(shown))]
             if x is not None:
                 y, yf = _forward(trunk, spec, dev, x, flip)   # [b, 1 + K, C, h, w] each
                 cache.write_rows(feats_ds, idx, y[:, 0])

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from amnet.caveats import precision_mismatch
 from amnet.errors import AmnetError, CacheError, WeightsError
 from amnet.provenance import BackboneRecord, as_record, check_compatible
 
@@ -355,6 +356,23 @@ class Predictor:
         out = Prediction(*(np.concatenate([getattr(p, k) for p in parts]) for k in
                            ("score", "step_scores", "attention", "per_checkpoint")))
         return out._single() if single else out
+
+    def precision_caveat(self, cache_attrs: dict | None = None, cache_path: Path | None = None
+                         ) -> str | None:
+        """A warning line (amnet.caveats) when the features scored -- the cache's (its
+        attributes), else this predictor's trunk's -- come from a trunk of another precision
+        than the one the heads were trained on; None when they agree or it is unrecorded."""
+        trained = self.provenance.precision
+        head = f"checkpoint {self.checkpoints[0]}"
+        if cache_attrs is not None:
+            return precision_mismatch(trained, BackboneRecord.from_attrs(cache_attrs).precision,
+                                      head, f"the features of cache {cache_path}",
+                                      f"a cache extracted with --precision {trained} matches")
+        if self.spec is None:
+            return None
+        return precision_mismatch(trained, getattr(self.spec, "precision", None), head,
+                                  "the features of this run",
+                                  "--match-cache reproduces the cached path")
 
     @property
     def checkpoint_labels(self) -> list[str]:

@@ -295,3 +295,41 @@ def release_state_dict(arch: str = "resnet50", *, trunk_seed: int = 0, drift_see
     sd = {RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
     sd.update(head.state_dict())
     return {k: v.clone() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+# ---- bad inputs to listing and warnings: a small head on a real trunk, no hang ---------------
+
+def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Path:
+    """A small untrained AMNet head checkpoint for features of the trunk `spec` (a loaded
+    `BackboneSpec`, its precision included) at `image_size`, for `amnet predict` tests."""
+    import torch
+
+    from amnet.backbone import grid_for
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    from amnet.provenance import BackboneRecord
+
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=16, hidden_dim=16,
+                              regressor_dim=8))
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=BackboneRecord.from_spec(
+        spec, image_size)), path)
+
+
+@pytest.fixture
+def no_hang():
+    """`with no_hang(seconds):` fails the test (instead of hanging the suite) when the block
+    blocks longer, e.g. on reading a FIFO. SIGALRM: main thread, POSIX."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit(seconds: int = 60):
+        def expire(signum, frame):
+            raise TimeoutError(f"blocked for more than {seconds} s")
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return limit
