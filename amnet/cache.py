@@ -130,6 +130,15 @@ def feature_datasets(n: int, c: int, grid: tuple[int, int], flip: bool, views: i
     return out
 
 
+def row_bytes(attrs: dict[str, Any]) -> int:
+    """Bytes one image takes over every feature dataset of a cache with these attributes
+    (float16; its flip and crop views included): what a row still to write needs on disk."""
+    grid = tuple(int(g) for g in (_plain(attrs.get("grid")) or (0, 0)))
+    layout = feature_datasets(1, int(_plain(attrs.get("channels")) or 0), grid,
+                              bool(_plain(attrs.get("flip"))), int(_plain(attrs.get("views")) or 0))
+    return sum(2 * int(np.prod(shape)) for _, shape, _ in layout)
+
+
 def _early() -> h5py.h5p.PropDCID:
     """Dataset creation properties allocating all storage when the dataset is created."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -172,6 +181,23 @@ def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File
     return f
 
 
+def row_runs(idx: Sequence[int]):
+    """Consecutive runs of sorted row indices -> (start, stop, offset into idx)."""
+    k = 0
+    while k < len(idx):
+        j = k
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        yield idx[k], idx[j] + 1, k
+        k = j + 1
+
+
+def write_rows(ds: h5py.Dataset, idx: Sequence[int], arr: np.ndarray) -> None:
+    """`ds[idx[k]] = arr[k]` for sorted row indices `idx`, one slice write per consecutive run."""
+    for start, stop, k in row_runs(idx):
+        ds[start:stop] = arr[k:k + stop - start]
+
+
 _FP16_EXPONENT = 0x7C00  # float16: all exponent bits set = Inf or NaN
 
 
@@ -209,6 +235,20 @@ def append_failed(f: h5py.File, items: Sequence[tuple[str, str]]) -> None:
     for key, col in (("names", 0), ("reasons", 1)):
         g[key].resize((n + len(items),))
         g[key][n:] = np.array([it[col] for it in items], dtype=object)
+
+
+def clear_failed(f: h5py.File) -> int:
+    """Forget every recorded failure (`--retry-failed`: those images are extracted again);
+    returns how many there were. Both datasets shrink to 0, so a kill in between leaves no
+    name paired with another's reason."""
+    if "failed" not in f:
+        return 0
+    g = f["failed"]
+    n = int(g["names"].shape[0])
+    for key in ("names", "reasons"):
+        g[key].resize((0,))
+    f.flush()
+    return n
 
 
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")

@@ -28,6 +28,7 @@ from amnet import cache as C
 from amnet.atomic import atomic_path, remove_stale_temps
 from amnet.diskspace import disk_full_guard
 from amnet.errors import CacheError, DamagedCacheError
+from amnet.lockfile import Lock, hold
 
 LOST = ("fail", "resume")
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -222,31 +223,36 @@ def _dataset_rows(src: _Source, name: str, rows: np.ndarray) -> np.ndarray:
 
 
 def repair(src_path: str | os.PathLike, out: str | os.PathLike, *, lost: str = "fail",
-           overwrite: bool = False) -> dict[str, Any]:
+           overwrite: bool = False, wait: float = 0.0) -> dict[str, Any]:
     """Copy every complete, finite row of the (damaged) cache `src_path` into a new cache `out`
     with the same names and settings; returns counts {"in", "out", "images", "saved", "lost",
     "lost_names" (first 5), "failed", "pending", "complete", "truncated" ((size, stored size) or
     None)}. lost: "fail" records lost rows as failed, "resume" leaves them to extract.
-    `out` may be `src_path` itself (replaced once the new file is complete)."""
+    `out` may be `src_path` itself (replaced once the new file is complete). `out` is written
+    under its writer lock (amnet.lockfile; waits up to `wait` seconds for another writer)."""
     if lost not in LOST:
         raise ValueError(f"lost must be one of {LOST}, not {lost!r}")
     src_path, out = Path(src_path), Path(out)
-    if out.exists() and not overwrite and out.resolve() != src_path.resolve():
-        raise CacheError(f"{out}: already exists; pass --overwrite to replace it")
+    with hold(out, wait) as lock:
+        if out.exists() and not overwrite and out.resolve() != src_path.resolve():
+            raise CacheError(f"{out}: already exists; pass --overwrite to replace it")
+        return _repair_locked(src_path, out, lost, lock)
+
+
+def _repair_locked(src_path: Path, out: Path, lost: str, lock: Lock) -> dict[str, Any]:
     src = _Source(src_path)
     try:
         attrs, names, done, failed = _read_meta(src)
         k, flip = int(attrs.get("views") or 0), bool(attrs.get("flip"))
         grid = tuple(int(g) for g in attrs.get("grid") or ())
-        layout = C.feature_datasets(len(names), int(attrs.get("channels", 0)), grid, flip, k)
-        row_bytes = sum(int(np.prod(shape[1:])) * 2 for _, shape, _ in layout)  # float16
-        wanted = [d for d, *_ in layout]
+        wanted = [d for d, *_ in C.feature_datasets(len(names), int(attrs.get("channels", 0)),
+                                                     grid, flip, k)]
         rows = np.flatnonzero(done)
         ok = np.ones(len(rows), dtype=bool)
         for d in wanted:
             ok &= _dataset_rows(src, d, rows)
         counts = _copy(src, out, names, attrs, rows[ok], wanted, lost, failed,
-                       lost_rows=rows[~ok], row_bytes=row_bytes)
+                       lost_rows=rows[~ok], check=lock.check)
     finally:
         src.close()
     return counts | {"truncated": (src.real, src.stored) if src.stored else None}
@@ -254,7 +260,7 @@ def repair(src_path: str | os.PathLike, out: str | os.PathLike, *, lost: str = "
 
 def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows: np.ndarray,
           wanted: list[str], lost: str, failed: dict[str, str], lost_rows: np.ndarray,
-          row_bytes: int) -> dict[str, Any]:
+          check) -> dict[str, Any]:
     """Write `out` from the candidate `rows` (those read back finite are saved); the counts."""
     new_attrs = {key: (C._stats_attr(v) if key in ("mean", "std") else
                        np.asarray(v) if isinstance(v, list) else v)
@@ -263,9 +269,9 @@ def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows
     remove_stale_temps(out, "repairing")
     saved_rows: list[int] = []
     dropped: dict[int, str] = {int(i): "its features did not survive" for i in lost_rows}
-    with disk_full_guard(out, len(rows) * row_bytes,
+    with disk_full_guard(out, len(rows) * C.row_bytes(attrs),
                          f"{src.path} is untouched and nothing was written to {out}"), \
-            atomic_path(out, tag="repairing") as tmp:
+            atomic_path(out, tag="repairing", check=check) as tmp:
         with C.create(tmp, names, new_attrs) as g:
             for start in range(0, len(rows), _BLOCK):
                 part = rows[start:start + _BLOCK]

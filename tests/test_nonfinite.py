@@ -265,13 +265,13 @@ def test_predict_from_images_scores_nothing_nonfinite(tmp_path, monkeypatch):
     prov = dict(_backbone_prov("random:0"), image_size=32)
     p = Predictor.from_checkpoint([save_checkpoint(make_checkpoint(model, backbone=prov),
                                                    tmp_path / "h.pt")], device="cpu")
-    real = Predictor.predict_features
+    real = Predictor.predict_images
 
-    def second_is_nan(self, feats):
-        pred = real(self, feats)
+    def second_is_nan(self, x):
+        pred = real(self, x)
         pred.score[1] = np.nan
         return pred
-    monkeypatch.setattr(Predictor, "predict_features", second_is_nan)
+    monkeypatch.setattr(Predictor, "predict_images", second_is_nan)
     res = list(predict_items(p, items, batch_size=3, progress=False))
     assert [r.error == "" for r in res] == [True, False, True]
     assert res[1].score is None and res[1].error == (
