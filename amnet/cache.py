@@ -204,7 +204,7 @@ _FP16_EXPONENT = 0x7C00  # float16: all exponent bits set = Inf or NaN
 def finite_rows(x: torch.Tensor | np.ndarray, block: int = 64) -> np.ndarray:
     """bool `[N]`: whether row n of `x` (`[N, ...]`, e.g. float16 features `[N, C, h, w]` or
     views `[N, K, C, h, w]`) holds only finite values. Vectorised, `block` rows at a time (the
-    temporaries stay ~25 MB); float16 on the CPU by its exponent bits (~2x numpy's isfinite)."""
+    temporaries stay ~25 MB); float16 on the CPU by its exponent bits (bench/nonfinite.py)."""
     n = int(x.shape[0])
     out = np.ones(n, dtype=bool)
     if isinstance(x, torch.Tensor) and x.device.type != "cpu":

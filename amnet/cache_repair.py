@@ -34,7 +34,7 @@ LOST = ("fail", "resume")
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FEATURES = ("features", "features_flip", "views", "views_flip")
 _READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)  # what h5py raises
-_BLOCK = 64  # rows copied per step
+_BLOCK = 64  # rows copied per step (divided by 1 + K with K crop views)
 
 
 def superblock_eof(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -273,14 +273,14 @@ def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows
                          f"{src.path} is untouched and nothing was written to {out}"), \
             atomic_path(out, tag="repairing", check=check) as tmp:
         with C.create(tmp, names, new_attrs) as g:
-            for start in range(0, len(rows), _BLOCK):
-                part = rows[start:start + _BLOCK]
+            step = max(1, _BLOCK // (1 + int(attrs.get("views") or 0)))   # ~50 MB at 224
+            for start in range(0, len(rows), step):
+                part = rows[start:start + step]
                 good = np.ones(len(part), dtype=bool)
                 data = {}
                 for d in wanted:
-                    block, readable = _read_rows(src.f[d], part)
-                    good &= readable & C.finite_rows(block)
-                    data[d] = block
+                    data[d], readable = _read_rows(src.f[d], part)
+                    good &= readable & C.finite_rows(data[d])
                 for j, i in enumerate(part):
                     if not good[j]:
                         dropped[int(i)] = "its features hold NaN/Inf or do not read back"

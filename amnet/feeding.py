@@ -4,7 +4,7 @@ A `SplitPart` (one part of a split: its train, val or test images) gets a `Sourc
 one float16 `[b, C, g, g]` tensor per batch of row indices. Per sample it serves one view -- 0
 the plain (test-transform) view, 1..K a stored random-resized crop (`amnet-cache extract
 --views K`) -- flipped or not.
-``Preloaded` holds the features in RAM or on the GPU; `Lazy` reads them from the HDF5 file in
+`Preloaded` holds the features in RAM or on the GPU; `Lazy` reads them from the HDF5 file in
 DataLoader workers. Both return identical tensors for the same (indices, flips, views), so which
 one runs never changes the results.
 
@@ -47,14 +47,13 @@ class SplitPart:
         self.source: Source | None = None
         self.skipped: list[str] = []     # left out: NaN/Inf features (on_nonfinite="skip")
 
-    def drop(self, bad: Sequence[str]) -> np.ndarray:
-        """Leave the images `bad` out (recorded in `skipped`); returns the kept rows' mask `[N]`."""
+    def drop(self, bad: Sequence[str]) -> None:
+        """Leave the images `bad` out (recorded in `skipped`)."""
         out = set(bad)
         keep = np.array([n not in out for n in self.names], dtype=bool)
         self.skipped += [n for n in self.names if n in out]
         self.names = [n for n, k in zip(self.names, keep) if k]
         self.scores = self.scores[keep]
-        return keep
 
     def __len__(self) -> int:
         return len(self.names)

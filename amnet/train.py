@@ -158,7 +158,6 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
     parts: dict[str, SplitPart] = {}
     try:
         selection = _load_parts(cache, cache_path, train_file, val_file, test_file, cfg, parts)
-        val_constant = _warn_about_parts(parts, selection, train_file, val_file, test_file)
         g = cache.grid
         if g[0] != g[1]:
             raise CacheError(f"{cache_path}: feature grid {g[0]}x{g[1]} is not square; AMNet needs a square grid")
@@ -173,6 +172,7 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
         # features checked for NaN/Inf here, once (images left out with on_nonfinite="skip")
         data_mode = attach_sources(cache_path, cache, parts, needs, cfg.preload, cfg.workers,
                                    device, cfg.on_nonfinite)
+        val_constant = _warn_about_parts(parts, selection, train_file, val_file, test_file)
         if model_config.target_mean == TRAIN_MEAN:
             # the training scores' mean, fixed now and saved as a number in the checkpoint
             # (LNSIM's mean is ~0.60; the original's constant 0.754 is LaMem's)

@@ -37,10 +37,13 @@ def truncate_copy(src: Path, dst: Path, fraction: float) -> Path:
 
 
 def one_line(res) -> str:
+    """The CLI's error: exactly one `Error: ...` line, the last one (warnings may come before
+    it), no traceback."""
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1, res.output
-    assert lines[0].startswith("Error: ")
-    return lines[0][len("Error: "):]
+    errors = [ln for ln in lines if ln.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.output
+    assert "Traceback" not in res.output
+    return errors[0][len("Error: "):]
 
 
 def truncated_line(path: Path) -> str:

@@ -81,10 +81,13 @@ def sha(path: Path) -> str:
 
 
 def one_line(res) -> str:
+    """The CLI's error: exactly one `Error: ...` line, the last one (warnings may come before
+    it), no traceback."""
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1, res.output
-    assert lines[0].startswith("Error: ")
-    return lines[0][len("Error: "):]
+    errors = [ln for ln in lines if ln.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.output
+    assert "Traceback" not in res.output
+    return errors[0][len("Error: "):]
 
 
 def dead_pid() -> int:
@@ -293,6 +296,9 @@ def test_predict_cleans_partial_csvs_of_dead_runs(tmp_path):
 
     class Nothing:                       # write_predictions needs only these of a Predictor
         checkpoint_labels, steps, image_size = [], 3, 32
+
+        def precision_caveat(self, *args):
+            return None
     write_predictions(Nothing(), [], out, progress=False)
     assert not dead.exists() and live.exists() and out.read_text().startswith("path,score")
 
@@ -324,6 +330,9 @@ def test_predict_disk_full_writes_no_csv(tmp_path, monkeypatch):
 
     class Nothing:
         checkpoint_labels, steps, image_size = [], 3, 32
+
+        def precision_caveat(self, *args):
+            return None
     monkeypatch.setattr(amnet.report.csv, "writer", FullWriter)
     out = tmp_path / "p.csv"
     with pytest.raises(DiskFullError) as e:
