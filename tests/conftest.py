@@ -333,3 +333,20 @@ def no_hang():
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
     return limit
+
+
+# ---- faults: a CLI's one error line, a file's bytes --------------------------------------------
+
+def error_line(res) -> str:
+    """A click result's error: exactly one `Error: ...` line, the last one (warnings may come
+    before it), no traceback; returned without `Error: `."""
+    lines = res.output.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.output
+    assert "Traceback" not in res.output
+    return errors[0][len("Error: "):]
+
+
+def sha256_of(path) -> str:
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

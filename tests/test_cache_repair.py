@@ -3,7 +3,6 @@ never "in use by another process" -- by every command that opens one, and `amnet
 salvages every complete row into a valid cache of the same images."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -20,30 +19,16 @@ from amnet.cli import cache_cli, main
 from amnet.errors import DamagedCacheError
 from amnet.extract import extract
 from amnet.images import list_image_folder
-from conftest import subprocess_env
-from test_train import TINY, _one_thread, synthetic, write_cache  # noqa: F401 (fixture)
+from conftest import error_line, sha256_of, subprocess_env
+from test_train import _one_thread, synthetic, write_cache  # noqa: F401 (fixture)
 
 N = (64, 16, 16)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def truncate_copy(src: Path, dst: Path, fraction: float) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[:int(len(data) * fraction)])
     return dst
-
-
-def one_line(res) -> str:
-    """The CLI's error: exactly one `Error: ...` line, the last one (warnings may come before
-    it), no traceback."""
-    lines = res.output.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("Error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], res.output
-    assert "Traceback" not in res.output
-    return errors[0][len("Error: "):]
 
 
 def truncated_line(path: Path) -> str:
@@ -91,13 +76,13 @@ COMMANDS = {
 @pytest.mark.parametrize("kind", ["truncated", "random"])
 def test_every_command_says_truncated_or_not_hdf5(damaged, tmp_path, command, kind):
     path = damaged[kind]
-    before = sha(path)
+    before = sha256_of(path)
     group, args = COMMANDS[command]({**damaged, "tmp": tmp_path}, path)
     res = CliRunner().invoke(group, [str(a) for a in args])
     assert res.exit_code == 1
-    line = one_line(res)
+    line = error_line(res)
     assert line == (truncated_line(path) if kind == "truncated" else random_line(path))
-    assert "in use" not in line and sha(path) == before           # nothing touched
+    assert "in use" not in line and sha256_of(path) == before           # nothing touched
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random"])
@@ -121,7 +106,7 @@ def test_a_lock_is_still_a_lock(damaged):
         assert holder.stdout.readline().strip() == "open"
         res = CliRunner().invoke(cache_cli, ["verify", str(cache)])
         assert res.exit_code == 1
-        assert one_line(res).startswith(f"{cache}: in use by another process (an extraction "
+        assert error_line(res).startswith(f"{cache}: in use by another process (an extraction "
                                         "still running?); wait for it or stop it (")
     finally:
         holder.communicate("")
@@ -139,7 +124,7 @@ def test_repair_saves_every_complete_row(tmp_path):
         f["failed"]["reasons"].resize((1,))
         f["failed"]["names"][0], f["failed"]["reasons"][0] = names[199], "img00199.jpg: broken"
     cut = truncate_copy(cache, tmp_path / "cut.h5", 0.8)
-    before = sha(cut)
+    before = sha256_of(cut)
     res = CliRunner().invoke(cache_cli, ["repair", str(cut), str(tmp_path / "fixed.h5")])
     assert res.exit_code == 0, res.output
     fixed = tmp_path / "fixed.h5"
@@ -165,7 +150,7 @@ def test_repair_saves_every_complete_row(tmp_path):
         f"{cache.stat().st_size:,} bytes); {len(lost)} lost ({', '.join(lost[:3])}, ...), "
         "recorded as failed")
     assert CliRunner().invoke(cache_cli, ["verify", str(fixed)]).output.strip() == f"{fixed}: OK"
-    assert sha(cut) == before                                     # IN is left as it was
+    assert sha256_of(cut) == before                                     # IN is left as it was
 
 
 def test_repair_drops_nonfinite_rows(tmp_path):
@@ -203,7 +188,7 @@ def test_repaired_rows_left_to_extract_resume_to_a_full_run(tmp_path, image_dir,
 def test_repair_refuses_what_it_cannot_do(damaged, tmp_path):
     run = CliRunner().invoke
     res = run(cache_cli, ["repair", str(damaged["random"]), str(tmp_path / "x.h5")])
-    assert res.exit_code == 1 and one_line(res) == (
+    assert res.exit_code == 1 and error_line(res) == (
         f"{damaged['random']}: not an HDF5 file (no HDF5 signature): nothing to salvage; "
         "extract it again")
     with h5py.File(damaged["cache"]) as f:          # names and done kept, no row whole
@@ -211,10 +196,10 @@ def test_repair_refuses_what_it_cannot_do(damaged, tmp_path):
     tiny = tmp_path / "tiny.h5"
     tiny.write_bytes(damaged["cache"].read_bytes()[:first + 100])
     res = run(cache_cli, ["repair", str(tiny), str(tmp_path / "x.h5")])
-    assert res.exit_code == 1 and one_line(res).startswith(f"{tiny}: no complete row to salvage")
+    assert res.exit_code == 1 and error_line(res).startswith(f"{tiny}: no complete row to salvage")
     assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".x.*"))
     res = run(cache_cli, ["repair", str(damaged["truncated"]), str(damaged["cache"])])
-    assert res.exit_code == 1 and one_line(res) == (
+    assert res.exit_code == 1 and error_line(res) == (
         f"{damaged['cache']}: already exists; pass --overwrite to replace it")
     res = run(cache_cli, ["repair", str(damaged["truncated"]), str(damaged["truncated"])])
     assert res.exit_code == 2 and "OUT must differ from IN" in res.output
@@ -262,7 +247,7 @@ def test_a_corrupt_chunk_index_is_one_line_and_repairable(tmp_path):
     split.write_text("".join(f"{n} 0.5\n" for n in names))
     res = CliRunner().invoke(main, ["train", "--cache", str(cache), "--train", str(split),
                                     "--out", str(tmp_path / "o"), "--epochs", "1", "-q"])
-    assert res.exit_code == 1 and one_line(res).startswith(
+    assert res.exit_code == 1 and error_line(res).startswith(
         f"{cache}: damaged: the features of 'img00")
     s = repair(cache, tmp_path / "fixed.h5")
     assert 250 < s["saved"] < 300 and s["saved"] + s["lost"] == 300

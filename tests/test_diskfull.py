@@ -10,12 +10,10 @@ RuntimeError whose context is the OSError (torch.save into a file object).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 import h5py
@@ -34,6 +32,7 @@ from amnet.cli._errors import amnet_errors
 from amnet.diskspace import disk_full_cause, human_bytes
 from amnet.images import list_image_folder
 from amnet.train_state import state_path
+from conftest import error_line, sha256_of
 from test_train import _one_thread, synthetic  # noqa: F401 (fixture)
 
 FREE = 1_234_567          # what the full disk reports free (diskspace.free_bytes is patched)
@@ -76,20 +75,6 @@ def fill_disk_for_h5(monkeypatch, match: str, after: int = 0) -> dict:
     return calls
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_line(res) -> str:
-    """The CLI's error: exactly one `Error: ...` line, the last one (warnings may come before
-    it), no traceback."""
-    lines = res.output.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("Error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], res.output
-    assert "Traceback" not in res.output
-    return errors[0][len("Error: "):]
-
-
 def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -118,7 +103,7 @@ def test_the_line_names_file_free_and_needed(tmp_path):
     assert disk_full_cause(OSError(errno.EIO, "io")) is None
 
 
-def test_cli_boundary_turns_any_enospc_into_one_line(tmp_path):
+def test_cli_boundary_turns_any_enospc_into_error_line(tmp_path):
     @click.command()
     @click.option("--out")
     @amnet_errors
@@ -132,7 +117,7 @@ def test_cli_boundary_turns_any_enospc_into_one_line(tmp_path):
             fh.write("x")
     res = CliRunner().invoke(cmd, ["--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 1
-    assert one_line(res) == (f"{tmp_path / 'o.csv'}: no space left on device (1.2 MB free "
+    assert error_line(res) == (f"{tmp_path / 'o.csv'}: no space left on device (1.2 MB free "
                              "there); free some space (or write to another disk) and rerun")
 
 
@@ -147,7 +132,7 @@ def test_extract_disk_full_keeps_rows_and_resumes(tmp_path, image_dir, backbones
     res = CliRunner().invoke(cache_cli, args)
     assert res.exit_code == 1 and calls["n"] == 3
     row = 1024 * 2 * 2 * 2
-    assert one_line(res) == (
+    assert error_line(res) == (
         f"{out}: no space left on device (1.2 MB free there, about {human_bytes(7 * row)} more "
         f"needed); free some space (or write to another disk) and rerun; the 4 images extracted "
         f"so far are kept in {out}: the rerun resumes")
@@ -196,7 +181,7 @@ def test_train_disk_full_keeps_the_last_epoch_and_resumes(tmp_path, monkeypatch)
     kept = torch.load(state, weights_only=True)
     assert res.exit_code == 1 and kept["epoch"] == 1
     from amnet.checkpoint import save_size
-    assert one_line(res) == (
+    assert error_line(res) == (
         f"{state}: no space left on device (1.2 MB free there, about "
         f"{human_bytes(save_size(kept))} more needed); free some space (or write to another "
         f"disk) and rerun; the state of epoch 1 is kept in {state}: the rerun goes on from it")
@@ -218,7 +203,7 @@ def test_train_disk_full_while_publishing_leaves_no_temps(tmp_path, monkeypatch)
     res = CliRunner().invoke(main, train_args(cache, files, out, epochs=1))
     state = state_path(out / "head.pt")
     assert res.exit_code == 1
-    line = one_line(res)
+    line = error_line(res)
     assert line.startswith(f"{out / 'head.pt'}: no space left on device (1.2 MB free there, about ")
     assert line.endswith(f"; free some space (or write to another disk) and rerun; training is "
                          f"done and its state kept in {state}: the rerun only writes the outputs")
@@ -250,7 +235,7 @@ def test_merge_disk_full_touches_nothing(tmp_path, monkeypatch):
     feats = np.random.default_rng(0).standard_normal((40, 8, 4, 4)).astype(np.float32)
     a = write_cache(tmp_path / "a.h5", names[:20], feats[:20])
     b = write_cache(tmp_path / "b.h5", names[20:], feats[20:])
-    before = sha(a), sha(b)
+    before = sha256_of(a), sha256_of(b)
     out = tmp_path / "m.h5"
     dead = out.with_name(f".m.merging-{dead_pid()}.h5")      # a killed merge's leftover
     dead.write_bytes(b"x" * 1000)
@@ -258,11 +243,11 @@ def test_merge_disk_full_touches_nothing(tmp_path, monkeypatch):
     res = CliRunner().invoke(cache_cli, ["merge", str(out), str(a), str(b)])
     assert res.exit_code == 1
     needed = a.stat().st_size + b.stat().st_size
-    assert one_line(res) == (
+    assert error_line(res) == (
         f"{out}: no space left on device (1.2 MB free there, about {human_bytes(needed)} more "
         f"needed); free some space (or write to another disk) and rerun; the shards are "
         f"untouched and nothing was written to {out}")
-    assert (sha(a), sha(b)) == before
+    assert (sha256_of(a), sha256_of(b)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]   # stale one gone too
     monkeypatch.undo()
     res = CliRunner().invoke(cache_cli, ["merge", str(out), str(a), str(b)])
@@ -278,7 +263,7 @@ def test_repair_disk_full_touches_nothing(tmp_path, monkeypatch):
     out = tmp_path / "fixed.h5"
     res = CliRunner().invoke(cache_cli, ["repair", str(cut), str(out)])
     assert res.exit_code == 1
-    line = one_line(res)
+    line = error_line(res)
     assert line.startswith(f"{out}: no space left on device (1.2 MB free there, about ")
     assert line.endswith(f"; free some space (or write to another disk) and rerun; {cut} is "
                          f"untouched and nothing was written to {out}")

@@ -5,7 +5,6 @@ exits non-zero when no input was scored."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,14 +21,11 @@ from amnet.errors import CacheError, TrainingError
 from amnet.model import AMNetConfig
 from amnet.train import train_split
 from amnet.train_state import state_path
-from test_train import TINY, _one_thread, quick_cfg, synthetic, write_split  # noqa: F401 (fixture)
+from conftest import error_line, sha256_of
+from test_train import TINY, _one_thread, quick_cfg, synthetic  # noqa: F401 (fixture)
 
 N = (64, 16, 16)          # train, val, test images of the synthetic cache
 BAD_TRAIN, BAD_TEST = "img00003.jpg", "img00090.jpg"   # rows 3 (train) and 90 (test)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def poison(cache: Path, rows: dict[int, float]) -> None:
@@ -48,16 +44,6 @@ def train_args(cache: Path, files: dict, out: Path, *extra: str) -> list[str]:
             "--test", files["test"], "--out", out, "--epochs", "1", "--batch-size", "16",
             "--feature-dim", "16", "--hidden-dim", "16", "--regressor-dim", "8", "--workers", "0",
             "-q", *extra]
-
-
-def one_line(res) -> str:
-    """The CLI's error: exactly one `Error: ...` line, the last one (warnings may come before
-    it), no traceback."""
-    lines = res.output.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("Error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], res.output
-    assert "Traceback" not in res.output
-    return errors[0][len("Error: "):]
 
 
 # ---- the check itself -------------------------------------------------------------------------
@@ -81,14 +67,14 @@ def test_finite_rows_finds_every_kind(dtype):
 def test_train_refuses_nonfinite_rows_naming_them(tmp_path, preload):
     cache, files = synthetic(tmp_path, n=N)
     poison(cache, {3: np.nan, 90: np.inf})
-    before = sha(cache)
+    before = sha256_of(cache)
     res = cli(*train_args(cache, files, tmp_path / "o", "--preload", preload))
     assert res.exit_code == 1
-    assert one_line(res) == (
+    assert error_line(res) == (
         f"{cache}: 1 of 64 train images hold NaN/Inf features ({BAD_TRAIN}); `amnet-cache verify "
         f"{cache}` lists them all; pass --on-nonfinite skip (train.on_nonfinite: skip in "
         "params.yaml) to leave them out")
-    assert not (tmp_path / "o" / "head.pt").exists() and sha(cache) == before
+    assert not (tmp_path / "o" / "head.pt").exists() and sha256_of(cache) == before
 
 
 def test_train_skips_and_records_them_like_a_run_without_them(tmp_path):
@@ -133,7 +119,7 @@ def test_evaluate_refuses_or_skips(tmp_path):
     head = tmp_path / "o" / "head.pt"
     res = cli("evaluate", head, "--cache", cache, "--split", files["test"], "--out", tmp_path / "e")
     assert res.exit_code == 1
-    assert one_line(res) == (
+    assert error_line(res) == (
         f"{cache}: 1 of 16 test images hold NaN/Inf features ({BAD_TEST}); `amnet-cache verify "
         f"{cache}` lists them all; pass --on-nonfinite skip (train.on_nonfinite: skip in "
         "params.yaml) to leave them out")
@@ -162,7 +148,7 @@ def test_nonfinite_loss_stops_training_and_saves_nothing_of_that_epoch(tmp_path,
     res = cli(*train_args(cache, files, out), "--epochs", "3")
     state = state_path(out / "head.pt")
     assert res.exit_code == 1
-    assert one_line(res) == (
+    assert error_line(res) == (
         f"training diverged in epoch 2: non-finite loss nan at batch 3 of 4; nothing of epoch 2 "
         f"was saved (the state of epoch 1 stays in {state}); lower --lr, or check the features "
         "with `amnet-cache verify CACHE`")
@@ -231,7 +217,7 @@ def test_predict_from_cache_records_nonfinite_rows_or_stops(trained, tmp_path):
     res = cli("predict", "--checkpoint", head, "--cache", cache, files["test"], "--out",
               tmp_path / "f.csv", "--on-error", "fail")
     assert res.exit_code == 1
-    assert one_line(res) == (f"{cache}: NaN/Inf features for 1 inputs, e.g. '{BAD_TEST}'; "
+    assert error_line(res) == (f"{cache}: NaN/Inf features for 1 inputs, e.g. '{BAD_TEST}'; "
                              f"`amnet-cache verify {cache}` lists them all")
     assert not (tmp_path / "f.csv").exists()
 
@@ -242,13 +228,13 @@ def test_predict_exits_nonzero_when_nothing_was_scored(trained, tmp_path):
     out = tmp_path / "p.csv"
     res = cli("predict", "--checkpoint", head, "--cache", cache, files["test"], "--out", out)
     assert res.exit_code == 1
-    assert one_line(res) == (f"no input was scored: all 16 failed, e.g. img00080.jpg: NaN/Inf "
+    assert error_line(res) == (f"no input was scored: all 16 failed, e.g. img00080.jpg: NaN/Inf "
                              f"features in the feature cache {cache} (every reason is in {out})")
     assert len(read_rows(out)) == 16          # the reasons are kept
     (tmp_path / "empty").mkdir()
     res = cli("predict", "--checkpoint", head, tmp_path / "empty", "--out", tmp_path / "e.csv")
     assert res.exit_code == 1
-    assert one_line(res) == "no input was scored: IMAGES named no image (an empty folder or list?)"
+    assert error_line(res) == "no input was scored: IMAGES named no image (an empty folder or list?)"
 
 
 def test_predict_from_images_scores_nothing_nonfinite(tmp_path, monkeypatch):
