@@ -12,9 +12,9 @@ from amnet.errors import ImageError
 from amnet.settings import ExtractConfig
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
+def _parse_shard(value: str | None) -> tuple[int, int] | str | None:
+    if value is None or value == "auto":
+        return value
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
@@ -34,7 +34,9 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A bad image: stop (keeping what was extracted) or record it and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with other settings.")
-@click.option("--shard", help="I/N: extract items I, I+N, ... (under torchrun: RANK/WORLD_SIZE).")
+@click.option("--shard", help="I/N: extract items I, I+N, ...; auto: RANK/WORLD_SIZE of torchrun "
+              "(0/1 outside it; the default under torchrun). {i} and {n} in --out are filled in, "
+              "else it becomes OUT.shardIofN.h5 under torchrun.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @amnet_errors(messages={ImageError: "{error} (features extracted so far are kept in {out}; "
                                      "rerun to resume, or pass --on-error skip)"})
