@@ -221,7 +221,7 @@ def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool, batch_size: int
     differently at another batch size (not with other images beside it), so every forward has
     one shape and a row's bytes do not depend on where the run, its shards or a resume cut the
     list (a single run and its merged shards agree to the byte for one --batch-size and thread
-    count). One padded forward per run at most."""
+    count). Without failed images, one padded forward per run at most."""
     b, v = x.shape[:2]
     if b < batch_size:
         x = torch.cat([x, x.new_zeros((batch_size - b, *x.shape[1:]))])
