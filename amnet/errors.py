@@ -27,3 +27,8 @@ class WeightsError(AmnetError):
 class ParamsError(AmnetError):
     """A settings file (params.yaml) with an unknown key or a bad value: one line naming the
     file, the key and what is allowed."""
+
+
+class ExportError(AmnetError):
+    """A model export that cannot be written (exporter libraries missing, unknown format) or
+    whose saved file does not reproduce the torch model."""
