@@ -207,7 +207,6 @@ def sample_images(model: ImageModel, batch: int = 2, seed: int = 0) -> torch.Ten
 def _write_onnx(model: ImageModel, sample: torch.Tensor, out: Path, meta: dict[str, str]) -> None:
     _import("onnx", "ONNX export")
     _import("onnxscript", "ONNX export (torch's exporter)")
-    import onnx
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=2),
             3: torch.export.Dim("width", min=2)}
     with warnings.catch_warnings():

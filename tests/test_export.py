@@ -194,6 +194,14 @@ def test_torchscript_round_trip(env, predictor, tmp_path):
     got = run_exported(out, x)
     _assert_close(got, predictor.predict(env["images"]))
     _assert_close(run_exported(out, x[3:4]), {k: v[3:4] for k, v in got.items()})
+    # H and W are free too (traced at S + 16 x S + 8): a 40 x 48 photo, resized inside
+    from torchvision.transforms.functional import to_tensor
+
+    from amnet.export import image_model
+    small = to_tensor(predictor.load_image(env["images"][0])).unsqueeze(0)
+    with torch.inference_mode():
+        want = dict(zip(("score", "step_scores", "attention"), image_model(predictor)(small)))
+    _assert_close(run_exported(out, small), want)
     # a plain torch.jit.load (no amnet needed) gives the same tuple and the metadata
     extra = {k: "" for k in METADATA_KEYS}
     module = torch.jit.load(str(out), _extra_files=extra)
