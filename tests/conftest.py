@@ -303,6 +303,14 @@ def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Pa
     import torch
 
     from amnet.backbone import grid_for
+# ---- tiny head checkpoints (predict, the differentiable score) ------------------------------
+
+def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, size: int = 64,
+                   steps: int = 3) -> Path:
+    """A random narrow AMNet head checkpoint for the `weights` trunk at `size` x `size` input
+    (fp32 provenance), its outputs spread x20 so that scores differ between images."""
+    import torch
+    from amnet.backbone import grid_for, load_backbone
     from amnet.checkpoint import make_checkpoint, save_checkpoint
     from amnet.model import AMNet, AMNetConfig
     from amnet.provenance import BackboneRecord
@@ -333,6 +341,15 @@ def no_hang():
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
     return limit
+    _, spec = load_backbone(weights, "fp32")
+    prov = BackboneRecord.from_spec(spec, image_size=size)
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(size)[0], feature_dim=32, hidden_dim=32,
+                              regressor_dim=16, lstm_steps=steps))
+    with torch.no_grad():
+        model.regnet4.weight.mul_(20.0)
+        model.eh3.weight.mul_(20.0)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)
 
 
 # ---- faults: a CLI's one error line, a file's bytes --------------------------------------------

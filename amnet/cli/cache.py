@@ -18,9 +18,9 @@ WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_defa
                          "(0: refuse at once, naming it).")
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
+def _parse_shard(value: str | None) -> tuple[int, int] | str | None:
+    if value is None or value == "auto":
+        return value
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
@@ -43,8 +43,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Extract again the images an earlier --on-error skip run recorded as failed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with other settings.")
 @click.option("--shard", help="I/N: extract items I, I+N, ... into OUT with {i} (and {n}) filled, "
-                              "or, without {i}, into OUT.shard<I>of<N>.h5 (under torchrun: "
-                              "RANK/WORLD_SIZE).")
+                              "or, without {i}, into OUT.shard<I>of<N>.h5; auto: RANK/WORLD_SIZE "
+                              "of torchrun (0/1 outside it; the default under torchrun).")
 @WAIT
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @amnet_errors(messages={ImageError: "{error} (features extracted so far are kept in {out}; "
