@@ -130,8 +130,9 @@ class _Source:
             self.f = h5py.File(self.raw, "r")
         except OSError as e:
             self.raw.close()
+            why = str(e).splitlines()[0]
             raise DamagedCacheError(f"{path}: damaged beyond repair (its HDF5 superblock or root "
-                                    f"is lost: {str(e).splitlines()[0]}); extract it again") from None
+                                    f"is lost: {why}); extract it again") from None
 
     def inside(self, offset: int | None, size: int) -> bool:
         """Whether bytes [offset, offset + size) lie in the real file."""

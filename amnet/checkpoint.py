@@ -64,7 +64,8 @@ def make_checkpoint(model: AMNet, *, backbone: BackboneRecord | Mapping[str, Any
     """The checkpoint dict for `model` (its state dict is copied to CPU). Refuses (TrainingError)
     weights holding NaN/Inf: such a head scores nothing."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise TrainingError(f"refusing to save a checkpoint whose weights hold NaN/Inf "
                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")

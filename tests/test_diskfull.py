@@ -118,7 +118,7 @@ def test_cli_boundary_turns_any_enospc_into_error_line(tmp_path):
     res = CliRunner().invoke(cmd, ["--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 1
     assert error_line(res) == (f"{tmp_path / 'o.csv'}: no space left on device (1.2 MB free "
-                             "there); free some space (or write to another disk) and rerun")
+                               "there); free some space (or write to another disk) and rerun")
 
 
 # ---- extract ----------------------------------------------------------------------------------

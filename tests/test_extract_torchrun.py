@@ -27,8 +27,9 @@ SETTINGS = ["--weights", "random:0", "--image-size", "64", "--precision", "fp32"
             "--batch-size", "3", "--workers", "0", "--device", "cpu", "-q"]
 CLI = "from amnet.cli import cache_cli; cache_cli()"
 # attributes a merged file may not share with the single run: when each was written
-# (`created`; `updated` is set by extract only) and what it was merged from
-DIFFERING_ATTRS = {"created", "updated", "merged_from"}
+# (`created`, `updated`) and what it was merged from (the files, the shards they held)
+DIFFERING_ATTRS = {"created", "updated", "merged_from", "merged_shard_count",
+                   "merged_shard_total", "merged_shards"}
 
 
 @pytest.fixture

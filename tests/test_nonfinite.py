@@ -129,7 +129,8 @@ def test_evaluate_refuses_or_skips(tmp_path):
     assert res.exit_code == 0, res.output
     printed = json.loads(res.output.strip().splitlines()[-1])
     assert printed["n"] == 15 and printed["skipped_nonfinite"] == [BAD_TEST]
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["skipped_nonfinite"] == [BAD_TEST]
+    written = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert written["skipped_nonfinite"] == [BAD_TEST]
 
 
 # ---- a non-finite loss ---------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_predict_from_cache_records_nonfinite_rows_or_stops(trained, tmp_path):
               tmp_path / "f.csv", "--on-error", "fail")
     assert res.exit_code == 1
     assert error_line(res) == (f"{cache}: NaN/Inf features for 1 inputs, e.g. '{BAD_TEST}'; "
-                             f"`amnet-cache verify {cache}` lists them all")
+                               f"`amnet-cache verify {cache}` lists them all")
     assert not (tmp_path / "f.csv").exists()
 
 
@@ -229,12 +230,19 @@ def test_predict_exits_nonzero_when_nothing_was_scored(trained, tmp_path):
     res = cli("predict", "--checkpoint", head, "--cache", cache, files["test"], "--out", out)
     assert res.exit_code == 1
     assert error_line(res) == (f"no input was scored: all 16 failed, e.g. img00080.jpg: NaN/Inf "
-                             f"features in the feature cache {cache} (every reason is in {out})")
+                               f"features in the feature cache {cache} (every reason is in {out})")
     assert len(read_rows(out)) == 16          # the reasons are kept
+
+
+def test_predict_exits_nonzero_when_there_is_nothing_to_score(tmp_path, backbones):
+    from conftest import save_small_head
+    head = save_small_head(tmp_path / "head.pt", backbones("random:0", "fp32")[1], 32)
     (tmp_path / "empty").mkdir()
-    res = cli("predict", "--checkpoint", head, tmp_path / "empty", "--out", tmp_path / "e.csv")
+    res = cli("predict", "--checkpoint", head, tmp_path / "empty", "--out", tmp_path / "e.csv",
+              "--device", "cpu")
     assert res.exit_code == 1
-    assert error_line(res) == "no input was scored: IMAGES named no image (an empty folder or list?)"
+    assert error_line(res) == ("no input was scored: IMAGES named no image (an empty folder or "
+                               "list?)")
 
 
 def test_predict_from_images_scores_nothing_nonfinite(tmp_path, monkeypatch):

@@ -163,11 +163,13 @@ def cache_repair(src, out, lost, overwrite, wait) -> None:
     from amnet.cache_repair import repair
 
     if Path(out).resolve() == Path(src).resolve():
-        raise click.UsageError("OUT must differ from IN: the damaged file stays until you delete it")
+        raise click.UsageError("OUT must differ from IN: the damaged file stays until you "
+                               "delete it")
     s = repair(src, out, lost=lost, overwrite=overwrite, wait=wait)
     how = (f" (truncated: {s['truncated'][0]:,} of {s['truncated'][1]:,} bytes)"
            if s["truncated"] else "")
-    line = f"{s['out']}: saved {s['saved']} of {s['images']} rows of {s['in']}{how}; {s['lost']} lost"
+    line = (f"{s['out']}: saved {s['saved']} of {s['images']} rows of {s['in']}{how}; "
+            f"{s['lost']} lost")
     if s["lost"]:
         line += f" ({', '.join(s['lost_names'][:3])}{', ...' if s['lost'] > 3 else ''})"
         line += ", recorded as failed" if lost == "fail" else ""

@@ -83,8 +83,6 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
         items = collect_inputs(images, images_root, skipped)
     if skipped:
         click.echo(f"warning: {left_out_line('IMAGES', skipped)}", err=True)
-    if not items:   # before loading anything
-        raise click.ClickException(nothing_scored({"n": 0}, out))
     if model_name:
         from amnet.hub import checkpoints_for
         checkpoints = checkpoints_for(model_name)
@@ -93,6 +91,8 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
                                           precision=precision, match_cache=match_cache)
     if predictor.demo_warning and cache is None:  # real photos are images, not a demo cache
         click.secho(predictor.demo_warning, err=True, fg="yellow")
+    if not items:   # the checkpoints are checked first: their errors say more
+        raise click.ClickException(nothing_scored({"n": 0}, out))
     counts = write_predictions(predictor, items, out, cache=cache, batch_size=batch_size,
                                workers=workers, on_error=on_error,
                                attention_maps=attention_maps, grid=grid)
