@@ -103,7 +103,8 @@ def test_torchrun_shards_merge_to_the_single_run(images, tmp_path, monkeypatch):
     a1, am = _attrs(tmp_path / "single.h5"), _attrs(merged)
     differ = {k for k in a1.keys() | am.keys()
               if k not in a1 or k not in am or not np.array_equal(a1[k], am[k])}
-    assert differ == DIFFERING_ATTRS, differ
+    # the times differ unless both ran within one second
+    assert DIFFERING_ATTRS - {"created", "updated"} <= differ <= DIFFERING_ATTRS, differ
 
     # what a user checks: verify exits 0, info shows the counts and the settings
     assert _run_cli("verify", str(merged)).exit_code == 0
