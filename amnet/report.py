@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from amnet.atomic import atomic_open
+from amnet.atomic import atomic_open, remove_stale_temps
+from amnet.diskspace import disk_full_guard
 from amnet.errors import AmnetError
 from amnet.predictor import Predictor, check_cache_provenance
 from amnet.scoring import InputItem, predict_cached, predict_items
@@ -39,11 +40,13 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     step_1..step_T, score_<checkpoint>..., error), one row per item in input order; optionally one
     attention figure per image into `attention_maps` and a contact sheet at `grid`.
     Returns counts {"n", "scored", "failed", "figures", "grid", "first_frame" (multi-frame
-    files scored on their first frame), "warnings" (lines, amnet.caveats)}."""
+    files scored on their first frame), "warnings" (lines, amnet.caveats), "first_error" (the
+    first failed input and its reason)}."""
     from amnet import viz
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out, "partial")      # CSVs of killed runs (dead processes only)
     has_gt = any(it.gt is not None for it in items)
     labels = predictor.checkpoint_labels
     header = (["path", "score"] + (["gt"] if has_gt else [])
@@ -65,11 +68,12 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                                 on_error=on_error, keep_images=keep, progress=progress)
         caveat = predictor.precision_caveat()
     counts = {"n": len(items), "scored": 0, "failed": 0, "figures": 0, "grid": [],
-              "first_frame": 0, "warnings": [caveat] if caveat else []}
+              "first_frame": 0, "warnings": [caveat] if caveat else [], "first_error": ""}
     sheet: list = []
     used: set[str] = set()
-    try:  # a run stopped by --on-error fail leaves no CSV (amnet.atomic)
-        with atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
+    try:  # a run stopped by --on-error fail (or a full disk) leaves no CSV (amnet.atomic)
+        with disk_full_guard(out, kept=f"no CSV was written to {out}"), \
+                atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             for r in results:
@@ -77,6 +81,7 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                 shown = str(it.path) if it.path is not None and fc is None else it.name
                 if r.error:
                     counts["failed"] += 1
+                    counts["first_error"] = counts["first_error"] or f"{shown}: {r.error}"
                     w.writerow([shown, ""] + ([_fmt(it.gt)] if has_gt else [])
                                + [""] * (predictor.steps + len(labels)) + [r.error])
                     continue
@@ -118,3 +123,11 @@ def summary_line(counts: dict, out: Path) -> str:
     if counts["grid"]:
         msg += f"; contact sheet {', '.join(counts['grid'])}"
     return msg
+
+
+def nothing_scored(counts: dict, out: Path) -> str:
+    """The line `amnet predict` exits with (non-zero) when not one input got a score."""
+    if not counts["n"]:
+        return "no input was scored: IMAGES named no image (an empty folder or list?)"
+    return (f"no input was scored: all {counts['n']} failed, e.g. {counts['first_error']} "
+            f"(every reason is in {out})")

@@ -291,6 +291,25 @@ def test_extract_leaves_an_orphaned_run_alone(project, tmp_path):
     assert not partial.exists() and not os.path.exists(str(partial) + ".lock")
 
 
+def test_extract_salvages_a_truncated_partial_file(project, tmp_path):
+    """A damaged (truncated) partial file is neither reported as in use nor thrown away: its
+    complete rows are kept (amnet-cache repair) and the rest extracted, to the same bytes."""
+    proj = _copy(project, tmp_path)
+    cache = proj / "data" / "features" / "demo.h5"
+    ref = _features(cache)
+    data = cache.read_bytes()
+    cache.unlink()
+    partial = cache.with_name("demo.partial.h5")
+    partial.write_bytes(data[:int(len(data) * 0.7)])
+    p = _stage(proj, "extract.py")
+    s = _summary(p)
+    assert "truncated" in p.stderr and "in use" not in p.stderr
+    assert 0 < s["already"] < N_IMAGES and s["extracted"] == N_IMAGES - s["already"]
+    assert f"extract: kept {s['already']} of {N_IMAGES} rows of " in p.stderr
+    got = _features(cache)
+    assert got["complete"] and got["features"].tobytes() == ref["features"].tobytes()
+
+
 # ---- train + evaluate ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Click entry points: `amnet-cache` (stage one) and `amnet` (stage two, predict).
 
 Thin: parse arguments, call the library; one module per command group (`cache`: extract, merge,
-info, verify; `train`: train, evaluate; `predict`; `weights`: import-weights; `models`:
+info, verify, repair; `train`: train, evaluate; `predict`; `weights`: import-weights; `models`:
 the published models: list, download; `export`). Heavy imports stay
 inside the commands so `--help` is instant. Options that are settings are generated from the
 settings dataclasses (amnet/cli/_options.py), so their defaults are written there only. Errors
@@ -28,7 +28,8 @@ def main() -> None:
     the published models, export."""
 
 
-for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify):
+for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify,
+                 cache.cache_repair):
     cache_cli.add_command(_command)
 for _command in (train.train_cmd, train.evaluate_cmd, weights.import_weights_cmd,
                  predict.predict_cmd, models.models_group, export.export_cmd):

@@ -39,7 +39,8 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Backbone weights to use; must be the checkpoints' (by id, or by sha256 for "
                    "file:PATH, e.g. a local copy of the file it was trained with).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="skip: a row with the reason and no score; fail: stop at the first bad image.")
+              help="skip: a row with the reason and no score (a bad image, NaN/Inf features); "
+                   "fail: stop at the first. No input scored at all exits non-zero either way.")
 @click.option("--cache", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Score cached features (HDF5 from amnet-cache extract) instead of images.")
 @click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -58,8 +59,8 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
                 on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
     from amnet.images import left_out_line
-    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, summary_line,
-                               write_predictions)
+    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, nothing_scored,
+                               summary_line, write_predictions)
 
     if bool(checkpoints) == bool(model_name):
         raise click.UsageError("give --checkpoint (one or more) or --model NAME, not both")
@@ -82,6 +83,8 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
         items = collect_inputs(images, images_root, skipped)
     if skipped:
         click.echo(f"warning: {left_out_line('IMAGES', skipped)}", err=True)
+    if not items:   # before loading anything
+        raise click.ClickException(nothing_scored({"n": 0}, out))
     if model_name:
         from amnet.hub import checkpoints_for
         checkpoints = checkpoints_for(model_name)
@@ -95,4 +98,6 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
                                attention_maps=attention_maps, grid=grid)
     for line in counts["warnings"]:
         click.echo(line, err=True)
+    if not counts["scored"]:
+        raise click.ClickException(nothing_scored(counts, out))
     click.echo(summary_line(counts, out), err=True)
