@@ -164,3 +164,33 @@ def extract_killed_after(tmp_path: Path, images: Path, out: Path, batches: int, 
     return subprocess.run([sys.executable, str(script), str(images), str(out), str(batches),
                            json.dumps(kw)], env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
+
+
+# ---- small head checkpoints (amnet serve) ------------------------------------------------------
+
+# what `amnet train` records about the demo's data (amnet.train: the splits' paths, the cache)
+DEMO_TRAIN_CONFIG = {"cache": "data/features/demo.h5",
+                     "splits": {"train": {"path": "data/demo/splits/train_1.txt"}}}
+
+
+def small_head(path: str | Path, *, seed: int = 1, weights: str = "random:0",
+               image_size: int = 224, train_config: dict | None = None,
+               metrics: dict | None = None) -> Path:
+    """A narrow AMNet head checkpoint on `weights`' trunk (its provenance as `amnet train` would
+    record it), its output weights scaled x20 so that images get visibly different scores."""
+    import torch
+    from amnet.backbone import grid_for, load_backbone
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    from amnet.provenance import BackboneRecord
+
+    _, spec = load_backbone(weights, "fp32")
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=32, hidden_dim=32,
+                              regressor_dim=16, lstm_steps=3))
+    with torch.no_grad():
+        model.regnet4.weight.mul_(20.0)
+        model.eh3.weight.mul_(20.0)
+    record = BackboneRecord.from_spec(spec, image_size=image_size)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=record, metrics=metrics,
+                                           train_config=train_config), path)

@@ -1,17 +1,17 @@
-"""Click entry points: `amnet-cache` (stage one) and `amnet` (stage two, predict).
+"""Click entry points: `amnet-cache` (stage one) and `amnet` (stage two, predict, serve).
 
 Thin: parse arguments, call the library; one module per command group (`cache`: extract, merge,
-info, verify; `train`: train, evaluate; `predict`; `weights`: import-weights). Heavy imports stay
-inside the commands so `--help` is instant. Options that are settings are generated from the
-settings dataclasses (amnet/cli/_options.py), so their defaults are written there only. Errors
-the user can fix (`AmnetError`) become one line and exit 1 through one decorator,
-`amnet_errors` (amnet/cli/_errors.py).
+info, verify; `train`: train, evaluate; `predict`; `serve`: the local web demo; `weights`:
+import-weights). Heavy imports stay inside the commands so `--help` is instant. Options that are
+settings are generated from the settings dataclasses (amnet/cli/_options.py), so their defaults
+are written there only. Errors the user can fix (`AmnetError`) become one line and exit 1
+through one decorator, `amnet_errors` (amnet/cli/_errors.py).
 """
 from __future__ import annotations
 
 import click
 
-from amnet.cli import cache, predict, train, weights
+from amnet.cli import cache, predict, serve, train, weights
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,5 +29,5 @@ def main() -> None:
 for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify):
     cache_cli.add_command(_command)
 for _command in (train.train_cmd, train.evaluate_cmd, weights.import_weights_cmd,
-                 predict.predict_cmd):
+                 predict.predict_cmd, serve.serve_cmd):
     main.add_command(_command)
