@@ -258,9 +258,9 @@ def import_gradio():
 
 _INTRO = """# amnet: how memorable is an image?
 Drop one or more images. Each gets a memorability score (AMNet, Fajtl et al. CVPR 2018; LaMem's
-scale runs from 0 to 1), its per-step scores (the LSTM looks three times; the step scores add up to the score) and the
-paper's Fig. 2: where each step looked. Scoring runs on this machine; nothing is uploaded
-elsewhere."""
+scale runs from 0 to 1), its per-step scores (the LSTM looks {steps} times; the step scores add
+up to the score) and the paper's Fig. 2: where each step looked. Scoring runs on this machine;
+nothing is sent elsewhere."""
 
 
 def build_app(predictor: Predictor, card: ModelCard, *, batch_size: int = 32,
@@ -284,7 +284,7 @@ def build_app(predictor: Predictor, card: ModelCard, *, batch_size: int = 32,
 
     # delete_cache: gradio's copies of uploads and outputs older than a day, checked hourly
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
-        gr.Markdown(_INTRO)
+        gr.Markdown(_INTRO.format(steps=predictor.steps))
         gr.HTML(card.warning_html(), elem_id="amnet-warning-box", visible=card.synthetic)
         gr.HTML(card.html(), elem_id="amnet-model-card")
         files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
@@ -295,6 +295,7 @@ def build_app(predictor: Predictor, card: ModelCard, *, batch_size: int = 32,
         download = gr.DownloadButton("Download CSV (amnet predict's columns)", visible=False,
                                      elem_id="amnet-csv")
         scores = gr.HTML("", elem_id="amnet-results")
+        # gradio's queue runs one scoring at a time (concurrency 1): one model, one trunk
         files.change(on_files, inputs=files, outputs=[scores, table, download])
     app.amnet_workdir = work
     return app

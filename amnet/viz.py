@@ -34,10 +34,10 @@ from PIL import Image  # noqa: E402
 # score of step t is out_t / (T * target_scale) + target_mean / T, so the T step scores add up
 # to the score exactly (up to float rounding; the 3-decimal labels may be 0.001 off). Several
 # checkpoints averaged (amnet.predictor) keep this: the mean of sums is the sum of means.
-STEP_SUM_CAPTION = ("The step scores add up to the score: {terms} = {score:.3f} (3 decimals).\n"
-                    "The score is the mean of the head's {steps} step outputs, de-normalised, as in "
-                    "the original code; step t shows its share, out_t / ({steps} \u00b7 target_scale)"
-                    " + target_mean / {steps}.")
+STEP_SUM_CAPTION = (
+    "The step scores add up to the score: {terms} = {score:.3f} (3 decimals).\n"
+    "The score is the mean of the head's {steps} step outputs, de-normalised, as in the original "
+    "code; step t shows its share, out_t / ({steps} \u00b7 target_scale) + target_mean / {steps}.")
 
 
 def _as_rgb_array(image: Image.Image | np.ndarray, size: int | None = None) -> np.ndarray:

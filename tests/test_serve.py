@@ -116,8 +116,8 @@ def test_score_images_matches_amnet_predict(env, predictor, tmp_path):
     files = env["files"]
     scored = score_images(predictor, files, tmp_path / "out")
     out = tmp_path / "predict.csv"
-    res = CliRunner().invoke(main, ["predict", *sum((["--checkpoint", str(h)] for h in env["heads"]),
-                                                    []), *map(str, files), "--out", str(out)])
+    ck_args = [a for h in env["heads"] for a in ("--checkpoint", str(h))]
+    res = CliRunner().invoke(main, ["predict", *ck_args, *map(str, files), "--out", str(out)])
     assert res.exit_code == 0, res.output
     want = _read_csv(out)
     got = _read_csv(scored.csv)
@@ -192,7 +192,8 @@ def test_import_gradio_missing_is_one_line(monkeypatch):
     from amnet import serve
 
     monkeypatch.setitem(sys.modules, "gradio", None)
-    with pytest.raises(AmnetError, match=r'^amnet serve needs gradio: pip install "amnet\[serve\]"'):
+    with pytest.raises(AmnetError,
+                       match=r'^amnet serve needs gradio: pip install "amnet\[serve\]"'):
         serve.import_gradio()
 
 
