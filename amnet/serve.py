@@ -56,8 +56,8 @@ _SPLITS_DIR = re.compile(r"(?:^|/)data/([^/]+)/splits/")
 @dataclass(frozen=True)
 class ModelCard:
     """What the page says about the model: one line each for the model, its backbone and its
-    training data, and `demo_reasons` (non-empty: it is the synthetic demo's, not a memorability
-    model for photos, and the page shows `warning()`)."""
+    training data, and `demo_reasons` (Predictor.demo_reasons; non-empty: it is the synthetic
+    demo's, not a memorability model for photos, and the page shows `warning()`)."""
     model: str
     backbone: str
     data: str
@@ -71,11 +71,11 @@ class ModelCard:
         """One paragraph (plain text) when the model is the demo's, else ""."""
         if not self.demo_reasons:
             return ""
-        return ("Demo model, not a memorability model for photos: "
-                + "; ".join(self.demo_reasons) + ". Its scores say how much a picture looks like "
-                "the demo's synthetic striped disks. For real memorability scores serve a "
-                "published model: amnet serve --model lamem-resnet50 (amnet models list), or "
-                "--checkpoint a head made by amnet import-weights.")
+        return ("Demo model, not a memorability model for photos: trained "
+                + " ".join(self.demo_reasons) + ", its scores mean nothing for real photos "
+                "(they say how much a picture looks like the demo's synthetic striped disks). "
+                "For real memorability scores serve the published model: amnet serve --model "
+                "lamem-resnet50 (see amnet models list).")
 
     def html(self) -> str:
         """The three lines, escaped (paths may hold any character)."""
@@ -89,13 +89,6 @@ class ModelCard:
         return ('<div id="amnet-warning" role="alert" style="border: 2px solid #b45309; '
                 'background: #fef3c7; color: #78350f; padding: 0.6em 0.9em; border-radius: 6px; '
                 f'font-size: 1.05em">&#9888; {html.escape(self.warning())}</div>')
-
-
-def _checkpoint_meta(path: Path) -> dict[str, Any]:
-    """A head checkpoint's dict without its weights (mmap: the tensors are not read)."""
-    import torch
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
 def _data_set(meta: dict[str, Any]) -> tuple[str, str]:
@@ -117,11 +110,11 @@ def describe_model(predictor: Predictor, name: str | None = None) -> ModelCard:
     """The `ModelCard` of a Predictor's checkpoints (their provenance and training record).
     `name`: the published model's name when it came from `--model`."""
     paths = list(predictor.checkpoints)
-    metas = [_checkpoint_meta(p) for p in paths]
+    metas = predictor.metas
     heads = f"{len(paths)} heads averaged" if len(paths) > 1 else "1 head"
     shown = ", ".join(str(p) for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
     model = f"{name} ({heads})" if name else f"{heads}: {shown}"
-    rhos = [m.get("metrics", {}).get("rho") for m in metas]
+    rhos = [(m.get("metrics") or {}).get("rho") for m in metas]
     if all(isinstance(r, (int, float)) for r in rhos):
         model += (f"; test Spearman rho {sum(rhos) / len(rhos):.3f} on its own data set's test "
                   "split (mean over heads)")
@@ -139,25 +132,8 @@ def describe_model(predictor: Predictor, name: str | None = None) -> ModelCard:
     if wheres:
         data += " (" + "; ".join(wheres[:3]) + ("; ..." if len(wheres) > 3 else "") + ")"
 
-    reasons = []
-    if weights.startswith("random:"):
-        reasons.append(f"its backbone has random weights ({weights}), not ImageNet's")
-    if "demo" in names:
-        reasons.append("it was trained on the synthetic demo images (amnet/datasets/demo.py)")
-    return ModelCard(model, backbone, data, tuple(reasons))
-
-
-def resolve_model(name: str) -> list[Path]:
-    """A published model's head checkpoints (downloaded on first use) through amnet.hub."""
-    try:
-        import amnet.hub as hub
-    except ModuleNotFoundError as e:
-        if e.name != "amnet.hub":
-            raise
-        raise AmnetError(f"--model {name}: this amnet has no published-model catalogue "
-                         "(amnet.hub) yet; pass --checkpoint FILE instead (e.g. head.pt from "
-                         "`amnet import-weights`, or models/1.pt from the demo)") from e
-    return [Path(p) for p in hub.checkpoints_for(name)]
+    # the same judgement as `amnet predict`'s warning (amnet.predictor)
+    return ModelCard(model, backbone, data, tuple(predictor.demo_reasons))
 
 
 # ---- scoring the dropped images ----------------------------------------------------------------

@@ -9,7 +9,6 @@ import html
 import os
 import socket
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 
 from amnet.cli import main
 from amnet.errors import AmnetError
-from conftest import DEMO_TRAIN_CONFIG, small_head, write_image
+from conftest import DEMO_TRAIN_CONFIG, save_tiny_head, write_image
 
 pytest.importorskip("gradio", reason="gradio is not installed (pip install 'amnet[serve]')")
 
@@ -29,7 +28,7 @@ SIZE = 64  # 4 x 4 grid: fast on CPU
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    heads = [small_head(root / "ck" / f"{k}.pt", seed=k, image_size=SIZE,
+    heads = [save_tiny_head(root / "ck" / f"{k}.pt", seed=k, size=SIZE,
                         train_config={**DEMO_TRAIN_CONFIG, "splits": {"train": {
                             "path": f"data/demo/splits/train_{k}.txt"}}},
                         metrics={"rho": 0.8 + 0.1 * k}) for k in (1, 2)]
@@ -66,11 +65,12 @@ def test_model_card_of_the_demo_warns(env, predictor):
     assert card.backbone == f"resnet50 layer3, weights random:0 (sha256 {sha}), input 64 x 64"
     assert card.data == ("demo (train list data/demo/splits/train_1.txt; "
                          "train list data/demo/splits/train_2.txt)")
-    assert card.demo_reasons == (
-        "its backbone has random weights (random:0), not ImageNet's",
-        "it was trained on the synthetic demo images (amnet/datasets/demo.py)")
-    assert card.warning().startswith("Demo model, not a memorability model for photos: its "
-                                     "backbone has random weights")
+    # amnet predict's judgement (Predictor.demo_reasons), over both checkpoints
+    assert card.demo_reasons == ("on the synthetic demo data set",
+                                 "with a random-weight backbone (random:0)")
+    assert card.warning().startswith(
+        "Demo model, not a memorability model for photos: trained on the synthetic demo data set "
+        "with a random-weight backbone (random:0), its scores mean nothing for real photos")
     assert "amnet serve --model lamem-resnet50" in card.warning()
     box = card.warning_html()
     assert box.startswith('<div id="amnet-warning" role="alert"') and "Demo model" in box
@@ -197,28 +197,6 @@ def test_import_gradio_missing_is_one_line(monkeypatch):
         serve.import_gradio()
 
 
-# ---- --model: published models through amnet.hub -------------------------------------------------
-
-def test_resolve_model_without_hub_is_one_line(monkeypatch):
-    from amnet.serve import resolve_model
-
-    monkeypatch.setitem(sys.modules, "amnet.hub", None)  # as if amnet.hub did not exist
-    with pytest.raises(AmnetError) as e:
-        resolve_model("lamem-resnet50")
-    assert str(e.value).startswith("--model lamem-resnet50: this amnet has no published-model "
-                                   "catalogue (amnet.hub) yet; pass --checkpoint FILE instead")
-
-
-def test_resolve_model_asks_the_hub(monkeypatch, env):
-    from amnet.serve import resolve_model
-
-    asked = []
-    hub = types.ModuleType("amnet.hub")
-    hub.checkpoints_for = lambda name: asked.append(name) or [str(p) for p in env["heads"]]
-    monkeypatch.setitem(sys.modules, "amnet.hub", hub)
-    assert resolve_model("lamem-resnet50") == list(env["heads"]) and asked == ["lamem-resnet50"]
-
-
 # ---- the CLI -------------------------------------------------------------------------------------
 
 def test_cli_needs_exactly_one_model_source(env):
@@ -228,12 +206,32 @@ def test_cli_needs_exactly_one_model_source(env):
     assert res.exit_code == 2 and "not both" in res.output
 
 
-def test_cli_model_without_hub_is_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "amnet.hub", None)
-    res = CliRunner().invoke(main, ["serve", "--model", "lamem-resnet50"])
-    assert res.exit_code == 1
-    assert res.output.startswith("Error: --model lamem-resnet50: this amnet has no published")
-    assert len(res.output.strip().splitlines()) == 1
+def test_cli_model_comes_from_the_hub(monkeypatch, env):
+    """--model NAME: the published model's checkpoints through amnet.hub (here two demo heads
+    standing in for a downloaded release), served under its name."""
+    import amnet.hub
+    import amnet.serve
+
+    asked, served = [], []
+    monkeypatch.setattr(amnet.hub, "checkpoints_for",
+                        lambda name: asked.append(name) or list(env["heads"]))
+    monkeypatch.setattr(amnet.serve, "serve", lambda predictor, card, **kw: served.append(
+        (predictor, card, kw)))
+    res = CliRunner().invoke(main, ["serve", "--model", "lamem-resnet50", "--port", "7999",
+                                    "--device", "cpu", "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert asked == ["lamem-resnet50"]
+    predictor, card, kw = served[0]
+    assert predictor.checkpoints == list(env["heads"])
+    assert card.model.startswith("lamem-resnet50 (2 heads averaged)")
+    assert kw == {"host": "127.0.0.1", "port": 7999, "batch_size": 32}
+    assert res.output.startswith("warning: Demo model")  # these stand-ins are the demo's
+
+
+def test_cli_unknown_model_is_one_line():
+    res = CliRunner().invoke(main, ["serve", "--model", "no-such-model"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert res.output.startswith("Error: ") and "no-such-model" in res.output
 
 
 def test_cli_port_in_use_is_one_line(env):

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import DEMO_TRAIN_CONFIG, REPO, small_head, subprocess_env, write_image
+from conftest import DEMO_TRAIN_CONFIG, REPO, save_tiny_head, subprocess_env, write_image
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def test_serve_in_a_browser_scores_like_predict(tmp_path):
 
     from amnet.cli import main
 
-    heads = [small_head(tmp_path / f"{k}.pt", seed=k, train_config=DEMO_TRAIN_CONFIG)
+    heads = [save_tiny_head(tmp_path / f"{k}.pt", seed=k, size=224, train_config=DEMO_TRAIN_CONFIG)
              for k in (1, 2)]
     photo = PHOTO if PHOTO.is_file() else write_image(tmp_path / "photo.jpg", w=320, h=240)
     ck_args = [a for h in heads for a in ("--checkpoint", str(h))]

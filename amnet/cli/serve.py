@@ -37,11 +37,14 @@ def serve_cmd(model_name, checkpoints, port, host, device, batch_size, precision
         raise click.UsageError("give --model NAME (`amnet models list`) or --checkpoint FILE "
                                "(repeatable), not both")
     from amnet.predictor import Predictor
-    from amnet.serve import describe_model, resolve_model, serve
+    from amnet.serve import describe_model, serve
 
-    paths = resolve_model(model_name) if model_name else list(checkpoints)
-    predictor = Predictor.from_checkpoint(paths, device, batch_size=batch_size,
-                                          precision=precision)
+    if model_name:  # downloaded and converted on first use (amnet.hub)
+        predictor = Predictor.from_pretrained(model_name, device, batch_size=batch_size,
+                                              precision=precision)
+    else:
+        predictor = Predictor.from_checkpoint(list(checkpoints), device, batch_size=batch_size,
+                                              precision=precision)
     card = describe_model(predictor, model_name)
     if card.synthetic:
         click.secho("warning: " + card.warning(), fg="yellow", err=True)
