@@ -25,7 +25,7 @@ def cache_cli() -> None:
 @click.version_option(package_name="amnet")
 def main() -> None:
     """Stage two and use: train/evaluate the AMNet head, import published weights, predict,
-    the published models, export."""
+    the published models, export, the local web demo (serve)."""
 
 
 for _command in (cache.cache_extract, cache.cache_merge, cache.cache_info, cache.cache_verify):
