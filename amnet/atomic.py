@@ -7,7 +7,8 @@ included, the temporary file is removed and the target is left as it was.
 
 Temporary names are recognisable: `.<stem>.<tag>-<pid><extension>` (hidden, next to the target;
 `tag` says who writes it: `tmp` by default, `creating` for a new feature cache, `merging` for a
-merge, `partial` for a predictions CSV), so a leftover of a killed process is easy to spot.
+merge, `relisting` for a cache rewritten for a shorter image list, `partial` for a predictions
+CSV), so a leftover of a killed process is easy to spot.
 
 Plain `open` (not `mkstemp`) so the file gets the usual umask permissions, not 0600. One writer
 per target per process (the pid tells processes apart, not threads).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 
 _COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".zip"}
@@ -68,7 +69,8 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, tag: str = "tmp",
+                check: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path for `path`; when the block ends normally, the file written there
     is fsynced and renamed to `path`. For libraries that write a file themselves:
 
@@ -76,6 +78,8 @@ def atomic_path(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
             torch.save(obj, tmp)      # or h5py.File(tmp, "w"), df.to_csv(tmp), ...
 
     Parent folders are created. On an error the temporary file is removed and the error raised.
+    `check`, if given, is called right before the rename and may raise to prevent it (a writer
+    lock's `Lock.check`: a process that lost its lock must not replace `path`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,8 @@ def atomic_path(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)
+        if check is not None:
+            check()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

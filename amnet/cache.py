@@ -152,6 +152,23 @@ def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File
     return f
 
 
+def row_runs(idx: Sequence[int]):
+    """Consecutive runs of sorted row indices -> (start, stop, offset into idx)."""
+    k = 0
+    while k < len(idx):
+        j = k
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        yield idx[k], idx[j] + 1, k
+        k = j + 1
+
+
+def write_rows(ds: h5py.Dataset, idx: Sequence[int], arr: np.ndarray) -> None:
+    """`ds[idx[k]] = arr[k]` for sorted row indices `idx`, one slice write per consecutive run."""
+    for start, stop, k in row_runs(idx):
+        ds[start:stop] = arr[k:k + stop - start]
+
+
 def read_failed(f: h5py.File) -> dict[str, str]:
     if "failed" not in f:
         return {}
@@ -165,6 +182,20 @@ def append_failed(f: h5py.File, items: Sequence[tuple[str, str]]) -> None:
     for key, col in (("names", 0), ("reasons", 1)):
         g[key].resize((n + len(items),))
         g[key][n:] = np.array([it[col] for it in items], dtype=object)
+
+
+def clear_failed(f: h5py.File) -> int:
+    """Forget every recorded failure (`--retry-failed`: those images are extracted again);
+    returns how many there were. Both datasets shrink to 0, so a kill in between leaves no
+    name paired with another's reason."""
+    if "failed" not in f:
+        return 0
+    g = f["failed"]
+    n = int(g["names"].shape[0])
+    for key in ("names", "reasons"):
+        g[key].resize((0,))
+    f.flush()
+    return n
 
 
 def open_existing(path: Path, mode: str = "r") -> h5py.File:

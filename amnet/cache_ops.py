@@ -1,8 +1,9 @@
-"""Whole-file operations on feature caches: merge shards, describe (info), verify."""
+"""Whole-file operations on feature caches: merge shards, rewrite for a shorter image list
+(relist), describe (info), verify."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -10,84 +11,185 @@ import numpy as np
 from amnet import cache as C
 from amnet.atomic import atomic_path
 from amnet.errors import CacheError
+from amnet.lockfile import hold
 
 _BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224); / K for views
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_total")
+# per-file attributes a merge does not copy from its first input
+_MERGE_ATTRS = ("created", "complete", "updated", "merged_from", "merged_shard_count",
+                "merged_shard_total", "merged_shards")
 
 
-def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False) -> dict:
+def copy_rows(sources: Sequence[h5py.File], dst: h5py.File, order: Sequence[tuple[int, int]],
+              dst_rows: Sequence[int] | None = None) -> None:
+    """Copy row `order[k] = (source s, row r)` of every feature dataset of `dst` (features,
+    features_flip, views, views_flip) from `sources[s]` to row `dst_rows[k]` (default k; sorted)
+    of `dst`, about _BLOCK images per read. `done` is the caller's: set it after the rows."""
+    dst_rows = list(range(len(order))) if dst_rows is None else list(dst_rows)
+    names = [d for d in ("features", "features_flip", "views", "views_flip") if d in dst]
+    block = max(1, _BLOCK // max(1, int(dst.attrs.get("views", 0) or 0)))
+    for start in range(0, len(order), block):
+        part, rows = order[start:start + block], dst_rows[start:start + block]
+        for name in names:
+            C.write_rows(dst[name], rows, np.stack([sources[s][name][r] for s, r in part]))
+
+
+def relist(path: str | Path, names: Sequence[str], check: Callable[[], None] | None = None
+           ) -> dict:
+    """Rewrite the cache at `path` for the image list `names`, which must be its own names less
+    some that hold no features (failed or not extracted yet): every extracted row is copied
+    byte for byte, failures of names still listed stay recorded, the attributes are kept.
+    Atomic (the old file stays until the new one is complete); `check` runs before the rename
+    (a writer lock's `Lock.check`). Returns {"kept": rows copied, "dropped": names dropped}."""
+    path = Path(path)
+    with C.open_existing(path) as f:
+        have = f["names"].asstr()[:].tolist()
+        done = f["done"][:].astype(bool)
+        failed = C.read_failed(f)
+        attrs = dict(f.attrs.items())
+    row = {n: i for i, n in enumerate(have)}
+    lost = [n for n in names if n not in row]
+    if lost:
+        raise ValueError(f"relist: {lost[:2]} are not in {path}")
+    dropped = [n for n in have if n not in set(names)]
+    if any(done[row[n]] for n in dropped):
+        raise ValueError(f"relist: {path} holds features of dropped names")
+    copied = [(k, row[n]) for k, n in enumerate(names) if done[row[n]]]
+    still_failed = [(n, failed[n]) for n in names if n in failed]
+    with atomic_path(path, tag="relisting", check=check) as tmp:
+        with h5py.File(path, "r") as src, C.create(tmp, names, attrs) as g:
+            if "created" in attrs:
+                g.attrs["created"] = attrs["created"]  # the same cache, for a shorter list
+            copy_rows([src], g, [(0, r) for _, r in copied], [k for k, _ in copied])
+            for start, stop, _ in C.row_runs([k for k, _ in copied]):
+                g["done"][start:stop] = True  # after the rows themselves
+            if still_failed:
+                C.append_failed(g, still_failed)
+            g.attrs["complete"] = len(copied) + len(still_failed) == len(names)
+            g.attrs["updated"] = C.now()
+    return {"kept": len(copied), "dropped": len(dropped)}
+
+
+def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False,
+          allow_partial: bool = False, wait: float = 0.0) -> dict:
     """Join complete shard caches (equal settings, disjoint names) into one file at `out`.
 
-    Shards written by `--shard i/n` (all n present) are interleaved back into the order of the
-    single-run list; other inputs are concatenated in the order given. The result is a copy
-    that reads like any other cache (attribute `merged_from` names the inputs), views included
-    (their crops depend on the image name only, so they equal a single run's)."""
+    Shards written by `--shard I/N` (every shard records I, N and the list's length) are
+    interleaved back into the order of the single-run list, and must form the whole set: all N
+    present, each once, of one run (else CacheError, unless `allow_partial`: the shards given
+    are merged, in the single run's order, and the result records which it holds, so `verify`
+    reports it and a later merge with the missing shards completes it). Other caches are
+    concatenated in the order given. The result reads like any other cache (attribute
+    `merged_from` names the inputs, `merged_shards` / `merged_shard_count` the shards held),
+    views included (their crops depend on the image name only, so they equal a single run's).
+    `out` is written under its writer lock (amnet.lockfile; waits up to `wait` seconds)."""
     out = Path(out)
     if not shards:
         raise CacheError("merge: no shard files given")
-    if out.exists() and not overwrite:
-        raise CacheError(f"{out}: already exists; pass --overwrite to replace it")
-    metas = []
-    for p in shards:
-        with C.open_existing(Path(p)) as f:
-            attrs = C.read_attrs(f)
-            if not attrs.get("complete"):
-                raise CacheError(f"{p}: shard is not complete; finish its extraction first")
-            names = f["names"].asstr()[:].tolist()
-            metas.append((Path(p), attrs, names, f["done"][:].astype(bool), C.read_failed(f)))
-    ref_path, ref = metas[0][0], metas[0][1]
-    seen: dict[str, Path] = {}
-    for p, attrs, names, _, _ in metas:
-        diffs = C.settings_differences(attrs, ref)
-        if diffs:
-            raise CacheError(f"{p}: settings differ from {ref_path} ({'; '.join(diffs)})")
-        for n in names:
-            if n in seen:
-                raise CacheError(f"{p}: image {n!r} is also in {seen[n]}; shards must be disjoint")
-            seen[n] = p
-    order = _merged_order(metas)  # list of (shard number, row)
-    all_names = [metas[s][2][r] for s, r in order]
-    attrs = {k: v for k, v in ref.items()
-             if k not in _SHARD_ATTRS + ("created", "complete", "updated")}
-    attrs = {k: (C._stats_attr(v) if k in ("mean", "std") else
-                 np.asarray(v) if isinstance(v, list) else v) for k, v in attrs.items()}
-    attrs["merged_from"] = np.array([str(p) for p, *_ in metas], dtype=h5py.string_dtype())
-    with atomic_path(out, tag="merging") as tmp:
-        with C.create(tmp, all_names, attrs) as g:
-            dsets = [d for d in ("features", "features_flip", "views", "views_flip") if d in g]
-            block = max(1, _BLOCK // max(1, int(ref.get("views") or 0)))
-            handles = [h5py.File(p, "r") for p, *_ in metas]
-            try:
-                for start in range(0, len(order), block):
-                    part = order[start:start + block]
-                    for name in dsets:
-                        rows = np.stack([handles[s][name][r] for s, r in part])
-                        g[name][start:start + len(part)] = rows
-                    g["done"][start:start + len(part)] = [metas[s][3][r] for s, r in part]
-            finally:
-                for h in handles:
-                    h.close()
-            failed = [(n, why) for *_, fails in metas for n, why in fails.items()]
-            if failed:
-                C.append_failed(g, failed)
-            g.attrs["complete"] = True
-            g.attrs["created"] = C.now()
+    with hold(out, wait) as lock:
+        if out.exists() and not overwrite:
+            raise CacheError(f"{out}: already exists; pass --overwrite to replace it")
+        metas = [_read_input(Path(p)) for p in shards]
+        ref_path, ref = metas[0][0], metas[0][1]
+        for p, attrs, *_ in metas:
+            diffs = C.settings_differences(attrs, ref)
+            if diffs:
+                raise CacheError(f"{p}: settings differ from {ref_path} ({'; '.join(diffs)})")
+        order, held = _merged_order(out, metas, allow_partial)
+        seen: dict[str, Path] = {}
+        for p, _, names, _, _ in metas:
+            for n in names:
+                if n in seen:
+                    raise CacheError(f"{p}: image {n!r} is also in {seen[n]}; shards must be "
+                                     "disjoint")
+                seen[n] = p
+        all_names = [metas[s][2][r] for s, r in order]
+        attrs = {k: v for k, v in ref.items() if k not in _SHARD_ATTRS + _MERGE_ATTRS}
+        attrs = {k: (C._stats_attr(v) if k in ("mean", "std") else
+                     np.asarray(v) if isinstance(v, list) else v) for k, v in attrs.items()}
+        attrs["merged_from"] = np.array([str(p) for p, *_ in metas], dtype=h5py.string_dtype())
+        if held is not None:
+            count, total, indices = held
+            attrs.update(merged_shard_count=count, merged_shard_total=total,
+                         merged_shards=np.asarray(indices, dtype=np.int64))
+        with atomic_path(out, tag="merging", check=lock.check) as tmp:
+            with C.create(tmp, all_names, attrs) as g:
+                handles = [h5py.File(p, "r") for p, *_ in metas]
+                try:
+                    copy_rows(handles, g, order)
+                finally:
+                    for h in handles:
+                        h.close()
+                g["done"][:] = [metas[s][3][r] for s, r in order]
+                failed = [(n, why) for *_, fails in metas for n, why in fails.items()]
+                if failed:
+                    C.append_failed(g, failed)
+                g.attrs["complete"] = True
+                g.attrs["created"] = C.now()
     return {"out": str(out), "images": len(all_names), "shards": len(metas),
-            "failed": len(failed)}
+            "failed": len(failed), "shard_count": held[0] if held else None,
+            "shards_held": list(held[2]) if held else None}
 
 
-def _merged_order(metas) -> list[tuple[int, int]]:
-    counts = {m[1].get("shard_count") for m in metas}
-    indices = sorted(m[1].get("shard_index", -1) for m in metas)
-    totals = {m[1].get("shard_total") for m in metas}
-    if len(counts) == 1 and None not in counts and indices == list(range(len(metas))) \
-            and counts == {len(metas)} and len(totals) == 1:
-        n = len(metas)
-        by_index = {m[1]["shard_index"]: s for s, m in enumerate(metas)}
-        total = totals.pop()
-        # item k of the single run is row k // n of shard k % n
-        return [(by_index[k % n], k // n) for k in range(total)]
-    return [(s, r) for s, m in enumerate(metas) for r in range(len(m[2]))]
+def _read_input(p: Path) -> tuple:
+    """(path, attrs, names, done, failed) of one complete merge input."""
+    with C.open_existing(p) as f:
+        attrs = C.read_attrs(f)
+        if not attrs.get("complete"):
+            raise CacheError(f"{p}: shard is not complete; finish its extraction first")
+        return (p, attrs, f["names"].asstr()[:].tolist(), f["done"][:].astype(bool),
+                C.read_failed(f))
+
+
+def shard_set(attrs: dict) -> tuple[int, int, tuple[int, ...]] | None:
+    """(N shards, images T of the whole list, shard indices held) of a shard file or of a
+    partial merge of shards; None for any other cache (a complete merge included: it reads
+    like a single run's file)."""
+    if attrs.get("shard_index") is not None:
+        return int(attrs["shard_count"]), int(attrs["shard_total"]), (int(attrs["shard_index"]),)
+    held, count = attrs.get("merged_shards"), attrs.get("merged_shard_count")
+    if held is None or count is None:
+        return None
+    held = tuple(int(i) for i in (held if isinstance(held, list) else [held]))
+    return (int(count), int(attrs["merged_shard_total"]), held) if len(held) < int(count) else None
+
+
+def _merged_order(out: Path, metas, allow_partial: bool
+                  ) -> tuple[list[tuple[int, int]], tuple[int, int, tuple[int, ...]] | None]:
+    """The merged file's rows as (input, row), and (N, T, shards held) when merging shards."""
+    sets = [shard_set(m[1]) for m in metas]
+    if all(s is None for s in sets):
+        return [(s, r) for s, m in enumerate(metas) for r in range(len(m[2]))], None
+    p0, s0 = next((m[0], s) for m, s in zip(metas, sets) if s is not None)
+    owner: dict[int, Path] = {}
+    where: dict[int, tuple[int, int]] = {}  # item k of the whole list -> (input, row)
+    for s, (m, st) in enumerate(zip(metas, sets)):
+        p = m[0]
+        if st is None:
+            raise CacheError(f"{p}: not a shard, but {p0} is one (shard of {s0[0]}); merge the "
+                             f"shard set first, then merge its result with {p}")
+        if st[:2] != s0[:2]:
+            raise CacheError(f"{p}: a shard of another --shard run ({st[0]} shards over {st[1]} "
+                             f"images) than {p0} ({s0[0]} over {s0[1]}); merge one run's shards")
+        for i in st[2]:
+            if i in owner:
+                raise CacheError(f"{p}: shard {i}/{st[0]} is also in {owner[i]}; give each "
+                                 "shard once")
+            owner[i] = p
+        items = [k for k in range(st[1]) if k % st[0] in st[2]]
+        if len(items) != len(m[2]):
+            raise CacheError(f"{p}: holds {len(m[2])} images, but shard(s) {list(st[2])} of "
+                             f"{st[0]} over {st[1]} images hold {len(items)}; not a shard file "
+                             "of that run")
+        where.update((k, (s, r)) for r, k in enumerate(items))
+    count, total = s0[:2]
+    missing = [i for i in range(count) if i not in owner]
+    if missing and not allow_partial:
+        have = ", ".join(f"{i} ({owner[i]})" for i in sorted(owner))
+        raise CacheError(f"merge {out}: incomplete shard set: shard(s) {have} of {count} given, "
+                         f"{', '.join(map(str, missing))} missing; add the missing shard "
+                         "file(s), or pass --allow-partial to merge only these")
+    return [where[k] for k in sorted(where)], (count, total, tuple(sorted(owner)))
 
 
 def info(path: str | Path) -> dict:
@@ -112,7 +214,8 @@ def info(path: str | Path) -> dict:
 
 def verify(path: str | Path, progress: bool = False) -> list[str]:
     """Problems found in a cache (empty list = fine): completeness, shapes, dtypes, NaN/Inf in
-    extracted rows, unique names, failed names that exist and have no features."""
+    extracted rows, unique names, failed names that exist and have no features, and a partial
+    merge of shards (`merge --allow-partial`)."""
     path = Path(path)
     problems: list[str] = []
     with C.open_existing(path) as f:
@@ -138,6 +241,14 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
         if todo > 0 or not attrs.get("complete"):
             problems.append(f"incomplete: {todo} of {n} images not extracted "
                             f"(complete={attrs.get('complete')}); rerun the extract command")
+        partial = shard_set(attrs) if "merged_shards" in attrs else None
+        if partial is not None:
+            count, total, held = partial
+            lack = [i for i in range(count) if i not in held]
+            problems.append(f"partial merge: holds shard(s) {', '.join(map(str, held))} of {count} "
+                            f"({n} of the list's {total} images), shard(s) "
+                            f"{', '.join(map(str, lack))} missing; merge the missing shard "
+                            f"file(s) with this one (amnet-cache merge NEW.h5 {path} SHARD...)")
         grid = attrs.get("grid") or []
         k = int(attrs.get("views") or 0)
         expected = C.feature_datasets(n, int(attrs.get("channels", 1024)),

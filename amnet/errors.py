@@ -27,3 +27,18 @@ class WeightsError(AmnetError):
 class ParamsError(AmnetError):
     """A settings file (params.yaml) with an unknown key or a bad value: one line naming the
     file, the key and what is allowed."""
+
+
+class LockedError(AmnetError):
+    """An output file that another live process is writing (amnet/lockfile.py): the message names
+    the holder (pid, host, command) and says to wait for it or stop it."""
+
+
+class LockLostError(AmnetError):
+    """A writer whose lock file was deleted or taken over: it must not rename anything onto the
+    file another process may now be writing."""
+
+
+class ExportError(AmnetError):
+    """A model export that cannot be written (exporter libraries missing, unknown format) or
+    whose saved file does not reproduce the torch model."""

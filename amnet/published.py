@@ -28,7 +28,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -136,10 +136,13 @@ def guess_from_path(path: Path | str) -> dict[str, Any]:
 def import_weights(src: str | os.PathLike, out_dir: str | os.PathLike, *, lstm_steps: int | None = None,
                    use_attention: bool | None = None, target_mean: float | None = None,
                    target_scale: float = 2.0, image_size: int = 224,
-                   trust_pickle: bool = False) -> dict[str, Any]:
+                   trust_pickle: bool = False,
+                   provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Convert one released `weights_<e>.pkl` into OUTDIR/head.pt + OUTDIR/backbone.pt.
 
-    Returns the provenance record also written to OUTDIR/import.json.
+    `provenance`: more about the source (e.g. amnet.hub's release zip, its sha256 and URL), kept
+    in import.json and in the checkpoint's train_config. Returns the record written to
+    OUTDIR/import.json.
     """
     src, out = Path(src), Path(out_dir)
     sha = file_sha256(src) if src.is_file() else None
@@ -176,10 +179,11 @@ def import_weights(src: str | os.PathLike, out_dir: str | os.PathLike, *, lstm_s
               "arch": arch, "guessed_from_path": guess, "model_config": cfg.to_dict(),
               "backbone": backbone.to_dict(), "backbone_file": str(bb_path), "head_file": str(out / "head.pt"),
               "note": "published AMNet weights (Fajtl et al. 2018); backbone keeps the file's "
-                      "BatchNorm statistics"}
+                      "BatchNorm statistics", **dict(provenance or {})}
     ckpt = make_checkpoint(model, backbone=backbone, epoch=guess.get("epoch"), metrics={},
                            train_config={"imported_from": record["source"], "source_sha256": sha,
-                                         **{k: v for k, v in guess.items() if k != "epoch"}})
+                                         **{k: v for k, v in guess.items() if k != "epoch"},
+                                         **dict(provenance or {})})
     save_checkpoint(ckpt, out / "head.pt")
     atomic_write_text(out / "import.json", json.dumps(record, indent=2) + "\n")
     return record

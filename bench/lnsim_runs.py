@@ -278,6 +278,10 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
     if test and base_of(slug) in LEGACY:
         candidates.append(out_root / slug.replace(base_of(slug), LEGACY[base_of(slug)], 1)
                           / f"split_{k}")
+    if test:   # another row that trained exactly this (amnet-tuned-noviews = amnet-tuned when the
+        # recipe has no crop views): the same run, not a second one that differs only by noise
+        candidates += sorted(p.parent for p in out_root.glob(f"*/split_{k}/result.json")
+                             if p.parent != out)
     for path in candidates:
         result_path = path / "result.json"
         if result_path.exists() and not force:

@@ -5,7 +5,9 @@ Usage: python pipeline/extract.py DATA OUT   (dvc.yaml: data/${data.dataset}
 
 Writes OUT. It extracts into OUT's <stem>.partial.h5 (not a DVC output, so DVC does not delete it
 before a re-run) and renames it when complete: a run that crashed or was killed resumes where it
-stopped on the next `dvc repro`.
+stopped on the next `dvc repro`. The partial file's writer lock (amnet/lockfile.py) is held from
+the first write to the rename, so a run left over by a killed `dvc` is never disturbed: the next
+run stops with one line naming it (or waits, `--wait SECONDS`).
 """
 import argparse
 import os
@@ -17,6 +19,7 @@ from amnet.datasets import images_root
 from amnet.datasets.splits import read_name_list
 from amnet.errors import AmnetError, CacheError
 from amnet.extract import extract
+from amnet.lockfile import hold
 
 
 def main() -> None:
@@ -24,6 +27,9 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="the prepared data set (its images.txt and images)")
     ap.add_argument("out", type=Path, help="the feature cache to write (.h5)")
     ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
+    ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long for another live process writing the partial file "
+                         "[0: stop at once, naming it]")
     args = ap.parse_args()
     out = args.out
     partial = out.with_name(f"{out.stem}.partial{out.suffix}")
@@ -36,18 +42,24 @@ def main() -> None:
         def run(overwrite: bool) -> dict:
             return extract(items, partial, **options, on_error="fail", overwrite=overwrite,
                            progress=True, source=str(args.data))
-        try:
-            summary = run(overwrite=False)
-        except CacheError as e:
-            if not partial.exists():
-                raise
-            # A left-over of a killed run made with other params or images: params.yaml is
-            # what the user wants now, so it is replaced rather than resumed.
-            print(f"extract: not resuming {partial}: {e}", file=sys.stderr)
-            summary = run(overwrite=True)
+        # The partial file's writer lock, held to the final rename: a run whose `dvc` was killed
+        # goes on as an orphan; the next `dvc repro` must neither resume, replace nor rename
+        # the file it writes (it waits for it or stops with one line naming it).
+        with hold(partial, args.wait) as lock:
+            try:
+                summary = run(overwrite=False)
+            except CacheError as e:
+                if not partial.exists():
+                    raise
+                # A left-over of a killed run made with other params or images (no process
+                # holds it: we hold its lock): params.yaml is what the user wants now, so it is
+                # replaced rather than resumed.
+                print(f"extract: not resuming {partial}: {e}", file=sys.stderr)
+                summary = run(overwrite=True)
+            lock.check()  # still ours: never rename a file another process now writes
+            os.replace(partial, out)
     except AmnetError as e:
         sys.exit(f"extract: {e}")
-    os.replace(partial, out)
     print(f"extract: {summary}")
 
 

@@ -164,3 +164,189 @@ def extract_killed_after(tmp_path: Path, images: Path, out: Path, batches: int, 
     return subprocess.run([sys.executable, str(script), str(images), str(out), str(batches),
                            json.dumps(kw)], env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
+
+
+# ---- downloads: a loopback HTTP server with Range support -----------------------------------------
+
+class RangeServer:
+    """Serves `payload` at /<name> on 127.0.0.1 (port chosen by the OS), honouring `Range:
+    bytes=N-`; can cut the first response short (`cut_after` bytes) or ignore Range
+    (`honour_range=False`). Records each request's Range header in `ranges`. A context manager;
+    a timer stops it after `lifetime` seconds whatever happens."""
+
+    def __init__(self, payload: bytes, name: str, lifetime: float = 120.0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.payload, self.name, self.cut_after, self.honour_range = payload, name, None, True
+        self.ranges: list[str | None] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                owner.ranges.append(self.headers.get("Range"))
+                if self.path != "/" + owner.name:
+                    self.send_error(404)
+                    return
+                data, start = owner.payload, 0
+                header = self.headers.get("Range")
+                if header and owner.honour_range:
+                    start = int(header.split("=")[1].rstrip("-"))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = memoryview(data)[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if owner.cut_after is not None:
+                    body, owner.cut_after = body[:owner.cut_after], None  # only once
+                    self.close_connection = True
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: fine
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.base}/{name}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.timer = threading.Timer(lifetime, self.httpd.shutdown)
+        self.timer.daemon = True
+
+    def __enter__(self) -> "RangeServer":
+        self.thread.start()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+# ---- the authors' released .pkl files (spec section 9 layout), rebuilt with random values -------
+
+RELEASE_PREFIX = "core_cnn.core_cnn."
+
+
+def original_head(width: int = 1024, hidden: int = 1024, regressor: int = 512, locations: int = 196):
+    """The layer names and shapes of the original AMemNetModel (spec 2 / 9); no forward.
+    `width`: D (inconv's outputs), `hidden`: the LSTM's H, `regressor`: regnet1's outputs."""
+    import warnings
+
+    from torch import nn
+
+    warnings.filterwarnings("ignore", "dropout option adds dropout", UserWarning)
+    head = nn.Module()
+    head.inconv = nn.Conv2d(1024, width, 1)
+    head.bn1 = nn.BatchNorm2d(width)
+    head.hs1, head.hc1 = nn.Linear(width, hidden), nn.Linear(width, hidden)
+    head.e1 = nn.Linear(width, width, bias=False)
+    head.eh1 = nn.Linear(hidden, locations)
+    head.eh3 = nn.Linear(width, 1, bias=False)
+    head.rnn = nn.LSTM(width, hidden, 1, dropout=0.5)
+    head.regnet1, head.regnet4 = nn.Linear(hidden, regressor), nn.Linear(regressor, 1)
+    return head
+
+
+def drift_bn(module, gen, affine: bool = True) -> None:
+    """'Drifted' BatchNorm running statistics (and, with `affine`, gamma/beta too), so eval mode
+    is not an identity. The original froze gamma/beta and let only the running stats drift."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                if affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+
+
+def release_state_dict(arch: str = "resnet50", *, trunk_seed: int = 0, drift_seed: int = 0,
+                       head_seed: int = 0, affine: bool = True, **head_widths) -> dict:
+    """A released model's state dict: `core_cnn.core_cnn.<torchvision keys>` (the whole ResNet,
+    layer4 and fc included) + the head's keys, without num_batches_tracked (2018 files).
+    Splits of one release share `trunk_seed` (the frozen conv weights) and differ in
+    `drift_seed` (the BN statistics that drifted while each split trained)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(trunk_seed)
+    net = getattr(torchvision.models, arch)()
+    drift_bn(net, torch.Generator().manual_seed(drift_seed), affine=affine)
+    torch.manual_seed(head_seed)
+    head = original_head(**head_widths)
+    drift_bn(head, torch.Generator().manual_seed(head_seed))
+    sd = {RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
+    sd.update(head.state_dict())
+    return {k: v.clone() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+# ---- bad inputs to listing and warnings: a small head on a real trunk, no hang ---------------
+
+def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Path:
+    """A small untrained AMNet head checkpoint for features of the trunk `spec` (a loaded
+    `BackboneSpec`, its precision included) at `image_size`, for `amnet predict` tests."""
+    import torch
+
+    from amnet.backbone import grid_for
+# ---- tiny head checkpoints (predict, the differentiable score) ------------------------------
+
+def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, size: int = 64,
+                   steps: int = 3) -> Path:
+    """A random narrow AMNet head checkpoint for the `weights` trunk at `size` x `size` input
+    (fp32 provenance), its outputs spread x20 so that scores differ between images."""
+    import torch
+    from amnet.backbone import grid_for, load_backbone
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    from amnet.provenance import BackboneRecord
+
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=16, hidden_dim=16,
+                              regressor_dim=8))
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=BackboneRecord.from_spec(
+        spec, image_size)), path)
+
+
+@pytest.fixture
+def no_hang():
+    """`with no_hang(seconds):` fails the test (instead of hanging the suite) when the block
+    blocks longer, e.g. on reading a FIFO. SIGALRM: main thread, POSIX."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit(seconds: int = 60):
+        def expire(signum, frame):
+            raise TimeoutError(f"blocked for more than {seconds} s")
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return limit
+    _, spec = load_backbone(weights, "fp32")
+    prov = BackboneRecord.from_spec(spec, image_size=size)
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(size)[0], feature_dim=32, hidden_dim=32,
+                              regressor_dim=16, lstm_steps=steps))
+    with torch.no_grad():
+        model.regnet4.weight.mul_(20.0)
+        model.eh3.weight.mul_(20.0)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)

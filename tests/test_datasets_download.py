@@ -9,11 +9,10 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import RangeServer as Server
 
 from amnet.datasets import prepare_dataset, read_split, split_path
 from amnet.datasets.lamem import fetch
@@ -39,68 +38,9 @@ def lamem_archive(n: int = 12) -> bytes:
     return buf.getvalue()
 
 
-class Server:
-    """Serves `payload` at /lamem.tar.gz with Range support; can cut the first response short
-    (`cut_after` bytes) or ignore Range (`honour_range=False`). Records Range headers."""
-
-    def __init__(self, payload: bytes):
-        self.payload, self.cut_after, self.honour_range = payload, None, True
-        self.ranges: list[str | None] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_GET(self):
-                owner.ranges.append(self.headers.get("Range"))
-                if self.path != "/lamem.tar.gz":
-                    self.send_error(404)
-                    return
-                data, start = owner.payload, 0
-                header = self.headers.get("Range")
-                if header and owner.honour_range:
-                    start = int(header.split("=")[1].rstrip("-"))
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if owner.cut_after is not None:
-                    body, owner.cut_after = body[:owner.cut_after], None  # only once
-                    self.close_connection = True
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lamem.tar.gz"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.timer = threading.Timer(60, self.httpd.shutdown)
-        self.timer.daemon = True
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.timer.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def server():
-    with Server(lamem_archive()) as s:
+    with Server(lamem_archive(), "lamem.tar.gz", lifetime=60) as s:
         yield s
 
 

@@ -247,8 +247,11 @@ def test_shards_and_merge_equal_single_run(image_dir, tmp_path, backbones, monke
         assert torch.equal(m.load(m.names, flip=True), one.load(one.names, flip=True))
         assert "shard_index" not in m.attrs and m.attrs["weights_sha256"] == one.attrs["weights_sha256"]
     assert run_cli("verify", str(tmp_path / "m.h5")).exit_code == 0
-    # refusals: overlapping names, other settings, existing output
+    # refusals: overlapping names, a shard with a cache that is none, other settings, existing
+    # output (incomplete and overlapping shard sets: tests/test_cache_lifecycle.py)
     with pytest.raises(CacheError, match="disjoint"):
+        merge(tmp_path / "m2.h5", [tmp_path / "m.h5", tmp_path / "single.h5"])
+    with pytest.raises(CacheError, match="single.h5: not a shard, but .*s.shard0of3.h5 is one"):
         merge(tmp_path / "m2.h5", [shards[0], tmp_path / "single.h5"])
     extract(items[:2], tmp_path / "other.h5", **{**kw, "image_size": 48})
     with pytest.raises(CacheError, match="settings differ"):

@@ -10,62 +10,26 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
-from torch import nn
+from conftest import RELEASE_PREFIX, release_state_dict
 
 from amnet.checkpoint import load_checkpoint
 from amnet.cli import main
 from amnet.errors import WeightsError
 from amnet.published import import_weights
 
-P = "core_cnn.core_cnn."
-
-
-class _OriginalHead(nn.Module):
-    """Only the layer names and shapes of the original AMemNetModel (spec 2 / 9); no forward."""
-
-    def __init__(self):
-        super().__init__()
-        import warnings
-
-        warnings.filterwarnings("ignore", "dropout option adds dropout", UserWarning)
-        self.inconv = nn.Conv2d(1024, 1024, 1)
-        self.bn1 = nn.BatchNorm2d(1024)
-        self.hs1, self.hc1 = nn.Linear(1024, 1024), nn.Linear(1024, 1024)
-        self.e1 = nn.Linear(1024, 1024, bias=False)
-        self.eh1 = nn.Linear(1024, 196)
-        self.eh3 = nn.Linear(1024, 1, bias=False)
-        self.rnn = nn.LSTM(1024, 1024, 1, dropout=0.5)
-        self.regnet1, self.regnet4 = nn.Linear(1024, 512), nn.Linear(512, 1)
-
-
-def _randomize_bn(module: nn.Module, gen: torch.Generator) -> None:
-    """'Drifted' BatchNorm statistics and affine values, so eval mode is not an identity."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+P = RELEASE_PREFIX
 
 
 @pytest.fixture(scope="module")
 def published_sd():
     """{'core_cnn.core_cnn.<resnet50 keys>' + head keys} without num_batches_tracked (2018 files)."""
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    net = torchvision.models.resnet50()
-    head = _OriginalHead()
-    with torch.no_grad():
-        _randomize_bn(net, gen)
-        _randomize_bn(head, gen)
-    sd = {P + k: v for k, v in net.state_dict().items()}
-    sd.update(head.state_dict())
-    return {k: v.clone() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    return release_state_dict("resnet50")
 
 
-def reference_forward(sd: dict, img: torch.Tensor, attention: bool = True, steps: int = 3):
+def reference_forward(sd: dict, img: torch.Tensor, attention: bool = True, steps: int = 3,
+                      arch: str = "resnet50"):
     """The spec's model, written out plainly in float64: -> (features, pred [B], outs [B,T], alphas [B,T,L])."""
-    net = torchvision.models.resnet50()
+    net = getattr(torchvision.models, arch)()
     res = net.load_state_dict({k[len(P):]: v for k, v in sd.items() if k.startswith(P)}, strict=False)
     assert all(k.endswith("num_batches_tracked") for k in res.missing_keys)
     net.eval()
@@ -179,3 +143,29 @@ def test_import_rejects_non_amnet_files(tmp_path):
     (tmp_path / "junk.pkl").write_bytes(b"not a torch file")
     r = CliRunner().invoke(main, ["import-weights", str(tmp_path / "junk.pkl"), str(tmp_path / "o")])
     assert r.exit_code == 1 and "cannot load" in r.output
+
+
+def test_import_resnet101_release(tmp_path):
+    """lamem_ResNet101FC / ava_ResNet101FC: layer3 of ResNet101 (23 blocks) is also 1024 wide."""
+    sd = release_state_dict("resnet101", width=64, hidden=64, regressor=32)
+    src = tmp_path / "lamem_ResNet101FC_lstm3_train_2" / "weights_41.pkl"
+    src.parent.mkdir()
+    torch.save({"model": sd}, src, _use_new_zipfile_serialization=False)
+    r = CliRunner().invoke(main, ["import-weights", str(src), str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "resnet101 head" in r.output
+    model, ckpt = load_checkpoint(tmp_path / "o" / "head.pt")
+    assert ckpt["backbone"]["arch"] == "resnet101"
+    assert ckpt["model_config"]["feature_dim"] == 64 and ckpt["model_config"]["hidden_dim"] == 64
+
+    from amnet.backbone import load_backbone
+    trunk, spec = load_backbone(f"file:{tmp_path / 'o' / 'backbone.pt'}", precision="fp32")
+    assert spec.arch == "resnet101" and len(trunk.layer3) == 23
+    img = _image(3)
+    feats, pred, _, _ = reference_forward(sd, img, arch="resnet101")
+    with torch.no_grad():
+        ours = trunk(img)
+    assert ours.shape == (1, 1024, 14, 14)
+    assert (ours - feats).abs().max() <= 1e-4 * feats.abs().max()
+    score, _, _ = model.predict(ours)
+    assert torch.allclose(score.double(), pred, atol=1e-5, rtol=0)

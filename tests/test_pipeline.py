@@ -206,6 +206,92 @@ def test_extract_resumes_a_complete_partial_file_without_work(project, tmp_path)
     assert s["already"] == N_IMAGES and s["extracted"] == 0 and s["complete"] and cache.is_file()
 
 
+def test_extract_resumes_when_the_list_lost_names_not_yet_extracted(project, tmp_path,
+                                                                    backbones):
+    """images.txt lost names the partial file holds no features of: resumed, not replaced."""
+    proj = _copy(project, tmp_path)
+    ref = _features(proj / "data" / "features" / "demo.h5")
+    (proj / "data" / "features" / "demo.h5").unlink()
+    partial = _partial(proj, 2, backbones)  # the first 16 rows extracted
+    listing = proj / "data" / "demo" / "images.txt"
+    lines = listing.read_text().splitlines(keepends=True)
+    listing.write_text("".join(lines[:20] + lines[21:]))  # drop name 20 (not extracted)
+    p = _stage(proj, "extract.py")
+    s = _summary(p)
+    assert "not resuming" not in p.stderr and not partial.exists()
+    assert s["already"] == 16 and s["dropped"] == 1 and s["extracted"] == N_IMAGES - 17
+    got = _features(proj / "data" / "features" / "demo.h5")
+    keep = [k for k in range(N_IMAGES) if k != 20]
+    assert got["features"].tobytes() == ref["features"][keep].tobytes() and got["done"].all()
+
+
+_ORPHAN = """\
+import os, runpy, sys, time
+import amnet.extract as E
+ready, go = sys.argv[1], sys.argv[2]
+extract = E.extract
+
+
+def paused(*args, **kw):
+    def hook(batches, extracted):
+        if batches == 1:  # one batch written: wait, as a slow run would
+            open(ready, "w").close()
+            while not os.path.exists(go):
+                time.sleep(0.05)
+    return extract(*args, on_batch=hook, **kw)
+
+
+E.extract = paused  # pipeline/extract.py imports it from here
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_extract_leaves_an_orphaned_run_alone(project, tmp_path):
+    """issue 11, defect 2: `dvc` killed during extract leaves its child running; the next
+    `dvc repro` must stop with one line naming it, not recreate the file under it; the orphan
+    then finishes and renames its own file into place, byte-identical."""
+    import os
+    import socket
+    import time
+    proj = _copy(project, tmp_path)
+    cache = proj / "data" / "features" / "demo.h5"
+    ref = _features(cache)
+    cache.unlink()  # as dvc does before it runs the stage
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    orphan = subprocess.Popen([sys.executable, str(script), str(ready), str(go),
+                               *_command("extract")[1:]], cwd=proj, env=subprocess_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert orphan.poll() is None and time.monotonic() < deadline, orphan.communicate()
+            time.sleep(0.1)
+        partial = proj / "data" / "features" / "demo.partial.h5"
+        before = partial.stat().st_mtime_ns, partial.stat().st_ino
+        p = _stage(proj, "extract.py", check=False)  # the rerun `dvc repro` starts
+        assert p.returncode == 1
+        assert p.stderr.count("\n") == 1, p.stderr
+        line = p.stderr.strip()
+        assert line.startswith(f"extract: {Path('data/features/demo.partial.h5')}: being written "
+                               f"by pid {orphan.pid} on {socket.gethostname()} (since "), line
+        assert line.endswith(f"); wait for it to finish (--wait SECONDS) or stop it "
+                             f"(kill {orphan.pid}), then rerun"), line
+        assert (partial.stat().st_mtime_ns, partial.stat().st_ino) == before  # untouched
+        assert not cache.exists()
+    finally:
+        go.touch()
+        out, err = orphan.communicate(timeout=300)
+    assert orphan.returncode == 0, err
+    s = _summary(subprocess.CompletedProcess([], 0, out, err))
+    assert s["already"] == 0 and s["extracted"] == N_IMAGES and s["complete"]
+    got = _features(cache)
+    assert got["features"].tobytes() == ref["features"].tobytes() and got["done"].all()
+    assert not partial.exists() and not os.path.exists(str(partial) + ".lock")
+
+
 # ---- train + evaluate ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -303,6 +389,21 @@ def test_evaluate_names_a_split_that_was_not_trained(trained, tmp_path):
     assert p.stderr.strip() == (f"evaluate: {Path('train/3/metrics.json')} not found: split 3 has "
                                 "not been trained (run `dvc repro train@3`)")
     assert {p: p.read_bytes() for p in (proj / "metrics").rglob("*") if p.is_file()} == before
+
+
+def test_train_and_evaluate_warn_about_small_test_sets(trained, tmp_path):
+    """40 images give 8-image test splits: their rho means little, and the stages say so
+    (amnet.caveats), without failing."""
+    from amnet.caveats import small_test
+
+    proj = _copy(trained, tmp_path)
+    sizes = [(json.loads((proj / "train" / str(k) / "metrics.json").read_text())["n"],
+              f"split {k}") for k in (1, 2)]
+    assert min(sizes)[0] < 30
+    p = _stage(proj, "evaluate.py")
+    assert f"evaluate: {small_test(*min(sizes))}" in p.stderr.splitlines()
+    p = _stage(proj, "train.py", "1")
+    assert small_test(sizes[0][0], "data/demo/splits/test_1.txt") in p.stderr.splitlines()
 
 
 # ---- params.yaml checked at stage start ------------------------------------------------------

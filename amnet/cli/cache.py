@@ -12,9 +12,15 @@ from amnet.errors import ImageError
 from amnet.settings import ExtractConfig
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
+WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True,
+                    metavar="SECONDS",
+                    help="If another live process writes OUT, wait up to this long for it "
+                         "(0: refuse at once, naming it).")
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | str | None:
+    if value is None or value == "auto":
+        return value
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
@@ -33,45 +39,77 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @options_from(ExtractConfig, flags=("flip",), auto={"workers": -1})
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A bad image: stop (keeping what was extracted) or record it and go on.")
+@click.option("--retry-failed", is_flag=True,
+              help="Extract again the images an earlier --on-error skip run recorded as failed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with other settings.")
-@click.option("--shard", help="I/N: extract items I, I+N, ... (under torchrun: RANK/WORLD_SIZE).")
+@click.option("--shard", help="I/N: extract items I, I+N, ... into OUT with {i} (and {n}) filled, "
+                              "or, without {i}, into OUT.shard<I>of<N>.h5; auto: RANK/WORLD_SIZE "
+                              "of torchrun (0/1 outside it; the default under torchrun).")
+@WAIT
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @amnet_errors(messages={ImageError: "{error} (features extracted so far are kept in {out}; "
                                      "rerun to resume, or pass --on-error skip)"})
-def cache_extract(images, out, images_root, on_error, overwrite, shard, quiet, **settings) -> None:
+def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, shard, wait, quiet,
+                  **settings) -> None:
     """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
     from amnet.config import extract_options
     from amnet.extract import extract
-    from amnet.images import collect_images
+    from amnet.images import collect_images, left_out_line
 
-    items = collect_images(images, images_root)
+    skipped: list[tuple[str, str]] = []
+    items = collect_images(images, images_root, skipped)
+    if skipped:  # a warning, so even with -q
+        click.echo(f"warning: {left_out_line(images, skipped)}", err=True)
     options = extract_options(ExtractConfig(**settings_of(ExtractConfig, settings)))  # auto workers
     s = extract(items, out, **options, on_error=on_error, overwrite=overwrite, shard=shard_t,
-                progress=not quiet, source=images)
+                progress=not quiet, source=images, retry_failed=retry_failed, wait=wait)
     if quiet:
         return
+    notes = ""
+    if shard_t is not None and "{i}" not in out:
+        notes += f" (--shard {shard}: --out has no {{i}}, so this shard's file is {s['out']})"
+    if s["dropped"]:
+        notes += (f" ({s['dropped']} images no longer listed, none extracted, dropped from the "
+                  "file; every extracted row kept)")
+    if s["retried"]:
+        notes += f" (retried {s['retried']} images that had failed)"
+    if s["first_frame"]:
+        more = ", ..." if s["first_frame"] > len(s["first_frame_notes"]) else ""
+        click.echo(f"note: first frame used of {s['first_frame']} multi-frame file(s): "
+                   f"{', '.join(s['first_frame_notes'])}{more}", err=True)
     if s["complete"] and s["extracted"] == 0 and s["skipped"] == 0:
-        click.echo(f"{s['out']}: already complete ({s['already']} images); nothing to do", err=True)
+        click.echo(f"{s['out']}: already complete ({s['already']} images); nothing to do{notes}",
+                   err=True)
         return
     click.echo(f"{s['out']}: extracted {s['extracted']} images in {s['seconds']:.1f} s "
                f"({s['images_per_s']:.1f} img/s on {s['device']}, precision {s['precision']}, "
                f"{s['threads']} threads, {s['workers']} workers), {s['already']} already there, "
                f"{s['skipped']} skipped now, {s['failed_total']} failed in total; "
-               f"{'complete' if s['complete'] else 'INCOMPLETE'}", err=True)
+               f"{'complete' if s['complete'] else 'INCOMPLETE'}{notes}", err=True)
 
 
 @click.command("merge")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--allow-partial", is_flag=True,
+              help="Merge shards of a --shard I/N run even if some of the N are missing (OUT "
+                   "records which it holds; verify reports it).")
+@WAIT
 @amnet_errors
-def cache_merge(out, shards, overwrite) -> None:
-    """Join complete shard files (same settings, disjoint names) into OUT."""
+def cache_merge(out, shards, overwrite, allow_partial, wait) -> None:
+    """Join complete shard files (same settings, disjoint names) into OUT: all N shards of a
+    --shard I/N run (in the single run's order), or other caches (concatenated)."""
     from amnet.cache_ops import merge
 
-    s = merge(out, shards, overwrite=overwrite)
-    click.echo(f"{s['out']}: {s['images']} images from {s['shards']} shards "
+    s = merge(out, shards, overwrite=overwrite, allow_partial=allow_partial, wait=wait)
+    held = ""
+    if s["shard_count"] is not None:
+        lack = sorted(set(range(s["shard_count"])) - set(s["shards_held"]))
+        held = (f" (shards {', '.join(map(str, s['shards_held']))} of {s['shard_count']}"
+                + (f"; PARTIAL: shard(s) {', '.join(map(str, lack))} missing)" if lack else ")"))
+    click.echo(f"{s['out']}: {s['images']} images from {s['shards']} files{held} "
                f"({s['failed']} failed)", err=True)
 
 

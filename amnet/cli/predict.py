@@ -14,15 +14,21 @@ line; names are relative to --images-root, else to data/<ds>/images for a data/<
 else to the list's folder; scores there are ground truth). With --cache, features are read from
 the cache by name (all its names, or those of the given list files) and no image is needed.
 
+--model NAME scores with a published model (`amnet models list`; downloaded and converted on
+first use), averaging its split heads, each on its own backbone.
+
 CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 """
 
 
 @click.command("predict", help=_PREDICT_HELP)
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--checkpoint", "checkpoints", multiple=True, required=True,
+@click.option("--checkpoint", "checkpoints", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Head checkpoint (head.pt); repeat to average several (e.g. the 5 splits).")
+@click.option("--model", "model_name", default=None,
+              help="A published model instead of --checkpoint, e.g. lamem-resnet50 (amnet models "
+                   "list); its split heads are averaged.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
@@ -49,10 +55,15 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Run the backbone as the checkpoint's cache was made (its precision, features "
               "rounded to float16), so scores equal those of the cached features.")
 @amnet_errors
-def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, on_error, cache,
-                images_root, attention_maps, grid, precision, match_cache) -> None:
+def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
+                on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
+    from amnet.images import left_out_line
     from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, summary_line,
                                write_predictions)
+
+    if bool(checkpoints) == bool(model_name):
+        raise click.UsageError("give --checkpoint (one or more) or --model NAME, not both")
+    skipped: list[tuple[str, str]] = []
 
     if cache is not None:
         if any(Path(a).suffix.lower() not in LIST_EXTS for a in images):
@@ -68,11 +79,20 @@ def predict_cmd(images, checkpoints, out, device, batch_size, workers, weights, 
     else:
         if not images:
             raise click.UsageError("give IMAGES (files, folders, list files) or --cache")
-        items = collect_inputs(images, images_root)
+        items = collect_inputs(images, images_root, skipped)
+    if skipped:
+        click.echo(f"warning: {left_out_line('IMAGES', skipped)}", err=True)
+    if model_name:
+        from amnet.hub import checkpoints_for
+        checkpoints = checkpoints_for(model_name)
     predictor = Predictor.from_checkpoint(list(checkpoints), device, weights=weights,
                                           backbone=cache is None, batch_size=batch_size,
                                           precision=precision, match_cache=match_cache)
+    if predictor.demo_warning and cache is None:  # real photos are images, not a demo cache
+        click.secho(predictor.demo_warning, err=True, fg="yellow")
     counts = write_predictions(predictor, items, out, cache=cache, batch_size=batch_size,
                                workers=workers, on_error=on_error,
                                attention_maps=attention_maps, grid=grid)
+    for line in counts["warnings"]:
+        click.echo(line, err=True)
     click.echo(summary_line(counts, out), err=True)
