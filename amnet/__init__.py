@@ -2,13 +2,14 @@
 
 Heavy modules (torch, h5py) are imported lazily so that `import amnet` and the CLIs'
 `--help` stay instant: `amnet.__version__` comes from `amnet._version` (which imports nothing),
-`amnet.Predictor`, `amnet.FeatureCache` and `amnet.AMNet` are imported on first access.
+`amnet.Predictor`, `amnet.FeatureCache`, `amnet.AMNet` and `amnet.MemorabilityLoss` are imported
+on first access.
 Inside the package, modules read the version from `amnet._version`, never from `amnet` itself
-(the layers contract in setup.cfg: `amnet` reaches up to `amnet.predictor`).
+(the layers contract in setup.cfg: `amnet` reaches up to `amnet.memorability_loss`).
 """
 from amnet._version import __version__
 
-__all__ = ["Predictor", "FeatureCache", "AMNet", "__version__"]
+__all__ = ["Predictor", "FeatureCache", "AMNet", "MemorabilityLoss", "__version__"]
 
 
 def __getattr__(name: str):
@@ -21,4 +22,7 @@ def __getattr__(name: str):
     if name == "AMNet":
         from amnet.model import AMNet
         return AMNet
+    if name == "MemorabilityLoss":
+        from amnet.memorability_loss import MemorabilityLoss
+        return MemorabilityLoss
     raise AttributeError(f"module 'amnet' has no attribute {name!r}")

@@ -295,10 +295,9 @@ def image_transform(size: int, mean, std) -> Callable:
     return T.Compose(steps)
 
 
-def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """`[B, 3, S, S]` uint8 -> float32, exactly as ToTensor + Normalize would (same ops, same
-    order), but after the copy to the device: a quarter of the bytes over PCIe."""
-    x = x.float().div(255)
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float `[B, 3, S, S]` in [0, 1] -> the weights' input: Normalize's ops in Normalize's order
+    (identity when mean is None: raw [0, 1] input). Differentiable."""
     if mean is not None:
         m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -306,16 +305,38 @@ def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x
 
 
-def features(trunk: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Run the trunk: `[B, 3, S, S]` (normalised) -> `[B, 1024, S/16, S/16]` float32.
+def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """`[B, 3, S, S]` uint8 -> float32, exactly as ToTensor + Normalize would (same ops, same
+    order), but after the copy to the device: a quarter of the bytes over PCIe."""
+    return normalize(x.float().div(255), mean, std)
 
-    Channels-last (and the trunk's bf16 policy) on CUDA and on CPU."""
+
+def resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float `[B, 3, H, W]` -> `[B, 3, size, size]`: the squash-resize of `image_transform`
+    (bilinear, antialiased, aspect not kept) on a tensor, differentiable; unchanged when already
+    that size. (On a PIL image torchvision resizes the uint8 pixels; here the floats are.)"""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           align_corners=False, antialias=True)
+
+
+def on_trunk_device(trunk: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move the trunk to `device`, channels-last (once: moving it each call costs ~40 ms), and
+    return `x` there, channels-last. Differentiable in `x`."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # comparable to p.device
-    p = next(trunk.parameters())  # conv1's weight: moving the whole trunk each call costs ~40 ms
+    p = next(trunk.parameters())  # conv1's weight
     if p.device != device or not p.is_contiguous(memory_format=torch.channels_last):
         trunk.to(device=device, memory_format=torch.channels_last)
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def features(trunk: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Run the trunk: `[B, 3, S, S]` (normalised) -> `[B, 1024, S/16, S/16]` float32.
+
+    Channels-last (and the trunk's bf16 policy) on CUDA and on CPU; no autograd."""
+    x = on_trunk_device(trunk, x, device)
     with torch.inference_mode():
         return trunk(x).float()

@@ -7,6 +7,7 @@ dropped partial batch), the plain view -- or with `tta` the mean over every stor
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from amnet.caveats import precision_mismatch, small_test
 from amnet.checkpoint import load_checkpoint, versions
 from amnet.device import autocast, resolve_device, resolve_head_precision
 from amnet.errors import CacheError
@@ -22,6 +24,8 @@ from amnet.metrics import finite_or_none, mse, spearman
 from amnet.model import AMNet
 from amnet.provenance import BackboneRecord, check_compatible, file_sha256
 from amnet.publish import Outputs
+
+log = logging.getLogger("amnet.evaluation")
 
 
 def check_names(cache, names: Sequence[str], split_path: str | os.PathLike, cache_path) -> None:
@@ -132,6 +136,15 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
                              f"but the head expects {mc.in_channels}x{mc.grid}x{mc.grid}")
         if check_backbone:
             _check_backbone(cache, ckpt, cache_path, checkpoint)
+        backbone = ckpt.get("backbone") if isinstance(ckpt.get("backbone"), dict) else {}
+        trained = BackboneRecord.from_dict(backbone).precision
+        for line in (small_test(len(names), str(split_path)),
+                     precision_mismatch(trained, BackboneRecord.from_attrs(cache.attrs).precision,
+                                        f"checkpoint {checkpoint}",
+                                        f"the features of cache {cache_path}",
+                                        f"a cache extracted with --precision {trained} matches")):
+            if line:
+                log.warning(line)
         split = SplitPart(names, scores)
         needs = {"test": (cache.views, cache.has_flip)} if tta else {}
         mode = attach_sources(cache_path, cache, {"test": split}, needs, preload, workers, dev)

@@ -6,6 +6,12 @@ ToTensor/Normalize happen on the device; one trunk forward per batch covers ever
 flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
 file is flushed every few batches, so a killed run resumes where it stopped (see amnet/cache.py
 for why it survives).
+
+Many processes (`--shard auto` under torchrun, one or many nodes): each takes every n-th image
+(`shard`) and writes its own file, so they need no process group, no communication and no shared
+writer; `amnet-cache merge` (amnet.cache_ops) interleaves the files back into the single run's
+order. Every trunk forward has the shape of a full batch (`_forward`), so in fp32 the merged
+file's features equal a single run's byte for byte.
 """
 from __future__ import annotations
 
@@ -43,10 +49,24 @@ def auto_workers(device: torch.device) -> int:
     return 1
 
 
+def auto_shard() -> tuple[int, int]:
+    """`--shard auto`: (RANK, WORLD_SIZE) as torchrun sets them for each process (RANK counts
+    over all nodes), (0, 1) outside torchrun. CacheError for values that are not a shard."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    try:
+        i, n = int(rank), int(world)
+    except ValueError:
+        i = n = -1
+    if not (n >= 1 and 0 <= i < n):
+        raise CacheError(f"--shard auto: RANK={rank!r} and WORLD_SIZE={world!r} in the "
+                         "environment are not a shard (0 <= RANK < WORLD_SIZE); launch with "
+                         "torchrun, or pass --shard I/N")
+    return i, n
+
+
 def shard_from_env() -> tuple[int, int] | None:
     """(RANK, WORLD_SIZE) under torchrun (WORLD_SIZE > 1), else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    return auto_shard() if os.environ.get("WORLD_SIZE", "1") != "1" else None
 
 
 def shard_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -127,7 +147,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
             image_size: int = 224, flip: bool = False, views: int = 0, view_seed: int = 0,
             device: str = "auto",
             batch_size: int = 32, workers: int = 0, on_error: str = "fail",
-            overwrite: bool = False, shard: tuple[int, int] | None = None,
+            overwrite: bool = False, shard: tuple[int, int] | str | None = None,
             progress: bool = True, precision: str = "auto", source: str | None = None,
             backbone: tuple | None = None, on_batch: BatchCallback | None = None,
             retry_failed: bool = False, wait: float = 0.0) -> dict:
@@ -136,9 +156,11 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     views K > 0: also store K seeded random-resized-crop views per image (`views` dataset,
     `[N, K, C, h, w]`; `views_flip` with flip), the crops drawn from (view_seed, name, j) only.
 
-    shard (i, n): only items i, i+n, i+2n, ... (under torchrun, (RANK, WORLD_SIZE) by default)
-    into `shard_path(out, shard)`. Returns a summary dict (counts, seconds, images/s; `out` is
-    the file written).
+    shard (i, n): only items i, i+n, i+2n, ..., into `shard_path(out, shard)`; "auto" (and None
+    under torchrun): (RANK, WORLD_SIZE) from the environment (`auto_shard`; outside torchrun
+    "auto" is the whole list into `out`, placeholders filled). Returns a summary dict (counts, seconds, images/s; `out` is
+    the file written; `first_frame`: how many multi-frame
+    files gave their first frame, the first few of whose notes are in `first_frame_notes`).
     An existing `out` is resumed: same settings, and the same list, or the list it was made for
     less names that hold no features (failed or not yet extracted; the file is rewritten for the
     shorter list, every extracted row kept byte for byte). Images recorded as failed are not
@@ -163,7 +185,11 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     if views < 0:
         raise CacheError(f"--views {views}: expected 0 or more")
     out = Path(out)
-    if shard is None:
+    if shard == "auto":
+        shard = auto_shard()
+        if shard == (0, 1) and "{i}" not in str(out) and "{n}" not in str(out):
+            shard = None  # not under torchrun: the whole list, into OUT itself
+    elif shard is None:
         shard = shard_from_env()  # under torchrun every rank got the same --out
     total = len(items)
     if shard is not None:
@@ -211,7 +237,8 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
                "images_per_s": 0.0, "device": str(dev), "weights": weights, "views": views,
                "precision": spec.precision, "threads": threads, "workers": workers,
-               "dropped": dropped, "retried": 0}
+               "dropped": dropped, "retried": 0,
+               "first_frame": 0, "first_frame_notes": []}
     try:
         if retry_failed and cache.read_failed(f):
             f.attrs["complete"] = False  # killed while retrying: not complete, failures retried
@@ -238,16 +265,25 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
     return summary
 
 
-def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool
+def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool, batch_size: int
              ) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 `[b, V, 3, S, S]` -> float16 features `[b, V, C, h, w]` (+ those of the mirrored
-    images, or None), from one trunk forward over all b x V (x 2) images."""
+    images, or None), from one trunk forward over all batch_size x V (x 2) images.
+
+    A short batch (a run's or shard's last one, or one with failed images) is padded with
+    zero images up to `batch_size`: fp32 convolution kernels round an image's features
+    differently at another batch size (not with other images beside it), so every forward has
+    one shape and a row's bytes do not depend on where the run, its shards or a resume cut the
+    list (a single run and its merged shards agree to the byte for one --batch-size and thread
+    count). Without failed images, one padded forward per run at most."""
     b, v = x.shape[:2]
+    if b < batch_size:
+        x = torch.cat([x, x.new_zeros((batch_size - b, *x.shape[1:]))])
     x = normalize_uint8(x.to(dev, non_blocking=True).flatten(0, 1), spec.mean, spec.std)
     if flip:  # the flipped half after the plain half
         x = torch.cat([x, x.flip(-1)])
     y = features(trunk, x, dev).to(torch.float16).cpu().numpy()
-    y = y.reshape(-1, b, v, *y.shape[1:])              # [1 or 2, b, V, C, h, w]
+    y = y.reshape(-1, max(b, batch_size), v, *y.shape[1:])[:, :b]   # [1 or 2, b, V, C, h, w]
     return y[0], (y[1] if flip else None)
 
 
@@ -285,9 +321,13 @@ def _run(f, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
     t0 = last_flush = time.perf_counter()
     batches = 0
     try:
-        for idx, x, fails in loader:
+        for idx, x, fails, notes in loader:
+            # multi-frame files (animated GIF/PNG/WebP, multi-page TIFF) gave their first frame
+            summary["first_frame"] += len(notes)
+            shown = summary["first_frame_notes"]
+            shown += [note for _, note in notes][:max(0, 3 - len(shown))]
             if x is not None:
-                y, yf = _forward(trunk, spec, dev, x, flip)   # [b, 1 + K, C, h, w] each
+                y, yf = _forward(trunk, spec, dev, x, flip, plan.batch_size)  # [b, 1 + K, C, h, w]
                 cache.write_rows(feats_ds, idx, y[:, 0])
                 if views_ds is not None:
                     cache.write_rows(views_ds, idx, y[:, 1:])

@@ -15,20 +15,23 @@ distinct trunk runs once per batch (identical trunks would share one forward).
     r = p.predict("photo.jpg")        # r.score: float, r.step_scores: [T], r.attention: [T, g, g]
     r = p.predict(batch)              # batch [B, 3, S, S] preprocessed -> [B], [B, T], [B, T, g, g]
     p = Predictor.from_pretrained("lamem-resnet50")   # the published model (amnet.hub)
+    s = p.score_tensor(x)             # x [B, 3, H, W] in [0, 1], any size -> [B], differentiable
 
 The batch loops over many inputs are amnet.scoring; `amnet predict`'s CSV and figures,
 amnet.report (amnet.predict gathers the three).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from amnet.caveats import precision_mismatch
 from amnet.errors import AmnetError, CacheError, WeightsError
 from amnet.provenance import BackboneRecord, as_record, check_compatible
 
@@ -148,6 +151,32 @@ def _load_trunk(prov: BackboneRecord, weights: str | None, ckpt: Path, precision
                      f"checkpoint {ckpt}", error=WeightsError,
                      hint="pass the weights the head was trained on")
     return trunk, spec
+
+
+# ---- frozen, eval-mode calls (score_tensor) ------------------------------------------------------
+
+@contextmanager
+def _eval_mode(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Eval mode inside, each submodule's own `training` flag restored after (a caller's module
+    may be training: its mode is not changed behind its back)."""
+    flags = [(m, m.training) for root in modules for m in root.modules()]
+    try:
+        for root in modules:
+            root.eval()
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _frozen_call(module: torch.nn.Module, *args: Any) -> Any:
+    """`module(*args)` with no gradient into its parameters, whatever their `requires_grad`:
+    through detached copies (torch.func.functional_call) when any of them requires grad, so
+    the caller's flags stay as they are and nothing accumulates in their `.grad`."""
+    if not any(p.requires_grad for p in module.parameters()):
+        return module(*args)
+    detached = {k: v.detach() for k, v in module.named_parameters()}
+    return torch.func.functional_call(module, detached, args)
 
 
 # ---- the predictor -------------------------------------------------------------------------------
@@ -346,6 +375,44 @@ class Predictor:
         return Prediction(per_ck.mean(1).cpu().numpy(), torch.stack(steps).mean(0).cpu().numpy(),
                           att.cpu().numpy(), per_ck.cpu().numpy())
 
+    def score_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable score of float images `x` `[B, 3, H, W]` (or `[3, H, W]`) in [0, 1], of
+        any size -> scores `[B]` (or `[]`) float32 on x's device, with gradients to `x`.
+
+        The same route as `predict` on `normalize(resize(x))`: squash-resized to S x S on the
+        tensor (bilinear, antialiased: `amnet.backbone.resize_tensor`), the weights'
+        normalisation, the trunk at this Predictor's precision (its bf16 stages only where the
+        precision policy put them), the heads in fp32, scores averaged over heads. Any autocast
+        the caller runs under is switched off inside: the policy, not the caller's generator,
+        decides the score's numerics. Trunk and heads run in eval mode (no dropout, BN running
+        stats) on detached parameters: no gradient reaches them, and their `training` and
+        `requires_grad` flags are left as they were. The whole batch goes through at once
+        (autograd keeps its activations): split big batches yourself.
+        """
+        if self.trunk is None:
+            raise AmnetError("this Predictor was built without a backbone (backbone=False)")
+        if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4) or x.shape[-3] != 3:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"score_tensor expects a float tensor [B, 3, H, W] or [3, H, W] in "
+                             f"[0, 1], got {got}")
+        if not x.is_floating_point():
+            raise ValueError(f"score_tensor expects float images in [0, 1], got {x.dtype} "
+                             "(divide uint8 pixels by 255)")
+        from amnet.backbone import normalize, on_trunk_device, resize_tensor
+        single = x.ndim == 3
+        dev = self.device
+        with torch.autocast(dev.type, enabled=False), _eval_mode([self.trunk, *self.heads]):
+            xb = x.unsqueeze(0) if single else x
+            xb = resize_tensor(xb.to(dev, torch.float32), self.image_size)
+            xb = normalize(xb, self.provenance.mean, self.provenance.std)
+            f = _frozen_call(self.trunk, on_trunk_device(self.trunk, xb, dev)).float()
+            if self.round_fp16:  # as features(); the cast passes the gradient straight through
+                f = f.to(torch.float16).float()
+            scores = torch.stack([h.denormalize(_frozen_call(h, f)[0].float())
+                                  for h in self.heads], 1).mean(1)             # [B]
+        scores = scores.to(x.device)
+        return scores[0] if single else scores
+
     def predict(self, x: Any) -> Prediction:
         """Score a PIL image, an image path, a HxWx3 uint8 array, a preprocessed tensor `[3, S, S]`
         (single result) or `[B, 3, S, S]`, or a list of images/paths (batched result)."""
@@ -355,6 +422,23 @@ class Predictor:
         out = Prediction(*(np.concatenate([getattr(p, k) for p in parts]) for k in
                            ("score", "step_scores", "attention", "per_checkpoint")))
         return out._single() if single else out
+
+    def precision_caveat(self, cache_attrs: dict | None = None, cache_path: Path | None = None
+                         ) -> str | None:
+        """A warning line (amnet.caveats) when the features scored -- the cache's (its
+        attributes), else this predictor's trunk's -- come from a trunk of another precision
+        than the one the heads were trained on; None when they agree or it is unrecorded."""
+        trained = self.provenance.precision
+        head = f"checkpoint {self.checkpoints[0]}"
+        if cache_attrs is not None:
+            return precision_mismatch(trained, BackboneRecord.from_attrs(cache_attrs).precision,
+                                      head, f"the features of cache {cache_path}",
+                                      f"a cache extracted with --precision {trained} matches")
+        if self.spec is None:
+            return None
+        return precision_mismatch(trained, getattr(self.spec, "precision", None), head,
+                                  "the features of this run",
+                                  "--match-cache reproduces the cached path")
 
     @property
     def checkpoint_labels(self) -> list[str]:

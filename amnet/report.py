@@ -38,7 +38,8 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     """Score `items` (from images, or from `cache` by name) and write the CSV (path, score[, gt],
     step_1..step_T, score_<checkpoint>..., error), one row per item in input order; optionally one
     attention figure per image into `attention_maps` and a contact sheet at `grid`.
-    Returns counts {"n", "scored", "failed", "figures", "grid"}."""
+    Returns counts {"n", "scored", "failed", "figures", "grid", "first_frame" (multi-frame
+    files scored on their first frame), "warnings" (lines, amnet.caveats)}."""
     from amnet import viz
 
     out = Path(out)
@@ -56,12 +57,15 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
         fc = FeatureCache(cache)
         check_cache_provenance(dict(fc.attrs), predictor.provenance, Path(cache),
                                predictor.checkpoints[0])
+        caveat = predictor.precision_caveat(dict(fc.attrs), Path(cache))
         results = predict_cached(predictor, fc, items, batch_size=max(batch_size, 1),
                                  on_error=on_error, keep_images=keep, progress=progress)
     else:
         results = predict_items(predictor, items, batch_size=batch_size, workers=workers,
                                 on_error=on_error, keep_images=keep, progress=progress)
-    counts = {"n": len(items), "scored": 0, "failed": 0, "figures": 0, "grid": []}
+        caveat = predictor.precision_caveat()
+    counts = {"n": len(items), "scored": 0, "failed": 0, "figures": 0, "grid": [],
+              "first_frame": 0, "warnings": [caveat] if caveat else []}
     sheet: list = []
     used: set[str] = set()
     try:  # a run stopped by --on-error fail leaves no CSV (amnet.atomic)
@@ -77,6 +81,7 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                                + [""] * (predictor.steps + len(labels)) + [r.error])
                     continue
                 counts["scored"] += 1
+                counts["first_frame"] += bool(r.note)
                 w.writerow([shown, _fmt(r.score)] + ([_fmt(it.gt)] if has_gt else [])
                            + [_fmt(float(v)) for v in r.step_scores]
                            + [_fmt(float(v)) for v in r.per_checkpoint] + [""])
@@ -106,6 +111,8 @@ def summary_line(counts: dict, out: Path) -> str:
     msg = f"scored {counts['scored']} of {counts['n']} inputs -> {out}"
     if counts["failed"]:
         msg += f"; {counts['failed']} failed (see the error column)"
+    if counts.get("first_frame"):
+        msg += f"; {counts['first_frame']} multi-frame images scored on their first frame"
     if counts["figures"]:
         msg += f"; {counts['figures']} attention figures"
     if counts["grid"]:

@@ -5,6 +5,7 @@ Both yield one `ItemResult` per item in input order; a failed item carries its r
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -36,6 +37,7 @@ class ItemResult:
     item: InputItem
     error: str = ""
     score: float | None = None
+    note: str = ""                               # e.g. a multi-frame file: its first frame used
     step_scores: np.ndarray | None = None        # [T]
     per_checkpoint: np.ndarray | None = None     # [K]
     attention: np.ndarray | None = None          # [T, g, g]
@@ -60,19 +62,26 @@ def list_root(list_path: Path, images_root: Path | None = None) -> Path:
     return parent
 
 
-def collect_inputs(args: Iterable[str | Path], images_root: Path | None = None) -> list[InputItem]:
-    """Expand image files, folders (recursive, sorted) and list files into items."""
+def collect_inputs(args: Iterable[str | Path], images_root: Path | None = None,
+                   skipped: list[tuple[str, str]] | None = None) -> list[InputItem]:
+    """Expand image files, folders (recursive, sorted) and list files into items. `skipped`
+    gets what the folder listings left out (`amnet.images.list_image_folder`), names prefixed
+    with their folder."""
     items: list[InputItem] = []
     for a in args:
         p = Path(a)
-        if p.is_dir():
-            # same walk as `amnet-cache extract` (same suffixes, hidden files skipped, sorted)
-            items += [InputItem(name, f) for name, f in list_image_folder(p)]
-        elif p.suffix.lower() in LIST_EXTS and p.is_file():
+        # os.path, not Path.is_dir: it raises on a path in an unreadable folder (a traceback)
+        if os.path.isdir(p):
+            # same walk as `amnet-cache extract` (same suffixes and rules, sorted)
+            left: list[tuple[str, str]] = []
+            items += [InputItem(name, f) for name, f in list_image_folder(p, left)]
+            if skipped is not None:
+                skipped += [((p / name).as_posix(), why) for name, why in left]
+        elif p.suffix.lower() in LIST_EXTS and os.path.isfile(p):
             root = list_root(p, images_root)
             # names are not checked for existence here: a missing image becomes an error row
             items += [InputItem(name, root / name, gt) for name, gt in _read_list(p)]
-        elif p.exists() or p.suffix.lower() in IMAGE_SUFFIXES:
+        elif os.path.exists(p) or p.suffix.lower() in IMAGE_SUFFIXES:
             items.append(InputItem(p.name, p))  # a missing/bad image becomes an error row
         else:
             raise AmnetError(f"{p}: no such image, folder or list file")
@@ -105,7 +114,8 @@ def predict_items(predictor: Predictor, items: list[InputItem], *, batch_size: i
             if batch.failed and on_error == "fail":
                 raise ImageError(batch.failed[0][1])
             results = {i: ItemResult(items[i], error=why) for i, why in batch.failed}
-            ok = [ItemResult(items[i]) for i in batch.rows]
+            notes = dict(batch.notes)
+            ok = [ItemResult(items[i], note=notes.get(i, "")) for i in batch.rows]
             if ok:
                 x = batch.images[:, 0]                                   # uint8 [b, 3, S, S]
                 if keep_images:

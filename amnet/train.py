@@ -41,6 +41,7 @@ the CLI builds its options from them without importing torch) and re-exported he
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from amnet.caveats import constant_scores, small_test
 from amnet.checkpoint import backbone_from_attrs, make_checkpoint, versions
 from amnet.device import resolve_device, resolve_head_precision, seed_everything
 from amnet.errors import CacheError
@@ -105,6 +107,21 @@ def _load_parts(cache, cache_path, train_file, val_file, test_file, cfg: TrainCo
     return selection
 
 
+def _warn_about_parts(parts: dict[str, SplitPart], selection: str, train_file, val_file,
+                      test_file) -> bool:
+    """Log the caveats (amnet.caveats) of a split's parts; True when the validation scores
+    are constant (already said, so a NaN val rho every epoch needs no second line)."""
+    constant = None
+    if "val" in parts:
+        what = str(val_file) if selection == "val" else f"{train_file} (its held-out part)"
+        constant = constant_scores(parts["val"].scores, what)
+    small = small_test(len(parts["test"]), str(test_file)) if "test" in parts else None
+    for line in (constant, small):
+        if line:
+            log.warning(line)
+    return constant is not None
+
+
 def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike | None,
                 test_file: PathLike | None, out_dir: PathLike,
                 model_config: AMNetConfig | None = None, cfg: TrainConfig | None = None, *,
@@ -138,6 +155,7 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
     parts: dict[str, SplitPart] = {}
     try:
         selection = _load_parts(cache, cache_path, train_file, val_file, test_file, cfg, parts)
+        val_constant = _warn_about_parts(parts, selection, train_file, val_file, test_file)
         g = cache.grid
         if g[0] != g[1]:
             raise CacheError(f"{cache_path}: feature grid {g[0]}x{g[1]} is not square; AMNet needs a square grid")
@@ -173,6 +191,11 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
         run = fit(model, opt, parts, targets, gen, cfg, device, precision, use_flip=use_flip,
                   n_views=n_views, selection=selection, state_file=state_file, fp=fp)
         model.load_state_dict(run.best["state"])
+        if (selection != "last" and not val_constant
+                and not any(math.isfinite(r["val_rho"]) for r in run.history)):
+            log.warning("warning: val rho was undefined in every epoch (the head's validation "
+                        "predictions were constant), so epoch selection is meaningless: kept "
+                        "epoch %d", run.best["epoch"])
 
         metrics: dict[str, Any] = {}
         pred_df = None

@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, ov in overrides.items():
                 st = M.recipe(recipe_base, {}, tuned)
                 st.update({key: M.coerce(v) for key, v in ov.items() if key != "cache_views"})
+                if cache_views[name] and "views" not in ov:
+                    # a config asking for a cache with crop views trains on them (the paper
+                    # base recipe turns `views` off); `views: false` in the config says otherwise
+                    st["views"] = True
                 if args.no_train and not (work / "sweep" / bb / name / f"split_{k}" /
                                           "result.json").is_file():
                     continue  # --no-train: table what is done

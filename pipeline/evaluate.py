@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from amnet.caveats import small_test
 from amnet.config import load_params
 from amnet.datasets import images_root, load_prepare_info
 from amnet.datasets.splits import read_split, split_path
@@ -54,6 +55,11 @@ def evaluate(args: argparse.Namespace, params) -> None:
     print(f"evaluate: {dataset}, {len(splits)} split(s): test rho "
           f"{summary['rho']['mean']:.4f} +- {summary['rho']['sd']:.4f}, mse "
           f"{summary['mse']['mean']:.5f} +- {summary['mse']['sd']:.5f}")
+    # the +- above is the spread over splits; each split's own rho is this uncertain too
+    sizes = [(r["n"], f"split {k}") for r, k in zip(per_split, splits) if isinstance(r.get("n"), int)]
+    small = small_test(*min(sizes)) if sizes else None
+    if small:
+        print(f"evaluate: {small}", file=sys.stderr)
 
     shutil.rmtree(args.attention, ignore_errors=True)
     args.attention.mkdir(parents=True)

@@ -295,3 +295,58 @@ def release_state_dict(arch: str = "resnet50", *, trunk_seed: int = 0, drift_see
     sd = {RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
     sd.update(head.state_dict())
     return {k: v.clone() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+# ---- bad inputs to listing and warnings: a small head on a real trunk, no hang ---------------
+
+def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Path:
+    """A small untrained AMNet head checkpoint for features of the trunk `spec` (a loaded
+    `BackboneSpec`, its precision included) at `image_size`, for `amnet predict` tests."""
+    import torch
+
+    from amnet.backbone import grid_for
+# ---- tiny head checkpoints (predict, the differentiable score) ------------------------------
+
+def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, size: int = 64,
+                   steps: int = 3) -> Path:
+    """A random narrow AMNet head checkpoint for the `weights` trunk at `size` x `size` input
+    (fp32 provenance), its outputs spread x20 so that scores differ between images."""
+    import torch
+    from amnet.backbone import grid_for, load_backbone
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    from amnet.provenance import BackboneRecord
+
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=16, hidden_dim=16,
+                              regressor_dim=8))
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=BackboneRecord.from_spec(
+        spec, image_size)), path)
+
+
+@pytest.fixture
+def no_hang():
+    """`with no_hang(seconds):` fails the test (instead of hanging the suite) when the block
+    blocks longer, e.g. on reading a FIFO. SIGALRM: main thread, POSIX."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit(seconds: int = 60):
+        def expire(signum, frame):
+            raise TimeoutError(f"blocked for more than {seconds} s")
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return limit
+    _, spec = load_backbone(weights, "fp32")
+    prov = BackboneRecord.from_spec(spec, image_size=size)
+    torch.manual_seed(seed)
+    model = AMNet(AMNetConfig(grid=grid_for(size)[0], feature_dim=32, hidden_dim=32,
+                              regressor_dim=16, lstm_steps=steps))
+    with torch.no_grad():
+        model.regnet4.weight.mul_(20.0)
+        model.eh3.weight.mul_(20.0)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)

@@ -178,7 +178,7 @@ def test_extract_passes_the_dataclass_defaults(monkeypatch, tmp_path):
     from amnet.config import extract_options
 
     calls = []
-    monkeypatch.setattr(amnet.images, "collect_images", lambda images, root: [])
+    monkeypatch.setattr(amnet.images, "collect_images", lambda images, root, skipped=None: [])
     monkeypatch.setattr(amnet.extract, "extract", lambda items, out, **kw: calls.append(kw) or {})
     base = ["extract", str(tmp_path), "--out", str(tmp_path / "f.h5"), "-q", "--device", "cpu"]
     r = CliRunner().invoke(cache_cli, base)

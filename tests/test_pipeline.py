@@ -338,6 +338,21 @@ def test_evaluate_changes_when_a_split_metric_changes(trained, tmp_path):
     assert after["rho"]["values"][1] == d["rho"]
 
 
+def test_train_and_evaluate_warn_about_small_test_sets(trained, tmp_path):
+    """40 images give 8-image test splits: their rho means little, and the stages say so
+    (amnet.caveats), without failing."""
+    from amnet.caveats import small_test
+
+    proj = _copy(trained, tmp_path)
+    sizes = [(json.loads((proj / "metrics" / "splits" / f"{k}.json").read_text())["n"],
+              f"split {k}") for k in (1, 2)]
+    assert min(sizes)[0] < 30
+    p = _stage(proj, "evaluate.py")
+    assert f"evaluate: {small_test(*min(sizes))}" in p.stderr.splitlines()
+    p = _stage(proj, "train.py", "1")
+    assert small_test(sizes[0][0], "data/demo/splits/test_1.txt") in p.stderr.splitlines()
+
+
 # ---- params.yaml checked at stage start ------------------------------------------------------
 
 @pytest.mark.parametrize("script,args,section,key", [

@@ -114,7 +114,7 @@ def test_images_root_checks_existence(tmp_path: Path, root: Path) -> None:
     with pytest.raises(SplitError, match=r"t.txt:2: image 'sub/missing.jpg' not found under"):
         read_split(bad, images_root=root)
     folder = _write(tmp_path / "u.txt", "sub 0.1\n")
-    with pytest.raises(SplitError, match="not found"):  # a folder is not an image
+    with pytest.raises(SplitError, match="is a folder, not an image file"):
         read_split(folder, images_root=root)
     with pytest.raises(SplitError, match="images folder not found"):
         read_split(good, images_root=tmp_path / "no-images")

@@ -86,7 +86,7 @@ def test_crop_depends_only_on_seed_name_and_view(image_dir):
     b = ImageRows(paths, names, [5, 1, 3], 64, views=2, view_seed=0)  # another order and subset
     got = {a[k][0]: a[k][1] for k in range(len(a))}
     for k in range(len(b)):
-        i, x, _ = b[k]
+        i, x = b[k][:2]
         assert torch.equal(x, got[i])
     other = ImageRows(paths, names, [1], 64, views=2, view_seed=1)[0][1]
     assert torch.equal(other[0], got[1][0]) and not torch.equal(other[1:], got[1][1:])

@@ -18,9 +18,9 @@ WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_defa
                          "(0: refuse at once, naming it).")
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
+def _parse_shard(value: str | None) -> tuple[int, int] | str | None:
+    if value is None or value == "auto":
+        return value
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
@@ -43,8 +43,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Extract again the images an earlier --on-error skip run recorded as failed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with other settings.")
 @click.option("--shard", help="I/N: extract items I, I+N, ... into OUT with {i} (and {n}) filled, "
-                              "or, without {i}, into OUT.shard<I>of<N>.h5 (under torchrun: "
-                              "RANK/WORLD_SIZE).")
+                              "or, without {i}, into OUT.shard<I>of<N>.h5; auto: RANK/WORLD_SIZE "
+                              "of torchrun (0/1 outside it; the default under torchrun).")
 @WAIT
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @amnet_errors(messages={ImageError: "{error} (features extracted so far are kept in {out}; "
@@ -55,9 +55,12 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
     shard_t = _parse_shard(shard)
     from amnet.config import extract_options
     from amnet.extract import extract
-    from amnet.images import collect_images
+    from amnet.images import collect_images, left_out_line
 
-    items = collect_images(images, images_root)
+    skipped: list[tuple[str, str]] = []
+    items = collect_images(images, images_root, skipped)
+    if skipped:  # a warning, so even with -q
+        click.echo(f"warning: {left_out_line(images, skipped)}", err=True)
     options = extract_options(ExtractConfig(**settings_of(ExtractConfig, settings)))  # auto workers
     s = extract(items, out, **options, on_error=on_error, overwrite=overwrite, shard=shard_t,
                 progress=not quiet, source=images, retry_failed=retry_failed, wait=wait)
@@ -71,6 +74,10 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
                   "file; every extracted row kept)")
     if s["retried"]:
         notes += f" (retried {s['retried']} images that had failed)"
+    if s["first_frame"]:
+        more = ", ..." if s["first_frame"] > len(s["first_frame_notes"]) else ""
+        click.echo(f"note: first frame used of {s['first_frame']} multi-frame file(s): "
+                   f"{', '.join(s['first_frame_notes'])}{more}", err=True)
     if s["complete"] and s["extracted"] == 0 and s["skipped"] == 0:
         click.echo(f"{s['out']}: already complete ({s['already']} images); nothing to do{notes}",
                    err=True)

@@ -57,11 +57,13 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 @amnet_errors
 def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
                 on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
+    from amnet.images import left_out_line
     from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, summary_line,
                                write_predictions)
 
     if bool(checkpoints) == bool(model_name):
         raise click.UsageError("give --checkpoint (one or more) or --model NAME, not both")
+    skipped: list[tuple[str, str]] = []
 
     if cache is not None:
         if any(Path(a).suffix.lower() not in LIST_EXTS for a in images):
@@ -77,7 +79,9 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
     else:
         if not images:
             raise click.UsageError("give IMAGES (files, folders, list files) or --cache")
-        items = collect_inputs(images, images_root)
+        items = collect_inputs(images, images_root, skipped)
+    if skipped:
+        click.echo(f"warning: {left_out_line('IMAGES', skipped)}", err=True)
     if model_name:
         from amnet.hub import checkpoints_for
         checkpoints = checkpoints_for(model_name)
@@ -89,4 +93,6 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
     counts = write_predictions(predictor, items, out, cache=cache, batch_size=batch_size,
                                workers=workers, on_error=on_error,
                                attention_maps=attention_maps, grid=grid)
+    for line in counts["warnings"]:
+        click.echo(line, err=True)
     click.echo(summary_line(counts, out), err=True)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Sequence
 
 from amnet.datasets import build
-from amnet.datasets.splits import RootChecker, check_name
+from amnet.datasets.splits import RootChecker, check_name, normalize_name
 from amnet.errors import AmnetError, SplitError
 from amnet.provenance import file_sha256
 
@@ -59,7 +59,7 @@ def _relative_name(raw: str, root: str) -> str | None:
         if rel == ".." or rel.startswith(".." + os.sep):
             return None
         raw = rel.replace(os.sep, "/")
-    return str(PurePosixPath(raw))  # drops "./" and doubled slashes; keeps ".." for the check
+    return normalize_name(raw)  # drops "./" and doubled slashes; keeps ".." for the check
 
 
 def read_csv(path: Path, images_root: Path, score_range

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amnet.listfiles import (RootChecker, check_name, read_name_list, read_split,  # noqa: F401
-                             write_split)
+from amnet.listfiles import (RootChecker, check_name, normalize_name,  # noqa: F401
+                             read_name_list, read_split, write_split)
 
 PARTS = ("train", "val", "test")
 
-__all__ = ["PARTS", "split_path", "RootChecker", "check_name", "read_name_list", "read_split",
-           "write_split"]
+__all__ = ["PARTS", "split_path", "RootChecker", "check_name", "normalize_name", "read_name_list",
+           "read_split", "write_split"]
 
 
 def split_path(dataset_dir: str | Path, part: str, k: int) -> Path:
