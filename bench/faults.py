@@ -48,6 +48,10 @@ def load(path: Path) -> list[dict]:
 def table(records: list[dict]) -> str:
     """The markdown totals table of `records` (the last record of each id counts)."""
     last = {r["id"]: r for r in records}
+    # a timer kill that went off after the run had ended injected nothing: not counted
+    missed = [i for i, r in last.items() if r.get("killed") is False and r["clean"]]
+    for i in missed:
+        del last[i]
     tot: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for r in last.values():
         g = r["id"].split("/")[0]
@@ -73,7 +77,9 @@ def table(records: list[dict]) -> str:
             rows.append(f"| {name} | {kinds.get(g, '')} | {t[0]} | {t[1]} | {t[2]} | {t[3]} |")
     bad = [r for r in last.values() if not r["clean"]]
     notes = "".join(f"\n- `{r['id']}`: {(r['problems'] or ['?'])[0][:160]}" for r in bad)
-    return head + "\n".join(rows) + ("\n\nNot clean:" + notes if bad else "") + "\n"
+    miss = (f"\n\n{len(missed)} timer kills went off after their run had ended (not counted)."
+            if missed else "")
+    return head + "\n".join(rows) + miss + ("\n\nNot clean:" + notes if bad else "") + "\n"
 
 
 def replace_block(text: str, block: str) -> str:

@@ -41,4 +41,6 @@ def test_fault_points_are_seeded():
 def test_fault(fault, fault_world, tmp_path):
     with zoo.shared_trunks():
         outcome = fault.run(fault_world, tmp_path / "case")
+    if outcome.clean and not outcome.killed:
+        pytest.skip("the run finished before its timer went off")
     assert outcome.clean, "\n".join(outcome.problems) + "\n--- output:\n" + outcome.output

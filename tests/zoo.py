@@ -53,9 +53,8 @@ TRAIN = ["--epochs", "1", "--batch-size", "4", "--eval-batch-size", "8", "--feat
 PREDICT = ["--device", "cpu", "--precision", "fp32", "--batch-size", "1"]
 # what `amnet predict` prints besides an error for a head trained on random:* weights
 DEMO_WARNING = r"scores mean nothing for real photos|--model lamem-resnet50"
-# temp files of amnet.atomic (.<stem>.<tag>-<pid><ext>) and amnet.publish (<name>.tmp), locks
-DEBRIS = re.compile(r"^\..+\.(tmp|creating|merging|relisting|partial|repairing)-\d+(\.\w+)*$"
-                    r"|\.tmp$|\.lock$|\.lock\.break$")
+# temp files of amnet.atomic (.<stem>.<tag>-<pid><ext>, any tag), older <name>.tmp ones, locks
+DEBRIS = re.compile(r"^\..+\.[a-z]+-\d+(\.\w+)*$|\.tmp$|\.lock$|\.lock\.break$")
 
 
 def cli(name: str):

@@ -44,7 +44,6 @@ def add(cid: str, build: Callable[[Workspace], Call], pending: str | None = None
 
 ITEM1 = "issue 11 item 1 (NaN/Inf features, nothing scored), fix on branch faults1"
 ITEM3 = "issue 11 item 3 (truncated .h5 said 'in use'; amnet-cache repair), fix on branch faults1"
-ITEM4 = "issue 11 item 4 (folder listing: loops, FIFOs, ./ names, gif, chmod 000), fix on branch faults3"
 
 
 def extract_args(images: Path, out: Path, *more) -> list:
@@ -64,7 +63,7 @@ BAD_IMAGES = {  # kind: (suffix, what the line/reason must say, pending)
     "text": ("jpg", r"not an image", None),
     "bomb": ("png", r"decompression bomb", None),
     "png_header": ("png", r"truncat|cannot decode|corrupt|not an image", None),
-    "fifo": ("jpg", r"FIFO|fifo|pipe|not a regular|not an image file", ITEM4),
+    "fifo": ("jpg", r"FIFO|fifo|pipe|not a regular|not an image file", None),
     "chmod_000": ("jpg", r"[Pp]ermission denied|cannot read", None),
     "dangling_link": ("jpg", r"not found|[Nn]o such|dangling", None),
 }
@@ -160,7 +159,7 @@ for _kind, (_, _, _pending) in BAD_IMAGES.items():
     add(f"images/{_kind}-predict", image_predict(_kind), _pending)
 
 
-@case("images/fifo-extract-fail-subprocess", pending=ITEM4)
+@case("images/fifo-extract-fail-subprocess")
 def _fifo_process(ws: Workspace) -> Call:
     """The FIFO that hung extract (issue 11 item 4), in a real process with a time limit."""
     images, bad = _bad_folder(ws, "fifo")
@@ -191,7 +190,7 @@ ODD_IMAGES = {  # kind: (suffix, pending) -- decodable, so extracted like any im
     "png16rgb": ("png", None), "gray": ("jpg", None), "cmyk": ("jpg", None),
     "palette": ("png", None), "exif": ("jpg", None), "one_px": ("png", None),
     "sliver": ("png", None), "bmp": ("bmp", None), "webp": ("webp", None),
-    "gif_anim": ("gif", ITEM4),
+    "gif_anim": ("gif", None),
 }
 
 
@@ -277,7 +276,7 @@ def names_are(out: Path, want: list[str]) -> list[str]:
     return [] if got == want else [f"{out.name} lists {len(got)} names {got[:8]}, expected {want}"]
 
 
-@case("images/symlink-loop", pending=ITEM4)
+@case("images/symlink-loop")
 def _loop(ws: Workspace) -> Call:
     """sub/up -> .. : each real folder listed once (it turned 23 files into 943 names)."""
     images = ws.images()
@@ -289,7 +288,7 @@ def _loop(ws: Workspace) -> Call:
                 check=lambda run: names_are(out, GOOD + ["sub/s.jpg"]) + ws.rows_match(out, GOOD))
 
 
-@case("images/folder-linked-twice", pending=ITEM4)
+@case("images/folder-linked-twice")
 def _twice(ws: Workspace) -> Call:
     images = ws.images()
     (ws.dir / "ext").mkdir()
@@ -301,7 +300,7 @@ def _twice(ws: Workspace) -> Call:
                 check=lambda run: names_are(out, GOOD + ["l1/e.jpg"]))
 
 
-@case("images/chmod-000-folder", pending=ITEM4)
+@case("images/chmod-000-folder")
 def _locked(ws: Workspace) -> Call:
     """An unreadable sub-folder is left out with a recorded reason, not silently."""
     images = ws.images()
@@ -334,7 +333,7 @@ def _empty_folder(ws: Workspace) -> Call:
                 names=("none",), says=r"no images")
 
 
-@case("images/dot-slash-list", pending=ITEM4)
+@case("images/dot-slash-list")
 def _dot_names(ws: Workspace) -> Call:
     images = ws.images()
     listing = ws.write("list.txt", "./a0.jpg\n./a1.jpg\n")
@@ -345,7 +344,7 @@ def _dot_names(ws: Workspace) -> Call:
                     out, ["a0.jpg", "a1.jpg"]))
 
 
-@case("images/dot-slash-duplicate", pending=ITEM4)
+@case("images/dot-slash-duplicate")
 def _dot_dup(ws: Workspace) -> Call:
     images = ws.images()
     listing = ws.write("list.txt", "./a0.jpg\na0.jpg\n")
@@ -474,8 +473,6 @@ LIST_KINDS = {  # kind: (content, exit code, line named, says)  -- extract's ima
     "crlf": ("a0.jpg\r\na1.jpg\r\n", 0, None, ""),
     "bom": ("\ufeffa0.jpg\na1.jpg\n".encode("utf-8"), 0, None, ""),
 }
-# before the fix of item 4, a name missing from the root was reported without its line
-_LIST_PENDING = {"missing-image": ITEM4, "folder-as-image": ITEM4, "link-escapes-root": ITEM4}
 
 
 def list_extract(kind: str) -> Callable[[Workspace], Call]:
@@ -500,7 +497,7 @@ def list_extract(kind: str) -> Callable[[Workspace], Call]:
 
 
 for _kind in LIST_KINDS:
-    add(f"lists/extract-list-{_kind}", list_extract(_kind), _LIST_PENDING.get(_kind))
+    add(f"lists/extract-list-{_kind}", list_extract(_kind))
 
 PREDICT_LISTS = {  # kind: (content, exit code, says / the failed name)
     "traversal": ("a0.jpg\n../x/a1.jpg\n", 1, r"'\.\.'"),
