@@ -37,3 +37,8 @@ class LockedError(AmnetError):
 class LockLostError(AmnetError):
     """A writer whose lock file was deleted or taken over: it must not rename anything onto the
     file another process may now be writing."""
+
+
+class ExportError(AmnetError):
+    """A model export that cannot be written (exporter libraries missing, unknown format) or
+    whose saved file does not reproduce the torch model."""

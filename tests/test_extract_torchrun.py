@@ -87,7 +87,7 @@ def test_torchrun_shards_merge_to_the_single_run(images, tmp_path, monkeypatch):
 
     merged = tmp_path / "merged.h5"
     res = _run_cli("merge", str(merged), *map(str, shards))
-    assert res.exit_code == 0 and "16 images from 2 shards (0 failed)" in res.output, res.output
+    assert res.exit_code == 0 and "16 images from 2 files (shards 0, 1 of 2) (0 failed)" in res.output, res.output
 
     one, m = _datasets(tmp_path / "single.h5"), _datasets(merged)
     assert sorted(m) == sorted(one)

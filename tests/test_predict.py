@@ -386,7 +386,8 @@ def test_demo_checkpoint_warns_once_and_points_to_the_published_model(env, tmp_p
 
     h1 = env["heads"]["h1"]                               # trained on a random:0 trunk
     r = CliRunner().invoke(main, ["predict", "--checkpoint", str(h1), str(env["images"] / "a.jpg"),
-                                  "--out", str(tmp_path / "x.csv"), "--device", "cpu"])
+                                  "--out", str(tmp_path / "x.csv"), "--device", "cpu",
+                                  "--precision", "fp32"])   # the head's trunk precision: no caveat
     assert r.exit_code == 0, r.output
     warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
     assert warnings == [f"warning: {h1} was trained with a random-weight backbone (random:0): its "
