@@ -122,7 +122,7 @@ def main() -> None:
 def run(args) -> None:
     import faults
     import zoo
-    from zoo_cases import CASES
+    from zoo_cases import all_cases
 
     from amnet.device import cpu_label
 
@@ -132,7 +132,7 @@ def run(args) -> None:
     label = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu_label()}
     todo: list = []
     if args.only != "faults":
-        todo += [("zoo", c) for c in CASES]
+        todo += [("zoo", c) for c in all_cases()]
     if args.only != "zoo":
         todo += [("fault", f) for f in faults.faults(args.seed, args.seeded, args.timed)
                  if not (args.no_dvc and f.id.startswith("dvc/"))]

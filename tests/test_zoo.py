@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 
 import zoo
-from zoo_cases import CASES
+from zoo_cases import all_cases
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     with zoo.shared_trunks():
         yield zoo.build_world(tmp_path_factory.mktemp("zoo-world"))
+
+
+CASES = all_cases()
 
 
 def _param(case):
