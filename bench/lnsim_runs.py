@@ -253,6 +253,18 @@ def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
             "val_mse": float("nan"), "seconds": 0.0}
 
 
+def _same_training(a: dict | None, b: dict) -> bool:
+    """Fingerprints that train the same thing: equal, except that `views`/`tta` mean nothing on a
+    cache without crop views (amnet-tuned-noviews on such a cache is amnet-tuned's run)."""
+    def norm(f: dict) -> dict:
+        f = json.loads(json.dumps(f))
+        if ".views" not in f.get("cache", ""):
+            for key in ("views", "tta"):
+                f.get("train", {}).pop(key, None)
+        return f
+    return a is not None and norm(a) == norm(b)
+
+
 def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args, *,
               force: bool = False, test: bool = True, out_root: Path | None = None,
               keep_checkpoint: bool = True, views: int = 0) -> dict:
@@ -286,7 +298,7 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
         result_path = path / "result.json"
         if result_path.exists() and not force:
             prev = json.loads(result_path.read_text())
-            if prev.get("fingerprint") == want:
+            if _same_training(prev.get("fingerprint"), want):
                 log(f"{backbone}/{slug}/split {k}: done before ({result_path}), skipped")
                 return prev
     log(f"{backbone}/{slug}/split {k}: training {tc.epochs} epochs ({args.device}, precision {tc.precision})"
