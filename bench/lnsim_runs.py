@@ -256,13 +256,23 @@ def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
 def _same_training(a: dict | None, b: dict) -> bool:
     """Fingerprints that train the same thing: equal, except that `views`/`tta` mean nothing on a
     cache without crop views (amnet-tuned-noviews on such a cache is amnet-tuned's run)."""
-    def norm(f: dict) -> dict:
+    from amnet.settings import TrainConfig
+
+    if a is None:
+        return False
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(TrainConfig)}))
+
+    def norm(f: dict, other: dict) -> dict:
         f = json.loads(json.dumps(f))
+        train = f.get("train", {})
         if ".views" not in f.get("cache", ""):
             for key in ("views", "tta"):
-                f.get("train", {}).pop(key, None)
+                train.pop(key, None)
+        for key in [k for k in train if k not in other.get("train", {})]:
+            if train[key] == defaults.get(key):   # a setting added since, at its default
+                train.pop(key)
         return f
-    return a is not None and norm(a) == norm(b)
+    return norm(a, b) == norm(b, a)
 
 
 def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args, *,
