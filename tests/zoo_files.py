@@ -101,13 +101,16 @@ for _entry in ("info", "verify", "train", "evaluate", "predict", "merge", "extra
     add(f"caches/truncated-{_entry}", cache_entry("truncated", _entry), ITEM3)
 for _entry in ("info", "verify", "train", "evaluate", "predict", "extract"):
     add(f"caches/garbage-{_entry}", cache_entry("garbage", _entry))
+# known: these cases' split files overlap, so train/evaluate print the overlap notice (a line of
+# its own, not prefixed "warning:") before the one error line the zoo expects
+OVERLAP_NOTICE = "the split-overlap notice precedes the NaN/Inf error line (not yet a warning: line)"
 for _kind, _entries in (("empty", ("info", "train")), ("foreign", ("info", "evaluate")),
                         ("future", ("info", "train")), ("incomplete", ("train", "evaluate")),
                         ("nan_row", ("train", "evaluate")),
                         ("other_backbone", ("evaluate", "predict", "extract"))):
     for _entry in _entries:
         add(f"caches/{_kind}-{_entry}", cache_entry(_kind, _entry),
-            ITEM1 if _kind == "nan_row" else None)
+            OVERLAP_NOTICE if _kind == "nan_row" else None)
 
 
 @case("caches/nan_row-verify")
