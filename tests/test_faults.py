@@ -25,6 +25,10 @@ def _param(f: faults.Fault):
     marks = [pytest.mark.slow] if f.slow else []
     if f.pending:
         marks.append(pytest.mark.xfail(strict=True, reason=f.pending))
+    if f.id == "dvc/extract-kill-dvc":   # the orphan may finish before the second repro starts
+        marks.append(pytest.mark.xfail(strict=False, reason="timing-dependent on a loaded host: "
+                                       "the orphaned extract can finish before the second dvc "
+                                       "repro looks (tests/test_pipeline.py checks the refusal)"))
     if f.id == "dvc/train-kill-dvc":   # known, timing-dependent: only extract has a writer lock
         marks.append(pytest.mark.xfail(strict=False, reason="the train stage has no writer lock "
                                        "(issue 11 item 2 covers extraction): a second dvc repro "
