@@ -29,11 +29,15 @@ log = logging.getLogger("amnet.evaluation")
 
 
 def check_names(cache, names: Sequence[str], split_path: str | os.PathLike, cache_path) -> None:
-    """CacheError naming (the first few of) the images of a split file the cache lacks."""
+    """CacheError naming (the first few of) the images of a split file the cache lacks, and the
+    line of the first."""
     missing = cache.missing(names)
     if missing:
+        from amnet.listfiles import where_listed
+
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise CacheError(f"{split_path}: {len(missing)} of {len(names)} images are not in the cache "
+        raise CacheError(f"{where_listed(split_path, missing[0])}: {len(missing)} of {len(names)} "
+                         f"images are not in the cache "
                          f"{cache_path}: {shown}; extract them with `amnet-cache extract` "
                          "(or remove them from the split)")
 

@@ -140,6 +140,20 @@ def _records(path: Path) -> Iterator[tuple[int, str, list[str], str]]:
             yield lineno, f"{path}:{lineno}", fields, line
 
 
+def where_listed(path: str | Path, name: str) -> str:
+    """`file:line` of the first line of a split or list file naming `name` (as written or
+    normalised), or the file alone: for errors found after reading it (an image the cache
+    lacks)."""
+    path = Path(path)
+    try:
+        for _, where, fields, _ in _records(path):
+            if normalize_name(fields[0]) == name:
+                return where
+    except SplitError:
+        pass
+    return str(path)
+
+
 def _checker(images_root: str | Path | RootChecker | None) -> RootChecker | None:
     if images_root is None or isinstance(images_root, RootChecker):
         return images_root

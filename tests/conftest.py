@@ -337,12 +337,13 @@ def no_hang():
     return limit
 
 
-# ---- tiny head checkpoints (predict, the differentiable score) ------------------------------
+# ---- tiny head checkpoints (predict, the differentiable score, serve) -----------------------
 
 def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, size: int = 64,
-                   steps: int = 3) -> Path:
+                   steps: int = 3, **record) -> Path:
     """A random narrow AMNet head checkpoint for the `weights` trunk at `size` x `size` input
-    (fp32 provenance), its outputs spread x20 so that scores differ between images."""
+    (fp32 provenance), its outputs spread x20 so that scores differ between images. `record`:
+    what else the checkpoint records (`train_config`, `metrics`: make_checkpoint's keywords)."""
     import torch
     from amnet.backbone import grid_for, load_backbone
     from amnet.checkpoint import make_checkpoint, save_checkpoint
@@ -357,7 +358,7 @@ def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, s
     with torch.no_grad():
         model.regnet4.weight.mul_(20.0)
         model.eh3.weight.mul_(20.0)
-    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov, **record), path)
 
 
 # ---- faults: a CLI's one error line, a file's bytes --------------------------------------------
@@ -375,3 +376,8 @@ def error_line(res) -> str:
 def sha256_of(path) -> str:
     import hashlib
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# what `amnet train` records about the demo's data (amnet.train: the splits' paths, the cache)
+DEMO_TRAIN_CONFIG = {"cache": "data/features/demo.h5",
+                     "splits": {"train": {"path": "data/demo/splits/train_1.txt"}}}

@@ -206,9 +206,9 @@ def test_state_lives_beside_the_checkpoint_and_nothing_is_left(tmp_path, monkeyp
     (which DVC deletes before a re-run); temp files of an earlier failed run are cleaned."""
     cache, files = synthetic(tmp_path, n=(96, 32, 32))
     paths = dict(checkpoint_path=tmp_path / "models" / "1.pt",
-                 history_path=tmp_path / "metrics" / "history" / "1.csv",
-                 predictions_path=tmp_path / "metrics" / "predictions" / "1.csv",
-                 metrics_path=tmp_path / "metrics" / "splits" / "1.json")
+                 history_path=tmp_path / "train" / "1" / "history.csv",
+                 predictions_path=tmp_path / "train" / "1" / "predictions.csv",
+                 metrics_path=tmp_path / "train" / "1" / "metrics.json")
     state = tmp_path / "models" / ".train-state" / "1.pt.state"
     for p in paths.values():  # staged outputs of amnet.publish
         p.parent.mkdir(parents=True, exist_ok=True)

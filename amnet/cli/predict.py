@@ -7,6 +7,12 @@ import click
 
 from amnet.cli._errors import amnet_errors
 
+# the backbone's numerics when scoring images (also `amnet serve`'s)
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
+    show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
+    "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+
 _PREDICT_HELP = """Score images with one or more trained heads (averaged) and write a CSV.
 
 IMAGES are image files, folders (searched recursively) or list files (.txt, "name [score]" per
@@ -49,9 +55,7 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Write one attention figure per image (<name>_att.png) into this folder.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a contact sheet of all images, most to least memorable (PNG).")
-@click.option("--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
-              show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
-              "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+@precision_option
 @click.option("--match-cache", is_flag=True,
               help="Run the backbone as the checkpoint's cache was made (its precision, features "
               "rounded to float16), so scores equal those of the cached features.")
