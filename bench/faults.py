@@ -16,7 +16,7 @@ lands; a rerun skips the cases recorded there (resumable; --fresh starts over).
 
     python bench/faults.py                      # everything (DVC included: minutes)
     python bench/faults.py --only zoo           # the zoo only (--only faults: the kills only)
-    python bench/faults.py --seeded 8 --timed 4 --seed 1   # more seeded kill points
+    python bench/faults.py --extra 6 --timed 4 --seed 1    # more seeded kill points
     python bench/faults.py --render             # the table (and README block) from --results
 """
 from __future__ import annotations
@@ -94,8 +94,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("zoo", "faults"), help="run one half only")
     ap.add_argument("-k", default="", help="run only cases whose id contains this")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random kill points [0]")
-    ap.add_argument("--seeded", type=int, default=4,
-                    help="seeded count kill points per command [4]")
+    ap.add_argument("--extra", type=int, default=0,
+                    help="seeded kill points per command beyond one per target [0]")
     ap.add_argument("--timed", type=int, default=2,
                     help="seeded timer kill points per command [2]")
     ap.add_argument("--no-dvc", action="store_true", help="leave out the dvc repro kills")
@@ -134,7 +134,7 @@ def run(args) -> None:
     if args.only != "faults":
         todo += [("zoo", c) for c in all_cases()]
     if args.only != "zoo":
-        todo += [("fault", f) for f in faults.faults(args.seed, args.seeded, args.timed)
+        todo += [("fault", f) for f in faults.faults(args.seed, args.extra, args.timed)
                  if not (args.no_dvc and f.id.startswith("dvc/"))]
     todo = [(kind, c) for kind, c in todo if args.k in c.id and c.id not in done]
     print(f"{len(todo)} cases to run ({len(done)} recorded in {args.results})", file=sys.stderr)

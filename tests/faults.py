@@ -305,14 +305,16 @@ MAX_DELAY = {"extract": 0.3, "merge": 0.0, "train": 0.5}  # seconds; about a run
 MAKERS = {"extract": extract_fault, "merge": merge_fault, "train": train_fault}
 
 
-def seeded_kills(command: str, seed: int, n: int, timed: int = 0) -> list[Kill]:
-    """`n` kill points drawn from POINTS[command] with `random.Random` seeded by (command,
-    seed), plus `timed` timer kills at seeded delays up to MAX_DELAY[command] after the first
-    call of its first target."""
+def seeded_kills(command: str, seed: int, extra: int = 0, timed: int = 0) -> list[Kill]:
+    """Kill points of `command` drawn with `random.Random` seeded by (command, seed): one per
+    target of POINTS[command] (its call and side drawn), `extra` more from any target, and
+    `timed` timer kills at delays up to MAX_DELAY[command] after the first call of its first
+    target."""
     rng = random.Random(f"{command}:{seed}")
     kills = []
-    for _ in range(n):
-        target, calls, sides = rng.choice(POINTS[command])
+    for k in range(len(POINTS[command]) + extra):
+        target, calls, sides = POINTS[command][k] if k < len(POINTS[command]) else \
+            rng.choice(POINTS[command])
         when = {"b": "before", "a": "after"}[rng.choice(sides)]
         kills.append(Kill(target, when, rng.randint(1, calls)))
     if MAX_DELAY[command]:
@@ -344,14 +346,14 @@ def leaves_temp(command: str, kill: Kill) -> bool:
         ("amnet.cache:create", "after"), ("os:replace", "before"))
 
 
-def faults(seed: int = 0, n_seeded: int = 4, timed: int = 2) -> list[Fault]:
-    """The fast points, then per command `n_seeded` seeded count points and `timed` seeded
-    timer points (slow), then the DVC ones (slow)."""
+def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:
+    """The fast points, then per command the seeded points (one per target, `extra` more,
+    `timed` timer points; slow), then the DVC ones (slow)."""
     out = [Fault(f"{c}/{k.label()}", MAKERS[c](k),
                  pending=ITEM6 if leaves_temp(c, k) else None) for c, k in FAST]
     seen = {f.id for f in out}
     for command in ("extract", "merge", "train"):
-        for k in seeded_kills(command, seed, n_seeded, timed):
+        for k in seeded_kills(command, seed, extra, timed):
             fid = f"{command}/{k.label()}"
             if fid not in seen:
                 seen.add(fid)
@@ -479,11 +481,22 @@ def _started(proj: Path, stage: str) -> bool:
     return (proj / "models/.train-state/1.pt.state").is_file()
 
 
+def _signal(proc, sig: int) -> bool:
+    """Send `sig` to psutil process `proc`; False when it is gone already."""
+    import psutil
+    try:
+        proc.send_signal(sig)
+        return True
+    except psutil.Error:
+        return False
+
+
 def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], FaultOutcome]:
     """`dvc repro` killed in `stage` (extract, or train@1): the stage's python alone (`who` =
     "stage": dvc reports the failure), or the `dvc` process alone ("dvc": the stage goes on as
-    an orphan; a `dvc repro` started meanwhile must stop, naming it, and one started after it
-    ended must finish). Then `dvc repro` again, compared with an uninterrupted one."""
+    an orphan; a `dvc repro` started while it lives -- it is paused with SIGSTOP meanwhile, so
+    that it surely does -- must stop, naming it; then it goes on and ends). Then `dvc repro`
+    again, compared with an uninterrupted one."""
     script = "extract.py" if stage == "extract" else "train.py"
 
     def run(world: FaultWorld, folder: Path) -> FaultOutcome:
@@ -509,12 +522,15 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
             problems.append(f"{stage} was never caught working: {first_out[-500:]}")
         orphan_code = None
         if killed and who == "dvc":
-            if victim.is_running():
+            # the orphan, paused so that it is surely alive while a new `dvc repro` starts
+            stopped = _signal(victim, signal.SIGSTOP)
+            if stopped:
                 second = dvc_repro(proj)
-                if second.returncode == 0 or "being written by pid" not in second.stdout + \
-                        second.stderr:
-                    problems.append(f"a dvc repro beside the orphan: exit {second.returncode}: "
-                                    f"{(second.stdout + second.stderr)[-600:]}")
+                said = second.stdout + second.stderr
+                if second.returncode == 0 or f"being written by pid {victim.pid}" not in said:
+                    problems.append(f"a dvc repro beside the live orphan: exit "
+                                    f"{second.returncode}: {said[-600:]}")
+                _signal(victim, signal.SIGCONT)
             try:
                 orphan_code = victim.wait(timeout=900)
             except psutil.Error:
@@ -528,7 +544,8 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
         else:
             lost, more = compare_dvc(proj, ref)
             problems += more
-        left = [d for d in debris(proj) if not d.startswith(".dvc/")]
+        left = [d for d in debris(proj) if not d.startswith((".dvc/", ".git/"))
+                and d != "dvc.lock"]
         if left:
             problems.append(f"left behind: {left}")
         out = f"{first_out[-600:]}\n(orphan exit {orphan_code})\n{text[-900:]}"
