@@ -7,8 +7,9 @@ included, the temporary file is removed and the target is left as it was.
 
 Temporary names are recognisable: `.<stem>.<tag>-<pid><extension>` (hidden, next to the target;
 `tag` says who writes it: `tmp` by default, `creating` for a new feature cache, `merging` for a
-merge, `relisting` for a cache rewritten for a shorter image list, `partial` for a predictions
-CSV), so a leftover of a killed process is easy to spot.
+merge, `relisting` for a cache rewritten for a shorter image list, `repairing` for a salvaged
+cache, `partial` for a predictions CSV), so a leftover of a killed process is easy to spot, and
+`remove_stale_temps` removes those whose process is dead.
 
 Plain `open` (not `mkstemp`) so the file gets the usual umask permissions, not 0600. One writer
 per target per process (the pid tells processes apart, not threads).
@@ -36,14 +37,36 @@ def temp_path(path: str | os.PathLike, tag: str = "tmp") -> Path:
     return path.with_name(f".{stem}.{tag}-{os.getpid()}{ext}")
 
 
-def remove_stale_temps(path: str | os.PathLike, tag: str = "tmp") -> int:
-    """Delete the temporary files `atomic_path(path, tag)` of killed processes left beside
-    `path` (any pid); returns how many. Call it only where no other process writes `path`."""
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (signal 0 probes without sending; a process
+    of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:  # pragma: no cover -- e.g. a platform without kill: assume the worst
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike, tag: str = "tmp") -> list[Path]:
+    """Delete the temporary files `atomic_path(path, tag)` left beside `path` by processes that
+    died (killed mid-write, or a power cut); returns them. A temp of a live process (another
+    run writing the same target right now) is left alone, and so is one of this process."""
     pattern = temp_path(path, tag).name.replace(f"-{os.getpid()}", "-*", 1)
-    stale = list(Path(path).parent.glob(pattern))
-    for p in stale:
+    head, _, tail = pattern.partition("*")
+    removed = []
+    for p in sorted(Path(path).parent.glob(pattern)):
+        pid = p.name[len(head):len(p.name) - len(tail)]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
         p.unlink(missing_ok=True)
-    return len(stale)
+        removed.append(p)
+    return removed
 
 
 def fsync_file(path: Path) -> None:
@@ -126,4 +149,5 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "temp_path"]
+__all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "temp_path",
+           "remove_stale_temps", "pid_alive"]

@@ -11,10 +11,17 @@ Crash safety: all chunks are allocated when the file is created, so the writer o
 raw data in place afterwards and the HDF5 metadata never changes mid-run; `done[i]` is set only
 after image i's features were written. A process killed at any point leaves a readable file whose
 `done` rows are all valid (with every view: `done[i]` follows the last of row i's datasets).
+
+Layout: `names`, `done` and `failed` are created (and allocated) before the feature datasets, so
+they sit at the front of the file and a truncated copy keeps them: `amnet-cache repair`
+(amnet.cache_repair) salvages every row whose chunks survived. Files made before this order
+keep `names`/`done` at the end, where a truncation loses them.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +31,7 @@ import h5py
 import numpy as np
 import torch
 
-from amnet.errors import CacheError
+from amnet.errors import CacheError, DamagedCacheError
 from amnet.provenance import BackboneRecord, versions
 from amnet.views import view_transform_description
 
@@ -123,6 +130,22 @@ def feature_datasets(n: int, c: int, grid: tuple[int, int], flip: bool, views: i
     return out
 
 
+def row_bytes(attrs: dict[str, Any]) -> int:
+    """Bytes one image takes over every feature dataset of a cache with these attributes
+    (float16; its flip and crop views included): what a row still to write needs on disk."""
+    grid = tuple(int(g) for g in (_plain(attrs.get("grid")) or (0, 0)))
+    layout = feature_datasets(1, int(_plain(attrs.get("channels")) or 0), grid,
+                              bool(_plain(attrs.get("flip"))), int(_plain(attrs.get("views")) or 0))
+    return sum(2 * int(np.prod(shape)) for _, shape, _ in layout)
+
+
+def _early() -> h5py.h5p.PropDCID:
+    """Dataset creation properties allocating all storage when the dataset is created."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
 def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File:
     """Create an empty cache for `names` (open for writing; the caller closes it)."""
     n, c, (h, w) = len(names), int(attrs["channels"]), [int(x) for x in attrs["grid"]]
@@ -132,19 +155,25 @@ def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File
             f.attrs[key] = str(value) if isinstance(value, str) else value  # TorchVersion -> str
         f.attrs["created"] = now()
         f.attrs["complete"] = False
-        k = int(attrs.get("views", 0) or 0)
-        for name, shape, chunks in feature_datasets(n, c, (h, w), bool(attrs["flip"]), k):
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # metadata final from here on
-            f.create_dataset(name, shape=shape, dtype=np.float16, chunks=chunks,
-                             dcpl=dcpl, fill_time="never")
+        # attributes the writer sets later exist from the start: rewriting one reuses its space
+        # in the root's header, where a new one would add a block at the end of the file (lost
+        # with the rest of the root when a copy is truncated)
+        for key, placeholder in (("updated", f.attrs["created"]), ("device", "")):
+            if key not in attrs:
+                f.attrs[key] = placeholder
+        # names, done and failed first: at the front of the file, a truncated copy keeps them
         f.create_dataset("names", data=np.array(list(names), dtype=object),
                          dtype=h5py.string_dtype("utf-8"))
-        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
+        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False, dcpl=_early())
         g = f.create_group("failed")
         for name in ("names", "reasons"):
             g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,),
                              dtype=h5py.string_dtype("utf-8"))
+        k = int(attrs.get("views", 0) or 0)
+        for name, shape, chunks in feature_datasets(n, c, (h, w), bool(attrs["flip"]), k):
+            # metadata final from here on (all chunks allocated), and no fill: sparse until written
+            f.create_dataset(name, shape=shape, dtype=np.float16, chunks=chunks,
+                             dcpl=_early(), fill_time="never")
         f.flush()
     except BaseException:
         f.close()
@@ -167,6 +196,30 @@ def write_rows(ds: h5py.Dataset, idx: Sequence[int], arr: np.ndarray) -> None:
     """`ds[idx[k]] = arr[k]` for sorted row indices `idx`, one slice write per consecutive run."""
     for start, stop, k in row_runs(idx):
         ds[start:stop] = arr[k:k + stop - start]
+
+
+_FP16_EXPONENT = 0x7C00  # float16: all exponent bits set = Inf or NaN
+
+
+def finite_rows(x: torch.Tensor | np.ndarray, block: int = 64) -> np.ndarray:
+    """bool `[N]`: whether row n of `x` (`[N, ...]`, e.g. float16 features `[N, C, h, w]` or
+    views `[N, K, C, h, w]`) holds only finite values. Vectorised, `block` rows at a time (the
+    temporaries stay ~25 MB); float16 on the CPU by its exponent bits (bench/nonfinite.py)."""
+    n = int(x.shape[0])
+    out = np.ones(n, dtype=bool)
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        for s in range(0, n, block):
+            out[s:s + block] = torch.isfinite(x[s:s + block].flatten(1)).all(1).cpu().numpy()
+        return out
+    a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = a.reshape(n, -1)
+    for s in range(0, n, block):
+        part = a[s:s + block]
+        if part.dtype == np.float16:
+            out[s:s + block] = (part.view(np.uint16) & _FP16_EXPONENT).max(axis=1) != _FP16_EXPONENT
+        else:
+            out[s:s + block] = np.isfinite(part).all(axis=1)
+    return out
 
 
 def read_failed(f: h5py.File) -> dict[str, str]:
@@ -198,19 +251,46 @@ def clear_failed(f: h5py.File) -> int:
     return n
 
 
-def open_existing(path: Path, mode: str = "r") -> h5py.File:
-    """Open a cache file, turning HDF5's errors into one CacheError line."""
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
+
+
+def open_error(path: str | os.PathLike, e: OSError) -> CacheError:
+    """The one-line CacheError for HDF5's error opening `path`: in use by another process (a
+    lock), truncated, not HDF5 at all, or otherwise damaged (DamagedCacheError for the last
+    three). HDF5's "truncated file" message names `sblock`, which holds "lock": a lock is told by
+    its errno (EAGAIN) or HDF5's "unable to lock file", never by the word alone."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    low = msg.lower()
+    if (isinstance(e, BlockingIOError) or e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+            or "unable to lock file" in low):
+        return CacheError(f"{path}: in use by another process (an extraction still running?); "
+                          f"wait for it or stop it ({msg})")
+    repair = f"salvage its complete rows with `amnet-cache repair {path} FIXED.h5`"
+    m = _TRUNCATED.search(msg)
+    if m:
+        have, want = int(m.group(1)), int(m.group(2))
+        return DamagedCacheError(f"{path}: truncated: {have:,} of {want:,} bytes (an interrupted "
+                                 f"copy or download, or a full disk?); {repair}, or extract it "
+                                 "again")
+    if "signature not found" in low:
+        return DamagedCacheError(f"{path}: not an HDF5 file (no HDF5 signature; damaged, or "
+                                 "another kind of file); extract it again")
+    return DamagedCacheError(f"{path}: damaged HDF5 file ({msg}); {repair}, or extract it again")
+
+
+def open_h5(path: str | os.PathLike, mode: str = "r", **kwargs) -> h5py.File:
+    """`h5py.File(path, mode)`, its errors turned into one CacheError line (`open_error`)."""
     try:
-        f = h5py.File(path, mode, **({"rdcc_nbytes": 0} if mode != "r" else {}))
+        return h5py.File(path, mode, **kwargs)
     except FileNotFoundError:
         raise CacheError(f"{path}: feature cache not found") from None
     except OSError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "lock" in msg.lower():
-            raise CacheError(f"{path}: in use by another process (an extraction still running?); "
-                             f"wait for it or stop it ({msg})") from None
-        raise CacheError(f"{path}: not a readable HDF5 feature cache ({msg}); "
-                         "delete it or pass --overwrite") from None
+        raise open_error(path, e) from None
+
+
+def open_existing(path: Path, mode: str = "r") -> h5py.File:
+    """Open a cache file, turning HDF5's errors into one CacheError line."""
+    f = open_h5(path, mode, **({"rdcc_nbytes": 0} if mode != "r" else {}))
     if f.attrs.get("format") not in (FORMAT, FORMAT.encode()) or "features" not in f:
         f.close()
         raise CacheError(f"{path}: not an amnet feature cache (no '{FORMAT}' format attribute)")
@@ -232,14 +312,20 @@ class FeatureCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         with open_existing(self.path) as f:
-            self.attrs: dict[str, Any] = read_attrs(f)
-            self.names: list[str] = f["names"].asstr()[:].tolist()
-            self._done = f["done"][:].astype(bool)
-            self.has_flip: bool = "features_flip" in f
-            # crop views per image besides the plain one (0 for version-1 files)
-            self.views: int = int(f["views"].shape[1]) if "views" in f else 0
-            shape = f["features"].shape
-            self.failed: dict[str, str] = read_failed(f)
+            try:
+                self.attrs: dict[str, Any] = read_attrs(f)
+                self.names: list[str] = f["names"].asstr()[:].tolist()
+                self._done = f["done"][:].astype(bool)
+                self.has_flip: bool = "features_flip" in f
+                # crop views per image besides the plain one (0 for version-1 files)
+                self.views: int = int(f["views"].shape[1]) if "views" in f else 0
+                shape = f["features"].shape
+                self.failed: dict[str, str] = read_failed(f)
+            except (OSError, KeyError, ValueError, RuntimeError) as e:  # HDF5 raises any of these
+                raise DamagedCacheError(
+                    f"{self.path}: damaged feature cache (reading its names and flags: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); salvage its "
+                    f"complete rows with `amnet-cache repair {self.path} FIXED.h5`") from None
         self.channels: int = int(shape[1])
         self.grid: tuple[int, int] = (int(shape[2]), int(shape[3]))
         self._index = {n: i for i, n in enumerate(self.names)}
@@ -254,7 +340,7 @@ class FeatureCache:
 
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")  # the parent's handle (if any) stays untouched
+            self._file = open_h5(self.path, "r")  # the parent's handle (if any) stays untouched
             self._pid = os.getpid()
         return self._file
 
@@ -313,7 +399,10 @@ class FeatureCache:
         the plain (test-transform) view, 1..`views` the stored crops; `flip` its mirror image."""
         ds = self._dataset(flip, view)
         row = self._row(key)
-        return torch.from_numpy(ds[row] if view == 0 else ds[row, view - 1])
+        try:
+            return torch.from_numpy(ds[row] if view == 0 else ds[row, view - 1])
+        except (OSError, RuntimeError) as e:
+            raise self._damaged(self.names[row], e) from None
 
     def __getitem__(self, key: int | str) -> torch.Tensor:
         return self.get(key)
@@ -327,8 +416,33 @@ class FeatureCache:
         order = np.argsort(rows, kind="stable")  # ascending file order reads faster
         for k in order:
             src = np.s_[rows[k]] if view == 0 else np.s_[rows[k], view - 1]
-            ds.read_direct(out, source_sel=src, dest_sel=np.s_[k])
+            try:
+                ds.read_direct(out, source_sel=src, dest_sel=np.s_[k])
+            except (OSError, RuntimeError) as e:
+                raise self._damaged(names[k], e) from None
         return torch.from_numpy(out)
+
+    def _damaged(self, name: str, e: Exception) -> DamagedCacheError:
+        """A row that does not read back (a damaged chunk index or header)."""
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return DamagedCacheError(f"{self.path}: damaged: the features of {name!r} do not read "
+                                 f"back ({msg}); salvage its complete rows with `amnet-cache "
+                                 f"repair {self.path} FIXED.h5`")
+
+    def nonfinite(self, names: Sequence[str], flip: bool = False, views: int = 0,
+                  block: int = 64) -> list[str]:
+        """Those of `names` whose features hold NaN or Inf: the plain view, its flip (`flip`)
+        and crop views 1..`views` (and their flips), read from the file `block` rows at a time
+        in file order -- one pass, for data that is not held in memory."""
+        bad: set[str] = set()
+        order = sorted(names, key=self.index)
+        for start in range(0, len(order), block):
+            part = order[start:start + block]
+            for f in (False, True) if flip else (False,):
+                for v in range(views + 1):
+                    ok = finite_rows(self.load(part, flip=f, view=v))
+                    bad.update(n for n, good in zip(part, ok) if not good)
+        return [n for n in names if n in bad]
 
     def missing(self, names: Sequence[str]) -> list[str]:
         """Names without features in this cache (absent, failed or not yet extracted)."""

@@ -1,5 +1,6 @@
 """Whole-file operations on feature caches: merge shards, rewrite for a shorter image list
-(relist), describe (info), verify."""
+(relist), describe (info), verify. (`amnet-cache repair`, salvaging a damaged file, is
+amnet.cache_repair.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,8 @@ import h5py
 import numpy as np
 
 from amnet import cache as C
-from amnet.atomic import atomic_path
+from amnet.atomic import atomic_path, remove_stale_temps
+from amnet.diskspace import disk_full_guard
 from amnet.errors import CacheError
 from amnet.lockfile import hold
 
@@ -56,8 +58,10 @@ def relist(path: str | Path, names: Sequence[str], check: Callable[[], None] | N
         raise ValueError(f"relist: {path} holds features of dropped names")
     copied = [(k, row[n]) for k, n in enumerate(names) if done[row[n]]]
     still_failed = [(n, failed[n]) for n in names if n in failed]
-    with atomic_path(path, tag="relisting", check=check) as tmp:
-        with h5py.File(path, "r") as src, C.create(tmp, names, attrs) as g:
+    remove_stale_temps(path, "relisting")    # a rewrite that a kill interrupted
+    with disk_full_guard(path, len(copied) * C.row_bytes(attrs), f"{path} is unchanged"), \
+            atomic_path(path, tag="relisting", check=check) as tmp:
+        with C.open_h5(path, "r") as src, C.create(tmp, names, attrs) as g:
             if "created" in attrs:
                 g.attrs["created"] = attrs["created"]  # the same cache, for a shorter list
             copy_rows([src], g, [(0, r) for _, r in copied], [k for k, _ in copied])
@@ -112,9 +116,13 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
             count, total, indices = held
             attrs.update(merged_shard_count=count, merged_shard_total=total,
                          merged_shards=np.asarray(indices, dtype=np.int64))
-        with atomic_path(out, tag="merging", check=lock.check) as tmp:
+        remove_stale_temps(out, "merging")   # the half-written output of a killed merge
+        needed = sum(Path(p).stat().st_size for p, *_ in metas)
+        with disk_full_guard(out, needed, "the shards are untouched and nothing was written to "
+                                          f"{out}"), \
+                atomic_path(out, tag="merging", check=lock.check) as tmp:
             with C.create(tmp, all_names, attrs) as g:
-                handles = [h5py.File(p, "r") for p, *_ in metas]
+                handles = [C.open_h5(p, "r") for p, *_ in metas]
                 try:
                     copy_rows(handles, g, order)
                 finally:
@@ -268,7 +276,13 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
                 problems.append(f"{name} shape {list(ds.shape)}, expected {list(want)}")
                 continue
             block = _BLOCK if ds.ndim == 4 else max(1, _BLOCK // k)  # ~100 MB per read
-            bad = _scan_nonfinite(ds, done, progress, name, block)
+            try:
+                bad = _scan_nonfinite(ds, done, progress, name, block)
+            except (OSError, RuntimeError) as e:
+                problems.append(f"{name}: damaged: rows do not read back "
+                                f"({str(e).splitlines()[0]}); salvage the complete rows with "
+                                f"`amnet-cache repair {path} FIXED.h5`")
+                continue
             if bad:
                 problems.append(f"{name}: {len(bad)} images hold NaN/Inf, e.g. "
                                 f"{[names[i] for i in bad[:3]]}")
@@ -287,8 +301,7 @@ def _scan_nonfinite(ds, done: np.ndarray, progress: bool, label: str, block: int
             mask = done[start:stop]
             if not mask.any():
                 continue
-            data = ds[start:stop]
-            finite = np.isfinite(data.reshape(stop - start, -1)).all(axis=1)
+            finite = C.finite_rows(ds[start:stop])
             bad.extend(int(start + k) for k in np.flatnonzero(mask & ~finite))
             bar.update(int(mask.sum()))
     return bad

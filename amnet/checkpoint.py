@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from amnet.atomic import atomic_path
-from amnet.errors import WeightsError
+from amnet.errors import TrainingError, WeightsError
 from amnet.model import AMNet, AMNetConfig
 from amnet.provenance import BackboneRecord, versions  # noqa: F401  (versions: re-exported)
 
@@ -61,11 +61,17 @@ def backbone_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 def make_checkpoint(model: AMNet, *, backbone: BackboneRecord | Mapping[str, Any],
                     epoch: int | None = None, metrics: Mapping[str, Any] | None = None,
                     train_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint dict for `model` (its state dict is copied to CPU)."""
+    """The checkpoint dict for `model` (its state dict is copied to CPU). Refuses (TrainingError)
+    weights holding NaN/Inf: such a head scores nothing."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingError(f"refusing to save a checkpoint whose weights hold NaN/Inf "
+                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     return {
         "format_version": FORMAT_VERSION,
         "model_config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "backbone": (backbone.to_dict() if isinstance(backbone, BackboneRecord)
                      else plain(dict(backbone))),
         "epoch": epoch,
@@ -79,8 +85,32 @@ def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (amnet.atomic) so a killed run never leaves half a checkpoint."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(dict(ckpt), tmp)
+        torch_save(dict(ckpt), tmp)
     return path
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj)` into `path` through an open file: a full disk then shows as the OSError
+    behind torch's RuntimeError (amnet.diskspace finds it), which saving to a name hides."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) dict / list."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_size(obj: Any) -> int:
+    """About the bytes `torch.save(obj)` writes, rounded up (a figure of space needed): its
+    tensors, plus 5% and 64 KB for the zip container, the pickle and the plain values."""
+    return tensor_bytes(obj) * 21 // 20 + 65_536
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"

@@ -20,8 +20,24 @@ class CacheError(AmnetError):
     """A feature cache that lacks names, was made with other settings, or is damaged."""
 
 
+class DamagedCacheError(CacheError):
+    """A feature cache file that is truncated or corrupt (not merely in use, nor made with other
+    settings): `amnet-cache repair` salvages its complete rows."""
+
+
 class WeightsError(AmnetError):
     """Backbone or head weights that cannot be loaded (offline, wrong file, wrong layout)."""
+
+
+class TrainingError(AmnetError):
+    """Training that cannot go on: a non-finite loss or non-finite weights; the message names the
+    epoch and batch, and nothing of that epoch is saved."""
+
+
+class DiskFullError(AmnetError):
+    """No space left on the device (or the disk quota used up) while writing a file: the message
+    names the file, the free space and about how much more is needed; work done so far is kept
+    (amnet.diskspace builds it from the OSError)."""
 
 
 class ParamsError(AmnetError):

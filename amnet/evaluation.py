@@ -116,11 +116,13 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
              split_path: str | os.PathLike, *, device: str = "auto", batch_size: int = 370,
              precision: str = "auto", preload: str = "auto", workers: int = -1,
              out_dir: str | os.PathLike | None = None, check_backbone: bool = True,
-             tta: bool = False):
+             tta: bool = False, on_nonfinite: str = "fail"):
     """Metrics and predictions of a trained head on one split file, without training.
 
     tta: average the predictions over every view the cache stores (plain + crops, and their
-    flips when present); otherwise the plain view only.
+    flips when present); otherwise the plain view only. on_nonfinite: images whose features hold
+    NaN/Inf stop the run ("fail", CacheError naming them) or are left out of the metrics and
+    predictions ("skip"; listed in metrics as `skipped_nonfinite`).
 
     Returns (metrics dict: rho, mse, n, ...; DataFrame name, gt, pred, step_1..step_T). With
     out_dir, also writes metrics.json and predictions.csv there (together: metrics last). Refuses
@@ -151,7 +153,8 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
                 log.warning(line)
         split = SplitPart(names, scores)
         needs = {"test": (cache.views, cache.has_flip)} if tta else {}
-        mode = attach_sources(cache_path, cache, {"test": split}, needs, preload, workers, dev)
+        mode = attach_sources(cache_path, cache, {"test": split}, needs, preload, workers, dev,
+                              on_nonfinite)
         pred, steps = predict_split(model, split, dev, batch_size, precision, tta=tta)
         n_tta, cache_views = len(tta_views(split, tta)), cache.views
     finally:
@@ -159,16 +162,20 @@ def evaluate(checkpoint: str | os.PathLike, cache_path: str | os.PathLike,
             split.source.close()
         cache.close()
     df = predictions_frame(split, pred, steps)
-    metrics = safe_metrics({"rho": spearman(scores, pred), "mse": mse(scores, pred), "n": len(names),
+    scores = split.scores                       # without the images left out (on_nonfinite)
+    metrics = safe_metrics({"rho": spearman(scores, pred), "mse": mse(scores, pred),
+                            "n": len(split),
                             "best_epoch": ckpt.get("epoch"), "data": mode, "precision": precision,
                             "tta": bool(tta), "tta_views": n_tta, "cache_views": cache_views})
+    if split.skipped:
+        metrics["skipped_nonfinite"] = split.skipped
     metrics.update(checkpoint=str(checkpoint), split={"path": str(split_path), "sha256": file_sha256(split_path)},
                    cache=str(cache_path), backbone=ckpt.get("backbone"), versions=versions())
     if out_dir is not None:
         out = Path(out_dir)
         files = Outputs({"predictions": out / "predictions.csv", "metrics": out / "metrics.json"})
         files.clean()
-        files.stage_csv("predictions", df)
-        files.stage_json("metrics", metrics)
-        files.publish()
+        with files.together():
+            files.stage_csv("predictions", df)
+            files.stage_json("metrics", metrics)
     return metrics, df

@@ -26,12 +26,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from amnet import cache, cache_ops
-from amnet.atomic import atomic_path
+from amnet.atomic import atomic_path, remove_stale_temps
+from amnet.diskspace import disk_full_guard
 from amnet.lockfile import Lock, hold
 from amnet.progress import progress_bar
 from amnet.backbone import grid_for, features, load_backbone, normalize_uint8
 from amnet.device import resolve_device, set_compute_threads
-from amnet.errors import CacheError, ImageError
+from amnet.errors import CacheError, DamagedCacheError, ImageError
 from amnet.image_loading import ImageRows, collate_rows
 
 FLUSH_EVERY_BATCHES = 4
@@ -112,7 +113,10 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
     extra names hold no features, it is first rewritten for `names` (cache_ops.relist)."""
     dropped = 0
     if out.exists() and not overwrite:
-        f = cache.open_existing(out, "r+")
+        try:
+            f = cache.open_existing(out, "r+")
+        except DamagedCacheError as e:
+            raise DamagedCacheError(f"{e}; or pass --overwrite to start it afresh") from None
         try:
             have_attrs = cache.read_attrs(f)
             diffs = cache.settings_differences(have_attrs, attrs)
@@ -138,9 +142,11 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
         dropped = cache_ops.relist(out, names, check=lock.check)["dropped"]
         f = cache.open_existing(out, "r+")
         return f, bool(f.attrs.get("complete")), dropped
+    remove_stale_temps(out, "creating")             # a creation that a kill interrupted
     with atomic_path(out, tag="creating", check=lock.check) as tmp:  # a file at `out` is a
         cache.create(tmp, names, attrs).close()                      # fully created cache
     return cache.open_existing(out, "r+"), False, dropped
+
 
 
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
@@ -232,7 +238,8 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
     if shard is not None:
         attrs.update(shard_index=shard[0], shard_count=shard[1], shard_total=total)
 
-    f, complete, dropped = _open_or_create(out, names, attrs, overwrite, lock)
+    with disk_full_guard(out, kept="nothing was extracted yet"):
+        f, complete, dropped = _open_or_create(out, names, attrs, overwrite, lock)
     summary = {"out": str(out), "images": len(names), "extracted": 0, "skipped": 0,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
                "images_per_s": 0.0, "device": str(dev), "weights": weights, "views": views,
@@ -253,15 +260,26 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
         rows = [i for i in range(len(names)) if not done[i] and names[i] not in failed]
         plan = _RunPlan(out, names, paths, rows, image_size, flip, views, view_seed, batch_size,
                         workers, on_error, progress, on_batch)
-        _run(f, plan, trunk, spec, dev, summary)
+        row_bytes = cache.row_bytes(attrs)
+        # a full disk: the rows marked done stay (the file is preallocated; only rows are
+        # written), so the same command resumes once there is room for the rest
+        with disk_full_guard(out, lambda: (len(rows) - summary["extracted"]) * row_bytes,
+                             lambda: f"the {summary['already'] + summary['extracted']} images "
+                                     f"extracted so far are kept in {out}: the rerun resumes"):
+            _run(f, plan, trunk, spec, dev, summary)
         done = f["done"][:].astype(bool)
         summary["failed_total"] = len(cache.read_failed(f))
         summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
         f.attrs["complete"] = summary["complete"]
         f.attrs["updated"] = cache.now()
         f.attrs["device"] = str(dev)
-    finally:
-        f.close()  # flushes: whatever happened, rows marked done are on disk
+    except BaseException:
+        try:
+            f.close()  # flushes: whatever happened, rows marked done are on disk
+        except Exception:  # noqa: BLE001 -- a full disk fails the close too: the first error says it
+            pass
+        raise
+    f.close()
     return summary
 
 

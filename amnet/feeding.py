@@ -7,6 +7,10 @@ the plain (test-transform) view, 1..K a stored random-resized crop (`amnet-cache
 `Preloaded` holds the features in RAM or on the GPU; `Lazy` reads them from the HDF5 file in
 DataLoader workers. Both return identical tensors for the same (indices, flips, views), so which
 one runs never changes the results.
+
+Features holding NaN or Inf (a damaged cache, a float16 overflow) are found once, when a part
+gets its source -- over the loaded tensors, or in one pass over the file for lazy parts, never per
+batch -- and either refused (one line naming them and the cache) or left out of the part.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from amnet.device import available_ram
+from amnet.cache import finite_rows
 from amnet.errors import CacheError
 
 log = logging.getLogger("amnet.train")
@@ -40,6 +45,15 @@ class SplitPart:
     def __init__(self, names: list[str], scores: np.ndarray):
         self.names, self.scores = names, scores
         self.source: Source | None = None
+        self.skipped: list[str] = []     # left out: NaN/Inf features (on_nonfinite="skip")
+
+    def drop(self, bad: Sequence[str]) -> None:
+        """Leave the images `bad` out (recorded in `skipped`)."""
+        out = set(bad)
+        keep = np.array([n not in out for n in self.names], dtype=bool)
+        self.skipped += [n for n in self.names if n in out]
+        self.names = [n for n, k in zip(self.names, keep) if k]
+        self.scores = self.scores[keep]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -170,13 +184,38 @@ def _load_views(cache, names: list[str], k: int, flip: bool, target: torch.devic
     return out
 
 
+NONFINITE = ("fail", "skip")
+
+
+def _nonfinite(cache_path, part: str, s: SplitPart, bad: list[str], on_nonfinite: str) -> None:
+    """Refuse (on_nonfinite "fail") or leave out ("skip") the images `bad` of part `part`."""
+    if not bad:
+        return
+    if on_nonfinite == "fail":
+        shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise CacheError(f"{cache_path}: {len(bad)} of {len(s)} {part} images hold NaN/Inf "
+                         f"features ({shown}); `amnet-cache verify {cache_path}` lists them all; "
+                         "pass --on-nonfinite skip (train.on_nonfinite: skip in params.yaml) to "
+                         "leave them out")
+    log.warning("%s: left out %d of %d %s images holding NaN/Inf features: %s", cache_path,
+                len(bad), len(s), part, ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
+    s.drop(bad)
+    if not len(s):
+        raise CacheError(f"{cache_path}: every {part} image holds NaN/Inf features; "
+                         "re-extract the cache")
+
+
 def attach_sources(cache_path, cache, parts: dict[str, SplitPart],
                    needs: dict[str, tuple[int, bool]], preload: str, workers: int,
-                   device: torch.device) -> str:
+                   device: torch.device, on_nonfinite: str = "fail") -> str:
     """Give each part a source; returns where the data lives: device, ram or lazy.
 
     needs: part name -> (crop views K it must serve, whether it serves flips); parts not
-    named serve the plain view only. preload: auto | device | ram | lazy."""
+    named serve the plain view only. preload: auto | device | ram | lazy. on_nonfinite: what
+    to do with images whose features (of the views the part serves) hold NaN/Inf: "fail"
+    (CacheError naming them) or "skip" (left out of the part, listed in its `skipped`)."""
+    if on_nonfinite not in NONFINITE:
+        raise ValueError(f"on_nonfinite must be fail or skip, not {on_nonfinite!r}")
     per_image = 2 * cache.channels * cache.grid[0] * cache.grid[1]          # float16 bytes
     need = {k: needs.get(k, (0, False)) for k in parts}
     total = sum(len(s) * per_image * (1 + need[k][0]) * (2 if need[k][1] else 1)
@@ -196,8 +235,10 @@ def attach_sources(cache_path, cache, parts: dict[str, SplitPart],
     if mode == "lazy":
         n_workers = workers if workers >= 0 else min(8, os.cpu_count() or 1)
         for k, s in parts.items():
+            n_views, flip = need[k]
+            _nonfinite(cache_path, k, s, cache.nonfinite(s.names, flip, n_views), on_nonfinite)
             s.source = Lazy(str(cache_path), s.names, n_workers, pin=device.type == "cuda",
-                            views=need[k][0], flip=need[k][1])
+                            views=n_views, flip=flip)
         return mode
     target = device if mode == "device" else torch.device("cpu")
     for k, s in parts.items():
@@ -206,5 +247,13 @@ def attach_sources(cache_path, cache, parts: dict[str, SplitPart],
         feats_flip = torch.as_tensor(cache.load(s.names, flip=True)).to(target) if flip else None
         views = _load_views(cache, s.names, n_views, False, target) if n_views else None
         views_flip = _load_views(cache, s.names, n_views, True, target) if n_views and flip else None
+        loaded = [t for t in (feats, feats_flip, views, views_flip) if t is not None]
+        ok = np.logical_and.reduce([finite_rows(t) for t in loaded])
+        _nonfinite(cache_path, k, s, [n for n, good in zip(s.names, ok) if not good],
+                   on_nonfinite)
+        if not ok.all():  # skipped: keep the other rows (a copy, in this rare case only)
+            keep = torch.from_numpy(ok).to(target)
+            feats, feats_flip, views, views_flip = (None if t is None else t[keep] for t in
+                                                    (feats, feats_flip, views, views_flip))
         s.source = Preloaded(feats, feats_flip, views, views_flip)
     return mode

@@ -5,6 +5,11 @@ the best epoch by validation Spearman rho, and a resumable state written after e
 Per epoch, the batch order, and per image the stored view and the flip, come from one seeded
 generator (`gen`); dropout draws on torch's global generator. Both are in the state, so a resumed
 run draws exactly what an uninterrupted one would.
+
+A non-finite loss (or weights that turned NaN/Inf) stops the run with one TrainingError line
+naming the epoch and the batch; nothing of that epoch is saved (the state of the epoch before
+stays). The check costs no host sync per step: the first bad batch is kept on the device and
+read once per epoch.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Any
 import torch
 
 from amnet.device import autocast
+from amnet.errors import TrainingError
 from amnet.evaluation import predict_split
 from amnet.feeding import SplitPart
 from amnet.metrics import mse, spearman
@@ -41,12 +47,18 @@ def train_epoch(model: AMNet, opt: torch.optim.Optimizer, split: SplitPart, targ
     choice = torch.randint(0, views + 1, (n,), generator=gen) if views else None   # [N]
     batches = [perm[i * bs:(i + 1) * bs] for i in range(n // bs)]       # drop_last
     total = torch.zeros((), device=device)
+    # the first batch (1-based) whose loss is not finite, and that loss; 0 = none so far
+    bad_batch = torch.zeros((), dtype=torch.long, device=device)
+    bad_loss = torch.zeros((), device=device)
     seen = 0
-    for idx, x in zip(batches, split.source.batches(batches, flips, choice)):
+    for b, (idx, x) in enumerate(zip(batches, split.source.batches(batches, flips, choice)), 1):
         y = targets[idx.to(targets.device)]
         with autocast(device, precision):
             outputs, alphas = model(x.to(device, non_blocking=True))
         loss = amnet_loss(outputs, alphas, y, model.config, gamma=cfg.gamma)
+        first = (bad_batch == 0) & ~torch.isfinite(loss.detach())
+        bad_batch = torch.where(first, b, bad_batch)
+        bad_loss = torch.where(first, loss.detach().float(), bad_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -54,7 +66,25 @@ def train_epoch(model: AMNet, opt: torch.optim.Optimizer, split: SplitPart, targ
         seen += len(idx)
         if bar is not None:
             bar.update(len(idx))
+    if int(bad_batch):
+        raise NonFiniteLoss(int(bad_batch), len(batches), float(bad_loss))
     return float(total) / max(seen, 1)
+
+
+class NonFiniteLoss(Exception):
+    """Raised by `train_epoch`: batch `batch` of `batches` (1-based) had the loss `loss`."""
+
+    def __init__(self, batch: int, batches: int, loss: float):
+        super().__init__(f"non-finite loss {loss} at batch {batch} of {batches}")
+        self.batch, self.batches, self.loss = batch, batches, loss
+
+
+def _diverged(epoch: int, where: str, state_file: Path) -> TrainingError:
+    kept = (f"the state of epoch {epoch - 1} stays in {state_file}" if epoch > 1
+            else "no epoch was saved")
+    return TrainingError(f"training diverged in epoch {epoch}: {where}; nothing of epoch {epoch} "
+                         f"was saved ({kept}); lower --lr, or check the features with "
+                         "`amnet-cache verify CACHE`")
 
 
 @dataclass
@@ -101,9 +131,18 @@ def fit(model: AMNet, opt: torch.optim.Optimizer, parts: dict[str, SplitPart],
         t0 = time.perf_counter()
         bar = progress_bar((len(train) // bs) * bs, f"epoch {epoch}/{cfg.epochs}",
                            enabled=cfg.progress is not False, leave=False)
-        loss = train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, precision, bar,
-                           n_views)
-        bar.close()
+        try:
+            loss = train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, precision,
+                               bar, n_views)
+        except NonFiniteLoss as e:
+            raise _diverged(epoch, str(e), state_file) from None
+        finally:
+            bar.close()
+        bad = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:  # the last batch's step: no later loss shows it
+            raise _diverged(epoch, f"weights turned NaN/Inf in its last step ({bad[0]})",
+                            state_file)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss}
         if "val" in parts:
             vp, _ = predict_split(model, parts["val"], device, cfg.eval_batch_size, precision)

@@ -12,10 +12,11 @@ This module gathers the public names of the three that do it:
     r = p.predict("photo.jpg")        # r.score: float, r.step_scores: [T], r.attention: [T, g, g]
 """
 from amnet.predictor import Prediction, Predictor, check_cache_provenance
-from amnet.report import figure_path, summary_line, write_predictions
+from amnet.report import figure_path, nothing_scored, summary_line, write_predictions
 from amnet.scoring import (LIST_EXTS, InputItem, ItemResult, collect_inputs, list_root,
                            predict_cached, predict_items)
 
 __all__ = ["LIST_EXTS", "InputItem", "ItemResult", "Prediction", "Predictor",
            "check_cache_provenance", "collect_inputs", "figure_path", "list_root",
-           "predict_cached", "predict_items", "summary_line", "write_predictions"]
+           "nothing_scored", "predict_cached", "predict_items", "summary_line",
+           "write_predictions"]

@@ -234,7 +234,8 @@ class Predictor:
             model, meta = load_checkpoint(p, map_location="cpu")
             heads.append(model.eval())
             provs.append(_provenance(meta, p))
-            metas.append({k: meta.get(k) for k in ("backbone", "train_config", "epoch")})
+            metas.append({k: meta.get(k) for k in ("backbone", "train_config", "epoch",
+                                                    "metrics")})
         groups = _group_by_backbone(provs, metas, paths)
         prov = provs[0]
         for h, p in zip(heads[1:], paths[1:]):
@@ -276,6 +277,23 @@ class Predictor:
         for `from_checkpoint` (precision, batch_size, ...)."""
         from amnet.hub import checkpoints_for
         return cls.from_checkpoint(checkpoints_for(name), device, **kwargs)
+
+    @property
+    def metas(self) -> list[dict]:
+        """Each checkpoint's record, in checkpoint order: its `backbone`, `train_config`, `epoch`
+        and `metrics` (amnet.checkpoint; {} for a Predictor built without them)."""
+        return self._metas
+
+    @property
+    def demo_reasons(self) -> list[str]:
+        """Why these heads' scores mean nothing for real photos, over all checkpoints, e.g.
+        "on the synthetic demo data set", "with a random-weight backbone (random:0)"; empty
+        when nothing in their provenance says so."""
+        why: list[str] = []
+        for meta in self._metas:
+            prov = BackboneRecord.from_dict(meta.get("backbone") or {})
+            why += [w for w in _demo_reasons(prov, meta.get("train_config") or {}) if w not in why]
+        return why
 
     @property
     def demo_warning(self) -> str | None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from amnet.atomic import atomic_open
+from amnet.atomic import atomic_open, remove_stale_temps
+from amnet.diskspace import disk_full_guard
 from amnet.errors import AmnetError
 from amnet.predictor import Predictor, check_cache_provenance
-from amnet.scoring import InputItem, predict_cached, predict_items
+from amnet.scoring import InputItem, ItemResult, predict_cached, predict_items
 
 
 def figure_path(out_dir: Path, name: str, used: set[str]) -> Path:
@@ -31,6 +32,23 @@ def _fmt(v: float | None) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
 
 
+def csv_header(predictor: Predictor, has_gt: bool) -> list[str]:
+    """The CSV's columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error."""
+    return (["path", "score"] + (["gt"] if has_gt else [])
+            + [f"step_{t + 1}" for t in range(predictor.steps)]
+            + [f"score_{lab}" for lab in predictor.checkpoint_labels] + ["error"])
+
+
+def csv_row(predictor: Predictor, r: ItemResult, shown: str, has_gt: bool) -> list[str]:
+    """One result as a CSV row under `csv_header` (6 decimals; a failed item: its reason in the
+    error column and no numbers), `shown` in the path column."""
+    gt = [_fmt(r.item.gt)] if has_gt else []
+    if r.error:
+        return [shown, ""] + gt + [""] * (predictor.steps + len(predictor.checkpoints)) + [r.error]
+    return ([shown, _fmt(r.score)] + gt + [_fmt(float(v)) for v in r.step_scores]
+            + [_fmt(float(v)) for v in r.per_checkpoint] + [""])
+
+
 def write_predictions(predictor: Predictor, items: list[InputItem], out: str | Path, *,
                       cache: str | Path | None = None, batch_size: int = 32, workers: int = 0,
                       on_error: str = "skip", attention_maps: str | Path | None = None,
@@ -39,16 +57,14 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     step_1..step_T, score_<checkpoint>..., error), one row per item in input order; optionally one
     attention figure per image into `attention_maps` and a contact sheet at `grid`.
     Returns counts {"n", "scored", "failed", "figures", "grid", "first_frame" (multi-frame
-    files scored on their first frame), "warnings" (lines, amnet.caveats)}."""
+    files scored on their first frame), "warnings" (lines, amnet.caveats), "first_error" (the
+    first failed input and its reason)}."""
     from amnet import viz
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out, "partial")      # CSVs of killed runs (dead processes only)
     has_gt = any(it.gt is not None for it in items)
-    labels = predictor.checkpoint_labels
-    header = (["path", "score"] + (["gt"] if has_gt else [])
-              + [f"step_{t + 1}" for t in range(predictor.steps)]
-              + [f"score_{lab}" for lab in labels] + ["error"])
     fig_dir = Path(attention_maps) if attention_maps else None
     keep = fig_dir is not None
     fc = None
@@ -65,26 +81,24 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                                 on_error=on_error, keep_images=keep, progress=progress)
         caveat = predictor.precision_caveat()
     counts = {"n": len(items), "scored": 0, "failed": 0, "figures": 0, "grid": [],
-              "first_frame": 0, "warnings": [caveat] if caveat else []}
+              "first_frame": 0, "warnings": [caveat] if caveat else [], "first_error": ""}
     sheet: list = []
     used: set[str] = set()
-    try:  # a run stopped by --on-error fail leaves no CSV (amnet.atomic)
-        with atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
+    try:  # a run stopped by --on-error fail (or a full disk) leaves no CSV (amnet.atomic)
+        with disk_full_guard(out, kept=f"no CSV was written to {out}"), \
+                atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(header)
+            w.writerow(csv_header(predictor, has_gt))
             for r in results:
                 it = r.item
                 shown = str(it.path) if it.path is not None and fc is None else it.name
+                w.writerow(csv_row(predictor, r, shown, has_gt))
                 if r.error:
                     counts["failed"] += 1
-                    w.writerow([shown, ""] + ([_fmt(it.gt)] if has_gt else [])
-                               + [""] * (predictor.steps + len(labels)) + [r.error])
+                    counts["first_error"] = counts["first_error"] or f"{shown}: {r.error}"
                     continue
                 counts["scored"] += 1
                 counts["first_frame"] += bool(r.note)
-                w.writerow([shown, _fmt(r.score)] + ([_fmt(it.gt)] if has_gt else [])
-                           + [_fmt(float(v)) for v in r.step_scores]
-                           + [_fmt(float(v)) for v in r.per_checkpoint] + [""])
                 if fig_dir is not None and r.image is not None:
                     viz.save_attention_figure(figure_path(fig_dir, it.name, used), r.image,
                                               r.attention, r.step_scores, r.score, gt=it.gt,
@@ -118,3 +132,11 @@ def summary_line(counts: dict, out: Path) -> str:
     if counts["grid"]:
         msg += f"; contact sheet {', '.join(counts['grid'])}"
     return msg
+
+
+def nothing_scored(counts: dict, out: Path) -> str:
+    """The line `amnet predict` exits with (non-zero) when not one input got a score."""
+    if not counts["n"]:
+        return "no input was scored: IMAGES named no image (an empty folder or list?)"
+    return (f"no input was scored: all {counts['n']} failed, e.g. {counts['first_error']} "
+            f"(every reason is in {out})")

@@ -2,6 +2,10 @@
 `InputItem`s) and the batch loops, over images (`predict_items`: decoded in DataLoader workers by
 amnet.image_loading, as extraction does) or over a feature cache by name (`predict_cached`).
 Both yield one `ItemResult` per item in input order; a failed item carries its reason in `error`.
+
+A score is never NaN: cached features holding NaN/Inf are found per loaded chunk (vectorised,
+before the head runs) and an input whose score comes out non-finite anyway (weights, or backbone
+features from an image) is a failed item with the reason -- or, with on_error "fail", the error.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 
 from amnet.backbone import normalize_uint8
+from amnet.cache import finite_rows
 from amnet.errors import AmnetError, CacheError, ImageError
 from amnet.image_loading import ImageRows, collate_rows
 from amnet.images import IMAGE_SUFFIXES, list_image_folder, load_resized_uint8
@@ -90,8 +95,19 @@ def collect_inputs(args: Iterable[str | Path], images_root: Path | None = None,
 
 # ---- batch loops ---------------------------------------------------------------------------------
 
-def _fill(results: list[ItemResult], pred: Prediction) -> None:
+NONFINITE_SCORE = "non-finite score (NaN/Inf): the head's weights or the features hold NaN/Inf"
+
+
+def _fill(results: list[ItemResult], pred: Prediction, on_error: str = "skip") -> None:
+    """Put the predictions into `results`; a non-finite score makes a failed item (on_error
+    "skip") or an AmnetError ("fail")."""
+    finite = np.isfinite(pred.step_scores).all(axis=1) & np.isfinite(pred.score)
     for j, r in enumerate(results):
+        if not finite[j]:
+            if on_error == "fail":
+                raise AmnetError(f"{r.item.path or r.item.name}: {NONFINITE_SCORE}")
+            r.error = NONFINITE_SCORE
+            continue
         r.score = float(pred.score[j])
         r.step_scores = pred.step_scores[j]
         r.per_checkpoint = pred.per_checkpoint[j]
@@ -123,7 +139,7 @@ def predict_items(predictor: Predictor, items: list[InputItem], *, batch_size: i
                         r.image = img.permute(1, 2, 0).numpy()
                 x = normalize_uint8(x.to(predictor.device, non_blocking=True),
                                     predictor.provenance.mean, predictor.provenance.std)
-                _fill(ok, predictor.predict_images(x))
+                _fill(ok, predictor.predict_images(x), on_error)
                 results.update(zip(batch.rows, ok))
             bar.update(len(results))
             yield from (results[i] for i in sorted(results))
@@ -151,10 +167,23 @@ def predict_cached(predictor: Predictor, cache: Any, items: list[InputItem], *,
             ok = [r for r in results if not r.error]
             if ok:
                 feats = cache.load([r.item.name for r in ok])
-                _fill(ok, predictor.predict_features(feats))
+                finite = finite_rows(feats)
+                if not finite.all():
+                    bad = [r for r, good in zip(ok, finite) if not good]
+                    where = getattr(cache, "path", "the feature cache")
+                    if on_error == "fail":
+                        raise CacheError(f"{where}: NaN/Inf features for {len(bad)} inputs, e.g. "
+                                         f"{bad[0].item.name!r}; `amnet-cache verify {where}` "
+                                         "lists them all")
+                    for r in bad:
+                        r.error = f"NaN/Inf features in the feature cache {where}"
+                    ok = [r for r, good in zip(ok, finite) if good]
+                    feats = feats[torch.from_numpy(finite)]
+            if ok:
+                _fill(ok, predictor.predict_features(feats), on_error)
                 if keep_images:
                     for r in ok:
-                        if r.item.path is not None and Path(r.item.path).is_file():
+                        if not r.error and r.item.path is not None and Path(r.item.path).is_file():
                             try:  # the figure is a bonus here: no image, no figure
                                 x = load_resized_uint8(r.item.path, predictor.image_size)
                                 r.image = x.permute(1, 2, 0).numpy()

@@ -316,6 +316,10 @@ class TrainConfig:
                              min=0.0, max=0.9)
     score_min: float = setting(0.0, "allowed score range in split files: low end")
     score_max: float = setting(1.0, "allowed score range in split files: high end")
+    # not a knob: skipping changes which images train and score
+    on_nonfinite: str = setting("fail", "images whose cached features hold NaN/Inf: fail (stop, "
+                                "naming them) or skip (leave them out, listed in metrics.json "
+                                "as skipped_nonfinite)", choices=("fail", "skip"))
     progress: bool | None = setting(None, "false = off; else shown when stderr is a terminal "
                                     "(not in CI)", knob=True)
 

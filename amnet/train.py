@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from amnet.caveats import constant_scores, small_test
-from amnet.checkpoint import backbone_from_attrs, make_checkpoint, versions
+from amnet.checkpoint import (backbone_from_attrs, make_checkpoint, save_size, torch_save,
+                              versions)
 from amnet.device import resolve_device, resolve_head_precision, seed_everything
 from amnet.errors import CacheError
 from amnet.evaluation import (check_names, evaluate, predict_split, predictions_frame, read_part,
@@ -139,14 +140,16 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
     if cfg.epochs < 1:
         raise ValueError("epochs must be >= 1")
     out_dir = Path(out_dir)
+    checkpoint = Path(checkpoint_path or out_dir / "head.pt")
+    state_file = state_path(checkpoint)
     files = Outputs({
-        "checkpoint": Path(checkpoint_path or out_dir / "head.pt"),
+        "checkpoint": checkpoint,
         "history": Path(history_path or out_dir / "history.csv"),
         "predictions": Path(predictions_path or out_dir / "predictions.csv"),
         "metrics": Path(metrics_path or out_dir / "metrics.json"),
-    })
-    files.clean()
-    state_file = state_path(files.paths["checkpoint"])
+    }, kept=f"training is done and its state kept in {state_file}: the rerun only writes the "
+            "outputs")
+    files.clean()                 # staged files of a killed run (dead processes only)
     device = resolve_device(cfg.device)
     precision = resolve_head_precision(cfg.precision, device)  # "auto" -> what this device runs fast
     log.info("device %s, precision %s, %d threads", device, precision, torch.get_num_threads())
@@ -155,26 +158,27 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
     parts: dict[str, SplitPart] = {}
     try:
         selection = _load_parts(cache, cache_path, train_file, val_file, test_file, cfg, parts)
-        val_constant = _warn_about_parts(parts, selection, train_file, val_file, test_file)
         g = cache.grid
         if g[0] != g[1]:
             raise CacheError(f"{cache_path}: feature grid {g[0]}x{g[1]} is not square; AMNet needs a square grid")
         if (model_config.in_channels, model_config.grid) != (cache.channels, g[0]):
             log.info("model input set from the cache: %d channels, %dx%d grid", cache.channels, g[0], g[1])
             model_config = replace(model_config, in_channels=cache.channels, grid=g[0])
+        use_flip = bool(cfg.flip and cache.has_flip)
+        n_views = cache.views if cfg.views else 0            # crop views drawn in training
+        needs = {"train": (n_views, use_flip)}
+        if cfg.tta:
+            needs["test"] = (cache.views, cache.has_flip)
+        # features checked for NaN/Inf here, once (images left out with on_nonfinite="skip")
+        data_mode = attach_sources(cache_path, cache, parts, needs, cfg.preload, cfg.workers,
+                                   device, cfg.on_nonfinite)
+        val_constant = _warn_about_parts(parts, selection, train_file, val_file, test_file)
         if model_config.target_mean == TRAIN_MEAN:
             # the training scores' mean, fixed now and saved as a number in the checkpoint
             # (LNSIM's mean is ~0.60; the original's constant 0.754 is LaMem's)
             model_config = replace(model_config,
                                    target_mean=round(float(np.mean(parts["train"].scores)), 6))
             log.info("target mean: %.6f (the training scores' mean)", model_config.target_mean)
-        use_flip = bool(cfg.flip and cache.has_flip)
-        n_views = cache.views if cfg.views else 0            # crop views drawn in training
-        needs = {"train": (n_views, use_flip)}
-        if cfg.tta:
-            needs["test"] = (cache.views, cache.has_flip)
-        data_mode = attach_sources(cache_path, cache, parts, needs, cfg.preload, cfg.workers,
-                                   device)
         split_files = {k: (None if p is None else {"path": str(p), "sha256": file_sha256(p)})
                        for k, p in (("train", train_file), ("val", val_file), ("test", test_file))}
         settings = {"train": {k: v for k, v in asdict(cfg).items() if k not in NOT_FINGERPRINTED},
@@ -212,6 +216,9 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
                        cache_views=cache.views, tta=bool(cfg.tta and "test" in parts),
                        tta_views=len(tta_views(parts["test"], cfg.tta)) if "test" in parts else 0,
                        data=data_mode, device=str(device), precision=precision)
+        skipped = {k: s.skipped for k, s in parts.items() if s.skipped}
+        if skipped:  # only then: other runs' metrics.json stay byte for byte what they were
+            metrics["skipped_nonfinite"] = skipped
         # No wall time here (it is per epoch in history.csv): same inputs + params must give
         # byte-identical metrics, so `dvc metrics diff` shows only real changes.
         metrics = safe_metrics(metrics)
@@ -239,13 +246,13 @@ def _publish(files: Outputs, model: AMNet, run: FitProgress, metrics: dict[str, 
                            metrics={k: metrics[k] for k in ("val_rho", "val_mse", "rho", "mse")
                                     if k in metrics},
                            train_config=train_record)
-    files.stage("checkpoint", lambda p: torch.save(ckpt, p))
-    files.stage_csv("history", pd.DataFrame(
-        run.history, columns=["epoch", "train_loss", "val_rho", "val_mse", "lr", "seconds"]))
-    if pred_df is not None:
-        files.stage_csv("predictions", pred_df)
-    files.stage_json("metrics", full)
-    files.publish()
+    with files.together():        # a failure (a full disk) removes what was staged
+        files.stage("checkpoint", lambda p: torch_save(ckpt, p), needed=save_size(ckpt))
+        files.stage_csv("history", pd.DataFrame(
+            run.history, columns=["epoch", "train_loss", "val_rho", "val_mse", "lr", "seconds"]))
+        if pred_df is not None:
+            files.stage_csv("predictions", pred_df)
+        files.stage_json("metrics", full)
 
 
 __all__ = ["TrainConfig", "train_split", "evaluate", "predict_split", "tta_views"]

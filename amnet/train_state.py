@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from amnet.atomic import atomic_path, remove_stale_temps
+from amnet.checkpoint import save_size, torch_save
+from amnet.diskspace import disk_full_guard
 
 log = logging.getLogger("amnet.train")
 
@@ -79,9 +81,15 @@ def restore_rng(states: dict[str, Any], gen: torch.Generator) -> None:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write the state atomically: a kill leaves the previous epoch's state or this one."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write the state atomically: a kill leaves the previous epoch's state or this one, and so
+    does a full disk (one DiskFullError line saying which epoch the rerun goes on from)."""
+    def kept() -> str:
+        if not path.is_file():
+            return "no epoch was saved yet: the rerun starts afresh"
+        return f"the state of epoch {state['epoch'] - 1} is kept in {path}: the rerun goes on from it"
+    with disk_full_guard(path, lambda: save_size(state), kept):
+        with atomic_path(path) as tmp:
+            torch_save(state, tmp)
 
 
 def load_state(path: Path, fp: str) -> dict[str, Any] | None:

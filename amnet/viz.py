@@ -6,7 +6,9 @@ scores `[T]` (summing to the final score).
 
 The overlay follows the official code's `--att-maps-out` (spec section 6): the image squashed to
 the model input size, each step's map min-max scaled on its own, bicubic-upsampled to the image,
-coloured with the jet colour map and blended 50/50 with the image.
+coloured with the jet colour map and blended 50/50 with the image. Added here (the original's
+maps had neither): a colour bar for that scale, and a caption saying how the step scores make the
+score (`STEP_SUM_CAPTION`).
 """
 from __future__ import annotations
 
@@ -21,8 +23,22 @@ matplotlib.use("Agg")  # figures are files; never try to open a window (CI, ssh,
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# What the step panels' numbers are (amnet.model.AMNet.step_scores): the head's score is the MEAN
+# of its T per-step regressions, de-normalised (the original code averages; the paper says the
+# steps are "added" -- the same up to a factor T the regressor absorbs, spec 2.8). The display
+# score of step t is out_t / (T * target_scale) + target_mean / T, so the T step scores add up
+# to the score exactly (up to float rounding; the 3-decimal labels may be 0.001 off). Several
+# checkpoints averaged (amnet.predictor) keep this: the mean of sums is the sum of means.
+STEP_SUM_CAPTION = (
+    "The step scores add up to the score: {terms} = {score:.3f} (3 decimals).\n"
+    "The score is the mean of the head's {steps} step outputs, de-normalised, as in the original "
+    "code; step t shows its share, out_t / ({steps} \u00b7 target_scale) + target_mean / {steps}.")
+
 
 def _as_rgb_array(image: Image.Image | np.ndarray, size: int | None = None) -> np.ndarray:
     """A uint8 `[H, W, 3]` array; squashed to `size x size` (aspect not kept, like the model) if given."""
@@ -79,7 +95,9 @@ def attention_figure(image: Image.Image | np.ndarray, attention: np.ndarray,
     size; default: the image's larger side) as the model saw it.
     attention: `[T, g, g]` maps; step_scores: `[T]`; score: the final score (sum of step scores);
     gt: ground truth shown in the title when known.
-    Returns a figure with exactly T + 1 axes (close it with `plt.close(fig)`).
+    Returns a figure whose first T + 1 axes are the panels, then one colour bar (`fig.axes[-1]`);
+    its caption (`fig.supxlabel`) writes the step scores out as a sum equal to the score
+    (`step_sum_caption`). Close it with `plt.close(fig)`.
     """
     attention = np.asarray(attention, dtype=np.float32)
     if attention.ndim != 3:
@@ -91,7 +109,7 @@ def attention_figure(image: Image.Image | np.ndarray, attention: np.ndarray,
         size = max(_as_rgb_array(image).shape[:2])
     img = _as_rgb_array(image, size)
 
-    fig, axes = plt.subplots(1, steps + 1, figsize=(2.3 * (steps + 1), 3.0), squeeze=False,
+    fig, axes = plt.subplots(1, steps + 1, figsize=(2.3 * (steps + 1) + 0.6, 3.6), squeeze=False,
                              layout="constrained")
     axes = axes[0]
     panels = [(img, "image")] + [
@@ -103,11 +121,24 @@ def attention_figure(image: Image.Image | np.ndarray, attention: np.ndarray,
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_xlabel(label, fontsize=9)
+    # one bar for all step panels: each map is min-max scaled on its own (normalize_map), so the
+    # bar's ends are "that map's lowest / highest weight", not shared numbers
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=cmap), ax=list(axes[1:]),
+                       fraction=0.05, pad=0.02, ticks=[0.0, 1.0])
+    bar.ax.set_yticklabels(["min", "max"], fontsize=7)
+    bar.set_label("attention (each map: its min to max)", fontsize=7)
     head = f"score {float(score):.3f}"
     if gt is not None and not (isinstance(gt, float) and math.isnan(gt)):
         head += f"   (gt {float(gt):.3f})"
     fig.suptitle(f"{title}\n{head}" if title else head, fontsize=10)
+    fig.supxlabel(step_sum_caption(step_scores, score), fontsize=7, color="0.25")
     return fig
+
+
+def step_sum_caption(step_scores: Sequence[float], score: float) -> str:
+    """The figure's caption: the step scores `[T]` written out as a sum equal to `score`."""
+    terms = " + ".join(f"{float(v):.3f}" for v in step_scores)
+    return STEP_SUM_CAPTION.format(terms=terms, score=float(score), steps=len(step_scores))
 
 
 def save_attention_figure(path: str | Path, image: Image.Image | np.ndarray, attention: np.ndarray,

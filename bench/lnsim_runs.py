@@ -253,6 +253,28 @@ def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
             "val_mse": float("nan"), "seconds": 0.0}
 
 
+def _same_training(a: dict | None, b: dict) -> bool:
+    """Fingerprints that train the same thing: equal, except that `views`/`tta` mean nothing on a
+    cache without crop views (amnet-tuned-noviews on such a cache is amnet-tuned's run)."""
+    from amnet.settings import TrainConfig
+
+    if a is None:
+        return False
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(TrainConfig)}))
+
+    def norm(f: dict, other: dict) -> dict:
+        f = json.loads(json.dumps(f))
+        train = f.get("train", {})
+        if ".views" not in f.get("cache", ""):
+            for key in ("views", "tta"):
+                train.pop(key, None)
+        for key in [k for k in train if k not in other.get("train", {})]:
+            if train[key] == defaults.get(key):   # a setting added since, at its default
+                train.pop(key)
+        return f
+    return norm(a, b) == norm(b, a)
+
+
 def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args, *,
               force: bool = False, test: bool = True, out_root: Path | None = None,
               keep_checkpoint: bool = True, views: int = 0) -> dict:
@@ -286,7 +308,7 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
         result_path = path / "result.json"
         if result_path.exists() and not force:
             prev = json.loads(result_path.read_text())
-            if prev.get("fingerprint") == want:
+            if _same_training(prev.get("fingerprint"), want):
                 log(f"{backbone}/{slug}/split {k}: done before ({result_path}), skipped")
                 return prev
     log(f"{backbone}/{slug}/split {k}: training {tc.epochs} epochs ({args.device}, precision {tc.precision})"

@@ -1,13 +1,17 @@
-"""DVC stage `evaluate`: mean and sd over the splits' test metrics, and attention figures.
+"""DVC stage `evaluate`: the report of the configured splits: their metrics, mean and sd, curves,
+predictions and attention figures.
 
-Usage: python pipeline/evaluate.py --data DIR --cache H5 --models DIR --splits-dir DIR
-       --summary JSON --attention DIR   (dvc.yaml passes the paths); settings: params.yaml
-       `data.splits`, `evaluate`.
+Usage: python pipeline/evaluate.py --data DIR --cache H5 --models DIR --runs DIR --splits-dir DIR
+       --history CSV --predictions CSV --summary JSON --attention DIR   (dvc.yaml passes the
+       paths); settings: params.yaml `data.splits`, `evaluate`.
 
-Writes SUMMARY (rho and MSE, mean +- sd over the splits of `data.splits`, read from
-SPLITS_DIR/<k>.json, beside the human consistency where the data set records it) and
-ATTENTION/*.png (the first `evaluate.attention_figures` test images of the first split, scored
-by MODELS/<k>.pt and drawn like the paper's Fig. 2).
+Gathers the run record RUNS/<k>/ of each split k of `data.splits` (amnet/gather.py): its metrics
+to SPLITS_DIR/<k>.json, its history and test predictions into HISTORY and PREDICTIONS (one CSV
+each, a `split` column first). Writes SUMMARY (rho and MSE, mean +- sd over those splits, beside
+the human consistency where the data set records it) and ATTENTION/*.png (the first
+`evaluate.attention_figures` test images of the first split, scored by MODELS/<k>.pt and drawn
+like the paper's Fig. 2). Every output is rebuilt whole, so a split no longer configured leaves
+nothing behind.
 """
 import argparse
 import json
@@ -20,6 +24,7 @@ from amnet.config import load_params
 from amnet.datasets import images_root, load_prepare_info
 from amnet.datasets.splits import read_split, split_path
 from amnet.errors import AmnetError
+from amnet.gather import gather_runs
 from amnet.metrics import summarize
 
 
@@ -28,7 +33,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the prepared data set")
     ap.add_argument("--cache", type=Path, required=True, help="the feature cache (.h5)")
     ap.add_argument("--models", type=Path, required=True, help="folder of <k>.pt checkpoints")
-    ap.add_argument("--splits-dir", type=Path, required=True, help="folder of <k>.json metrics")
+    ap.add_argument("--runs", type=Path, required=True, help="folder of the train stages' <k>/")
+    ap.add_argument("--splits-dir", type=Path, required=True, help="folder for <k>.json metrics")
+    ap.add_argument("--history", type=Path, required=True, help="the splits' histories (.csv)")
+    ap.add_argument("--predictions", type=Path, required=True, help="their predictions (.csv)")
     ap.add_argument("--summary", type=Path, required=True, help="the summary to write (.json)")
     ap.add_argument("--attention", type=Path, required=True, help="folder for the figures")
     ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
@@ -41,7 +49,8 @@ def main() -> None:
 
 def evaluate(args: argparse.Namespace, params) -> None:
     dataset, splits = params.data.dataset, list(params.data.splits)
-    per_split = [json.loads((args.splits_dir / f"{k}.json").read_text()) for k in splits]
+    per_split = gather_runs(args.runs, splits, splits_dir=args.splits_dir, history=args.history,
+                            predictions=args.predictions)
     summary = summarize(per_split, keys=["rho", "mse", "val_rho", "best_epoch"])
     summary["splits"] = splits
     summary["dataset"] = dataset

@@ -7,7 +7,8 @@ Writes OUT. It extracts into OUT's <stem>.partial.h5 (not a DVC output, so DVC d
 before a re-run) and renames it when complete: a run that crashed or was killed resumes where it
 stopped on the next `dvc repro`. The partial file's writer lock (amnet/lockfile.py) is held from
 the first write to the rename, so a run left over by a killed `dvc` is never disturbed: the next
-run stops with one line naming it (or waits, `--wait SECONDS`).
+run stops with one line naming it (or waits, `--wait SECONDS`). A partial file that is damaged
+(truncated) keeps every row that can be salvaged (amnet.cache_repair) before it resumes.
 """
 import argparse
 import os
@@ -17,7 +18,8 @@ from pathlib import Path
 from amnet.config import extract_options, load_params
 from amnet.datasets import images_root
 from amnet.datasets.splits import read_name_list
-from amnet.errors import AmnetError, CacheError
+from amnet.cache_repair import repair
+from amnet.errors import AmnetError, CacheError, DamagedCacheError
 from amnet.extract import extract
 from amnet.lockfile import hold
 
@@ -47,7 +49,16 @@ def main() -> None:
         # the file it writes (it waits for it or stops with one line naming it).
         with hold(partial, args.wait) as lock:
             try:
-                summary = run(overwrite=False)
+                try:
+                    summary = run(overwrite=False)
+                except DamagedCacheError as e:
+                    # truncated or corrupt (a full disk, a crash of the machine): keep every
+                    # complete row (amnet-cache repair), then resume; the rest is redone
+                    print(f"extract: {e}; salvaging its complete rows", file=sys.stderr)
+                    s = repair(partial, partial, lost="resume", overwrite=True)
+                    print(f"extract: kept {s['saved']} of {s['images']} rows of {partial}",
+                          file=sys.stderr)
+                    summary = run(overwrite=False)
             except CacheError as e:
                 if not partial.exists():
                     raise

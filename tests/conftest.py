@@ -295,6 +295,8 @@ def release_state_dict(arch: str = "resnet50", *, trunk_seed: int = 0, drift_see
     sd = {RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
     sd.update(head.state_dict())
     return {k: v.clone() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+
+
 # ---- bad inputs to listing and warnings: a small head on a real trunk, no hang ---------------
 
 def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Path:
@@ -303,14 +305,6 @@ def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Pa
     import torch
 
     from amnet.backbone import grid_for
-# ---- tiny head checkpoints (predict, the differentiable score) ------------------------------
-
-def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, size: int = 64,
-                   steps: int = 3) -> Path:
-    """A random narrow AMNet head checkpoint for the `weights` trunk at `size` x `size` input
-    (fp32 provenance), its outputs spread x20 so that scores differ between images."""
-    import torch
-    from amnet.backbone import grid_for, load_backbone
     from amnet.checkpoint import make_checkpoint, save_checkpoint
     from amnet.model import AMNet, AMNetConfig
     from amnet.provenance import BackboneRecord
@@ -341,6 +335,21 @@ def no_hang():
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
     return limit
+
+
+# ---- tiny head checkpoints (predict, the differentiable score, serve) -----------------------
+
+def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, size: int = 64,
+                   steps: int = 3, **record) -> Path:
+    """A random narrow AMNet head checkpoint for the `weights` trunk at `size` x `size` input
+    (fp32 provenance), its outputs spread x20 so that scores differ between images. `record`:
+    what else the checkpoint records (`train_config`, `metrics`: make_checkpoint's keywords)."""
+    import torch
+    from amnet.backbone import grid_for, load_backbone
+    from amnet.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.model import AMNet, AMNetConfig
+    from amnet.provenance import BackboneRecord
+
     _, spec = load_backbone(weights, "fp32")
     prov = BackboneRecord.from_spec(spec, image_size=size)
     torch.manual_seed(seed)
@@ -349,4 +358,26 @@ def no_hang():
     with torch.no_grad():
         model.regnet4.weight.mul_(20.0)
         model.eh3.weight.mul_(20.0)
-    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov), path)
+    return save_checkpoint(make_checkpoint(model.eval(), backbone=prov, **record), path)
+
+
+# ---- faults: a CLI's one error line, a file's bytes --------------------------------------------
+
+def error_line(res) -> str:
+    """A click result's error: exactly one `Error: ...` line, the last one (warnings may come
+    before it), no traceback; returned without `Error: `."""
+    lines = res.output.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.output
+    assert "Traceback" not in res.output
+    return errors[0][len("Error: "):]
+
+
+def sha256_of(path) -> str:
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# what `amnet train` records about the demo's data (amnet.train: the splits' paths, the cache)
+DEMO_TRAIN_CONFIG = {"cache": "data/features/demo.h5",
+                     "splits": {"train": {"path": "data/demo/splits/train_1.txt"}}}

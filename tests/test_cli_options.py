@@ -22,7 +22,8 @@ COMMANDS = {"train": main.commands["train"], "evaluate": main.commands["evaluate
 EXPOSED = {
     "train": {TrainConfig: set(setting_names(TrainConfig)) - {"progress"},   # progress: -q
               AMNetConfig: set(setting_names(AMNetConfig))},
-    "evaluate": {TrainConfig: {"device", "eval_batch_size", "preload", "precision", "tta"}},
+    "evaluate": {TrainConfig: {"device", "eval_batch_size", "preload", "precision", "tta",
+                               "on_nonfinite"}},
     "extract": {ExtractConfig: set(setting_names(ExtractConfig))},
 }
 # the spellings the CLIs had before their options were generated: they must keep working
@@ -166,7 +167,8 @@ def test_evaluate_passes_the_dataclass_defaults(monkeypatch, split_files):
     assert r.exit_code == 0, r.output
     d = TrainConfig()
     assert calls[-1] == dict(device=d.device, batch_size=d.eval_batch_size, preload=d.preload,
-                             precision=d.precision, out_dir=None, tta=False)
+                             precision=d.precision, out_dir=None, tta=False,
+                             on_nonfinite=d.on_nonfinite)
     r = CliRunner().invoke(main, base + ["--batch-size", "7", "--tta", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert calls[-1]["batch_size"] == 7 and calls[-1]["tta"] and calls[-1]["device"] == "cpu"

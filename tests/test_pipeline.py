@@ -4,7 +4,8 @@ the command line of its stage in dvc.yaml, in a temporary copy of the repository
 head, 2 epochs), without DVC itself.
 
 Covers prepare's outputs, extract's resume / replace of a left-over partial file, train and
-evaluate, and that evaluate writes the same metrics/summary.json bytes from the same inputs."""
+evaluate, that evaluate writes the same metrics/summary.json bytes from the same inputs, and that
+its report holds exactly the configured splits. tests/test_dvc_workflow.py runs them under DVC."""
 from __future__ import annotations
 
 import ast
@@ -291,6 +292,25 @@ def test_extract_leaves_an_orphaned_run_alone(project, tmp_path):
     assert not partial.exists() and not os.path.exists(str(partial) + ".lock")
 
 
+def test_extract_salvages_a_truncated_partial_file(project, tmp_path):
+    """A damaged (truncated) partial file is neither reported as in use nor thrown away: its
+    complete rows are kept (amnet-cache repair) and the rest extracted, to the same bytes."""
+    proj = _copy(project, tmp_path)
+    cache = proj / "data" / "features" / "demo.h5"
+    ref = _features(cache)
+    data = cache.read_bytes()
+    cache.unlink()
+    partial = cache.with_name("demo.partial.h5")
+    partial.write_bytes(data[:int(len(data) * 0.7)])
+    p = _stage(proj, "extract.py")
+    s = _summary(p)
+    assert "truncated" in p.stderr and "in use" not in p.stderr
+    assert 0 < s["already"] < N_IMAGES and s["extracted"] == N_IMAGES - s["already"]
+    assert f"extract: kept {s['already']} of {N_IMAGES} rows of " in p.stderr
+    got = _features(cache)
+    assert got["complete"] and got["features"].tobytes() == ref["features"].tobytes()
+
+
 # ---- train + evaluate ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -328,7 +348,7 @@ def test_evaluate_changes_when_a_split_metric_changes(trained, tmp_path):
     proj = _copy(trained, tmp_path)
     _stage(proj, "evaluate.py")
     before = (proj / "metrics" / "summary.json").read_bytes()
-    m = proj / "metrics" / "splits" / "2.json"
+    m = proj / "train" / "2" / "metrics.json"   # train@2's run record
     d = json.loads(m.read_text())
     d["rho"] = d["rho"] + 0.125
     m.write_text(json.dumps(d))
@@ -336,6 +356,58 @@ def test_evaluate_changes_when_a_split_metric_changes(trained, tmp_path):
     after = json.loads((proj / "metrics" / "summary.json").read_text())
     assert (proj / "metrics" / "summary.json").read_bytes() != before
     assert after["rho"]["values"][1] == d["rho"]
+    assert json.loads((proj / "metrics" / "splits" / "2.json").read_text()) == d
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_reports_exactly_the_configured_splits(trained, tmp_path):
+    """The report is rebuilt from data.splits: the train stages' records, copied and merged, and
+    nothing of a split no longer configured (its record may still lie in train/)."""
+    proj = _copy(trained, tmp_path)
+    _stage(proj, "evaluate.py")
+    metrics = proj / "metrics"
+    assert sorted(p.name for p in (metrics / "splits").iterdir()) == ["1.json", "2.json"]
+    for k in (1, 2):   # byte copies of train@k's record
+        assert (metrics / "splits" / f"{k}.json").read_bytes() == \
+            (proj / "train" / str(k) / "metrics.json").read_bytes()
+    history = _csv(metrics / "history.csv")
+    assert list(history[0]) == ["split", "epoch", "train_loss", "val_rho", "val_mse", "lr",
+                                "seconds"]
+    assert [(r["split"], r["epoch"]) for r in history] == [("1", "1"), ("1", "2"), ("2", "1"),
+                                                           ("2", "2")]
+    own = _csv(proj / "train" / "2" / "history.csv")
+    assert [{k: v for k, v in r.items() if k != "split"} for r in history[2:]] == own
+    predictions = _csv(metrics / "predictions.csv")
+    assert len(predictions) == 16 and list(predictions[0])[:4] == ["split", "name", "gt", "pred"]
+
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["data"]["splits"] = [2]                      # split 1 dropped; train/1 stays
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _stage(proj, "evaluate.py")
+    assert sorted(p.name for p in (metrics / "splits").iterdir()) == ["2.json"]
+    assert {r["split"] for r in _csv(metrics / "history.csv")} == {"2"}
+    assert {r["split"] for r in _csv(metrics / "predictions.csv")} == {"2"}
+    s = json.loads((metrics / "summary.json").read_text())
+    assert s["splits"] == [2] and s["n_splits"] == 1
+
+
+def test_evaluate_names_a_split_that_was_not_trained(trained, tmp_path):
+    proj = _copy(trained, tmp_path)
+    _stage(proj, "evaluate.py")
+    before = {p: p.read_bytes() for p in (proj / "metrics").rglob("*") if p.is_file()}
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["data"]["splits"] = [1, 3]
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = _stage(proj, "evaluate.py", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (f"evaluate: {Path('train/3/metrics.json')} not found: split 3 has "
+                                "not been trained (run `dvc repro train@3`)")
+    assert {p: p.read_bytes() for p in (proj / "metrics").rglob("*") if p.is_file()} == before
 
 
 def test_train_and_evaluate_warn_about_small_test_sets(trained, tmp_path):
@@ -344,7 +416,7 @@ def test_train_and_evaluate_warn_about_small_test_sets(trained, tmp_path):
     from amnet.caveats import small_test
 
     proj = _copy(trained, tmp_path)
-    sizes = [(json.loads((proj / "metrics" / "splits" / f"{k}.json").read_text())["n"],
+    sizes = [(json.loads((proj / "train" / str(k) / "metrics.json").read_text())["n"],
               f"split {k}") for k in (1, 2)]
     assert min(sizes)[0] < 30
     p = _stage(proj, "evaluate.py")

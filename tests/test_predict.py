@@ -170,7 +170,7 @@ def test_cli_csv_one_row_per_input_and_figures(env, predictor, tmp_path):
     pngs = sorted(p.relative_to(figs).as_posix() for p in figs.rglob("*.png"))
     assert pngs == ["a_att.png", "b_att.png", "d_att.png", "sub/c_att.png"]
     with Image.open(figs / "a_att.png") as im:
-        assert im.format == "PNG" and im.size[0] > 3 * im.size[1]
+        assert im.format == "PNG" and im.size[0] > 2.5 * im.size[1]
     assert grid.is_file()
 
 
@@ -180,8 +180,8 @@ def test_figure_axes_one_panel_per_step(env, predictor):
     fig = viz.attention_figure(Image.open(env["images"] / "b.png"), r.attention, r.step_scores,
                                r.score, gt=0.5, size=predictor.image_size)
     try:
-        assert len(fig.axes) == STEPS + 1
-        assert [ax.get_xlabel() for ax in fig.axes][1:] == [
+        assert len(fig.axes) == STEPS + 2  # the panels, then the colour bar
+        assert [ax.get_xlabel() for ax in fig.axes][1:-1] == [
             f"step {t + 1}: {v:.3f}" for t, v in enumerate(r.step_scores)]
     finally:
         plt.close(fig)

@@ -65,7 +65,8 @@ def resume_lines(caplog) -> list[str]:
 
 def leftovers(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.name.endswith(".tmp") or ".tmp-" in p.name or p.name == ".train-state")
+                  if p.name.endswith(".tmp") or ".tmp-" in p.name or ".staged-" in p.name
+                  or p.name == ".train-state")
 
 
 def assert_same_outputs(a: Path, b: Path) -> None:
@@ -151,7 +152,9 @@ def test_a_crash_while_publishing_is_redone(tmp_path, monkeypatch, caplog):
     ref_head = torch.load(tmp_path / "ref" / "head.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(new_head[k], ref_head[k]) for k in ref_head)
     assert (out / "history.csv").read_bytes() == old_history
-    assert (out / "history.csv.tmp").is_file() and (out / ".train-state" / "head.pt.state").is_file()
+    # the staged files that were not renamed yet are removed at once; the state stays
+    assert leftovers(tmp_path) == ["o/.train-state"]
+    assert (out / ".train-state" / "head.pt.state").is_file()
 
     caplog.clear()            # only this run's records (earlier runs log too at INFO)
     with caplog.at_level(logging.INFO, logger="amnet.train"):
@@ -203,9 +206,9 @@ def test_state_lives_beside_the_checkpoint_and_nothing_is_left(tmp_path, monkeyp
     (which DVC deletes before a re-run); temp files of an earlier failed run are cleaned."""
     cache, files = synthetic(tmp_path, n=(96, 32, 32))
     paths = dict(checkpoint_path=tmp_path / "models" / "1.pt",
-                 history_path=tmp_path / "metrics" / "history" / "1.csv",
-                 predictions_path=tmp_path / "metrics" / "predictions" / "1.csv",
-                 metrics_path=tmp_path / "metrics" / "splits" / "1.json")
+                 history_path=tmp_path / "train" / "1" / "history.csv",
+                 predictions_path=tmp_path / "train" / "1" / "predictions.csv",
+                 metrics_path=tmp_path / "train" / "1" / "metrics.json")
     state = tmp_path / "models" / ".train-state" / "1.pt.state"
     for p in paths.values():  # staged outputs of amnet.publish
         p.parent.mkdir(parents=True, exist_ok=True)

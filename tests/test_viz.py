@@ -43,8 +43,9 @@ def test_attention_figure_has_one_panel_per_step():
         fig = viz.attention_figure(img, _maps(steps), [0.25] * steps, 0.25 * steps, gt=0.7,
                                    title="x.jpg", size=64)
         try:
-            assert len(fig.axes) == steps + 1
-            labels = [ax.get_xlabel() for ax in fig.axes]
+            # the T + 1 panels, then the colour bar
+            assert len(fig.axes) == steps + 2
+            labels = [ax.get_xlabel() for ax in fig.axes[:steps + 1]]
             assert labels[0] == "image"
             assert labels[1] == "step 1: 0.250"
             # the image is squashed to the model input size
@@ -52,6 +53,48 @@ def test_attention_figure_has_one_panel_per_step():
             assert "gt 0.700" in fig._suptitle.get_text()
         finally:
             plt.close(fig)
+
+
+def test_attention_figure_colour_bar_and_step_sum_caption():
+    steps = [0.2104, 0.2504, 0.2904]
+    fig = viz.attention_figure(np.zeros((32, 32, 3), np.uint8), _maps(3), steps, sum(steps))
+    try:
+        bar = fig.axes[-1]
+        assert [t.get_text() for t in bar.get_yticklabels()] == ["min", "max"]
+        assert "attention" in bar.get_ylabel()
+        # the bar sits beside the step panels only: right of the last one
+        assert bar.get_position().x0 > fig.axes[3].get_position().x1
+        caption = fig._supxlabel.get_text()
+        # rounded terms, and the sum rounded on its own (0.751, not 0.750)
+        assert caption.startswith("The step scores add up to the score: "
+                                  "0.210 + 0.250 + 0.290 = 0.751 (3 decimals).")
+        assert "mean of the head's 3 step outputs" in caption
+        assert "out_t / (3 \u00b7 target_scale) + target_mean / 3" in caption
+    finally:
+        plt.close(fig)
+
+
+def test_step_sum_caption_is_what_the_head_computes():
+    """The caption's claim, checked on amnet.model: score = sum of the step scores, where the
+    score is the mean of the step outputs de-normalised (not their sum, unlike the paper's word)."""
+    import torch
+    from amnet.model import AMNet, AMNetConfig
+
+    torch.manual_seed(0)
+    cfg = AMNetConfig(grid=4, in_channels=8, feature_dim=8, hidden_dim=8, regressor_dim=4,
+                      lstm_steps=3, target_mean=0.754, target_scale=2.0)
+    head = AMNet(cfg).eval()
+    with torch.no_grad():
+        head.regnet4.weight.mul_(20.0)
+    x = torch.randn(5, 8, 4, 4)
+    score, step_scores, _ = head.predict(x)
+    with torch.no_grad():
+        out, _ = head(x)                                                   # [B, T] normalised
+    np.testing.assert_allclose(step_scores.sum(1).numpy(), score.numpy(), atol=1e-6)
+    np.testing.assert_allclose(score.numpy(), (out.mean(1) / 2.0 + 0.754).numpy(), atol=1e-6)
+    np.testing.assert_allclose(step_scores.numpy(), (out / (3 * 2.0) + 0.754 / 3).numpy(),
+                               atol=1e-6)
+    assert np.ptp(score.numpy()) > 1e-3  # the inputs get different scores: the check can fail
 
 
 def test_attention_figure_shape_checks():
@@ -65,7 +108,7 @@ def test_save_attention_figure_png(tmp_path):
     with Image.open(out) as im:
         assert im.format == "PNG"
         w, h = im.size
-    assert w > 3 * h  # four panels side by side
+    assert w > 2.5 * h  # four panels side by side (and a colour bar, under a caption)
 
 
 def test_contact_sheet_sorted_and_paged(tmp_path):

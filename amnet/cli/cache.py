@@ -1,4 +1,4 @@
-"""`amnet-cache extract | merge | info | verify`: stage one's feature cache.
+"""`amnet-cache extract | merge | info | verify | repair`: stage one's feature cache.
 
 extract's settings options come from `ExtractConfig` (amnet.settings; amnet/cli/_options.py):
 their defaults, help, choices and ranges are written there only."""
@@ -144,3 +144,34 @@ def cache_verify(file) -> None:
             click.echo(f"{file}: {p}", err=True)
         raise SystemExit(1)
     click.echo(f"{file}: OK")
+
+
+@click.command("repair")
+@click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--lost", type=click.Choice(["fail", "resume"]), default="fail", show_default=True,
+              help="Rows that did not survive: record them as failed (OUT is complete), or leave "
+                   "them to extract (`amnet-cache extract IMAGES --out OUT` then does just those).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@WAIT
+@amnet_errors
+def cache_repair(src, out, lost, overwrite, wait) -> None:
+    """Salvage every complete row of a damaged cache IN (truncated, or rows holding NaN/Inf) into
+    a new cache OUT with the same names and settings; IN is left as it is."""
+    from pathlib import Path
+
+    from amnet.cache_repair import repair
+
+    if Path(out).resolve() == Path(src).resolve():
+        raise click.UsageError("OUT must differ from IN: the damaged file stays until you delete it")
+    s = repair(src, out, lost=lost, overwrite=overwrite, wait=wait)
+    how = (f" (truncated: {s['truncated'][0]:,} of {s['truncated'][1]:,} bytes)"
+           if s["truncated"] else "")
+    line = f"{s['out']}: saved {s['saved']} of {s['images']} rows of {s['in']}{how}; {s['lost']} lost"
+    if s["lost"]:
+        line += f" ({', '.join(s['lost_names'][:3])}{', ...' if s['lost'] > 3 else ''})"
+        line += ", recorded as failed" if lost == "fail" else ""
+    if s["pending"]:
+        line += (f"; {s['pending']} images left to extract: `amnet-cache extract IMAGES --out "
+                 f"{s['out']}` does just those")
+    click.echo(line, err=True)

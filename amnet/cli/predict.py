@@ -7,6 +7,12 @@ import click
 
 from amnet.cli._errors import amnet_errors
 
+# the backbone's numerics when scoring images (also `amnet serve`'s)
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
+    show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
+    "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+
 _PREDICT_HELP = """Score images with one or more trained heads (averaged) and write a CSV.
 
 IMAGES are image files, folders (searched recursively) or list files (.txt, "name [score]" per
@@ -39,7 +45,8 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Backbone weights to use; must be the checkpoints' (by id, or by sha256 for "
                    "file:PATH, e.g. a local copy of the file it was trained with).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="skip: a row with the reason and no score; fail: stop at the first bad image.")
+              help="skip: a row with the reason and no score (a bad image, NaN/Inf features); "
+                   "fail: stop at the first. No input scored at all exits non-zero either way.")
 @click.option("--cache", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Score cached features (HDF5 from amnet-cache extract) instead of images.")
 @click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -48,9 +55,7 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
               help="Write one attention figure per image (<name>_att.png) into this folder.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a contact sheet of all images, most to least memorable (PNG).")
-@click.option("--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
-              show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
-              "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+@precision_option
 @click.option("--match-cache", is_flag=True,
               help="Run the backbone as the checkpoint's cache was made (its precision, features "
               "rounded to float16), so scores equal those of the cached features.")
@@ -58,8 +63,8 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
                 on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
     from amnet.images import left_out_line
-    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, summary_line,
-                               write_predictions)
+    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, nothing_scored,
+                               summary_line, write_predictions)
 
     if bool(checkpoints) == bool(model_name):
         raise click.UsageError("give --checkpoint (one or more) or --model NAME, not both")
@@ -82,6 +87,8 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
         items = collect_inputs(images, images_root, skipped)
     if skipped:
         click.echo(f"warning: {left_out_line('IMAGES', skipped)}", err=True)
+    if not items:   # before loading anything
+        raise click.ClickException(nothing_scored({"n": 0}, out))
     if model_name:
         from amnet.hub import checkpoints_for
         checkpoints = checkpoints_for(model_name)
@@ -95,4 +102,6 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
                                attention_maps=attention_maps, grid=grid)
     for line in counts["warnings"]:
         click.echo(line, err=True)
+    if not counts["scored"]:
+        raise click.ClickException(nothing_scored(counts, out))
     click.echo(summary_line(counts, out), err=True)

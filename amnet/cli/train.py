@@ -47,7 +47,7 @@ def train_cmd(cache, train_file, val_file, test_file, out, quiet, **settings) ->
     assert not settings, settings
     m = train_split(cache, train_file, val_file, test_file, out, mc, tc)
     keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision", "views",
-            "tta")
+            "tta", "skipped_nonfinite")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))
 
 
@@ -59,7 +59,8 @@ def train_cmd(cache, train_file, val_file, test_file, out, quiet, **settings) ->
               type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Split file to score.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for metrics.json and predictions.csv.")
-@options_from(TrainConfig, include=("device", "eval_batch_size", "preload", "precision", "tta"),
+@options_from(TrainConfig, include=("device", "eval_batch_size", "preload", "precision", "tta",
+                                   "on_nonfinite"),
               rename={"eval_batch_size": "--batch-size"}, flags=("tta",))
 @amnet_errors
 def evaluate_cmd(checkpoint, cache, split_file, out, **settings) -> None:
@@ -71,6 +72,7 @@ def evaluate_cmd(checkpoint, cache, split_file, out, **settings) -> None:
 
     tc = TrainConfig(**settings_of(TrainConfig, settings))
     m, _ = evaluate(checkpoint, cache, split_file, device=tc.device, batch_size=tc.eval_batch_size,
-                    preload=tc.preload, precision=tc.precision, out_dir=out, tta=tc.tta)
-    keys = ("rho", "mse", "n", "best_epoch", "precision", "tta", "tta_views")
+                    preload=tc.preload, precision=tc.precision, out_dir=out, tta=tc.tta,
+                    on_nonfinite=tc.on_nonfinite)
+    keys = ("rho", "mse", "n", "best_epoch", "precision", "tta", "tta_views", "skipped_nonfinite")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))

@@ -16,21 +16,12 @@ from typing import Sequence
 
 import numpy as np
 
+from amnet.atomic import pid_alive
 from amnet.errors import AmnetError
 from amnet.datasets.splits import PARTS, split_path, write_split
 
 Items = list[tuple[str, float]]
 LINK_MODES = ("symlink", "hardlink", "copy")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove(path: Path) -> None:
@@ -46,7 +37,7 @@ def new_stage(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.parent.glob(f".{out_dir.name}.prepare-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             _remove(leftover)  # our own staging folder from a run that was killed
     stage = out_dir.parent / f".{out_dir.name}.prepare-{os.getpid()}"
     _remove(stage)
