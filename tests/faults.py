@@ -494,9 +494,9 @@ def _signal(proc, sig: int) -> bool:
 def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], FaultOutcome]:
     """`dvc repro` killed in `stage` (extract, or train@1): the stage's python alone (`who` =
     "stage": dvc reports the failure), or the `dvc` process alone ("dvc": the stage goes on as
-    an orphan; a `dvc repro` started while it lives -- it is paused with SIGSTOP meanwhile, so
-    that it surely does -- must stop, naming it; then it goes on and ends). Then `dvc repro`
-    again, compared with an uninterrupted one."""
+    an orphan; a `dvc repro` started while it lives -- it is paused with SIGSTOP from just
+    before dvc is killed, so that it surely does -- must stop, naming it; then it goes on and
+    ends). Then `dvc repro` again, compared with an uninterrupted one."""
     script = "extract.py" if stage == "extract" else "train.py"
 
     def run(world: FaultWorld, folder: Path) -> FaultOutcome:
@@ -513,6 +513,8 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
             victim = victim or _stage_process(p.pid, script)
             if victim is not None and _started(proj, stage):
                 time.sleep(delay)
+                if who == "dvc":  # paused first: surely alive (mid-work) when dvc is gone
+                    _signal(victim, signal.SIGSTOP)
                 os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
                 killed = True
                 break
@@ -522,15 +524,13 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
             problems.append(f"{stage} was never caught working: {first_out[-500:]}")
         orphan_code = None
         if killed and who == "dvc":
-            # the orphan, paused so that it is surely alive while a new `dvc repro` starts
-            stopped = _signal(victim, signal.SIGSTOP)
-            if stopped:
-                second = dvc_repro(proj)
-                said = second.stdout + second.stderr
-                if second.returncode == 0 or f"being written by pid {victim.pid}" not in said:
-                    problems.append(f"a dvc repro beside the live orphan: exit "
-                                    f"{second.returncode}: {said[-600:]}")
-                _signal(victim, signal.SIGCONT)
+            # the orphan is paused: a new `dvc repro` starts while it surely lives
+            second = dvc_repro(proj)
+            said = second.stdout + second.stderr
+            if second.returncode == 0 or f"being written by pid {victim.pid}" not in said:
+                problems.append(f"a dvc repro beside the live orphan: exit "
+                                f"{second.returncode}: {said[-600:]}")
+            _signal(victim, signal.SIGCONT)
             try:
                 orphan_code = victim.wait(timeout=900)
             except psutil.Error:
