@@ -38,7 +38,7 @@ TRAIN = ["--epochs", "3", "--batch-size", "2", "--eval-batch-size", "4", "--feat
 TRAIN_OUTPUTS = ("head.pt", "history.csv", "predictions.csv", "metrics.json")
 
 _CHILD = r"""
-import importlib, json, os, signal, sys, threading
+import importlib, json, os, signal, sys, threading, time
 spec = json.loads(sys.argv[1])
 kill = spec["kill"]
 
@@ -58,6 +58,11 @@ calls = [0]
 
 def hooked(*args, **kwargs):
     calls[0] += 1
+    if kill.get("pause") and calls[0] == kill["at"]:  # hold on (alive) until told to go on
+        open(kill["pause"] + ".ready", "w").close()
+        while not os.path.exists(kill["pause"] + ".go"):
+            time.sleep(0.05)
+        return real(*args, **kwargs)
     if kill.get("delay") is not None:
         if calls[0] == 1:
             threading.Timer(kill["delay"], die).start()
@@ -82,6 +87,7 @@ class Kill:
     when: str = "after"
     at: int = 1
     delay: float | None = None
+    pause: str | None = None     # instead of dying: wait at call `at` until `<pause>.go` exists
 
     def label(self) -> str:
         where = f"{self.delay:.2f}s-after-first" if self.delay is not None else \
@@ -89,14 +95,35 @@ class Kill:
         return f"{self.target.replace(':', '.')}-{where}"
 
 
-def run_killed(folder: Path, cli: str, args: list, kill: Kill, timeout: float = 600
-               ) -> subprocess.CompletedProcess:
-    """`cli args` in a child python that SIGKILLs itself at `kill`."""
+def _child(folder: Path, cli: str, args: list, kill: Kill) -> list[str]:
     script = folder / "killed_child.py"
     script.write_text(_CHILD)
     spec = {"cli": cli, "args": [str(a) for a in args], "kill": kill.__dict__}
-    return subprocess.run([sys.executable, str(script), json.dumps(spec)], cwd=folder,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, str(script), json.dumps(spec)]
+
+
+def run_killed(folder: Path, cli: str, args: list, kill: Kill, timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """`cli args` in a child python that SIGKILLs itself at `kill`."""
+    return subprocess.run(_child(folder, cli, args, kill), cwd=folder, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_paused(folder: Path, cli: str, args: list, target: str, at: int,
+                 timeout: float = 600) -> tuple[subprocess.Popen, Path]:
+    """`cli args` in a child python that stops (alive) at the `at`-th call of `target` until
+    the returned path's `.go` file exists; returns once it is waiting there."""
+    pause = folder / "pause"
+    p = subprocess.Popen(_child(folder, cli, args, Kill(target, at=at, pause=str(pause))),
+                         cwd=folder, env=subprocess_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not pause.with_suffix(".ready").exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            out, err = p.communicate()
+            raise AssertionError(f"the child did not reach its pause: {out}{err}")
+        time.sleep(0.05)
+    return p, pause
 
 
 @dataclass
@@ -332,33 +359,17 @@ FAST = [("extract", Kill("amnet.cache:write_rows", "after", 2)),
         ("train", Kill("amnet.fit:amnet_loss", "after", 6))]
 
 
-ITEM6 = "issue 11 item 6 (temp files of killed runs cleaned on the next run), fix on branch faults1"
-
-
-def leaves_temp(command: str, kill: Kill) -> bool:
-    """Is the process killed while a temp file of amnet.atomic exists (a merge's whole output,
-    extract's new cache before its rename)?"""
-    if kill.delay is not None:
-        return command == "merge"
-    if command == "merge":
-        return not (kill.target == "amnet.cache:create" and kill.when == "before")
-    return command == "extract" and (kill.target, kill.when) in (
-        ("amnet.cache:create", "after"), ("os:replace", "before"))
-
-
 def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:
     """The fast points, then per command the seeded points (one per target, `extra` more,
     `timed` timer points; slow), then the DVC ones (slow)."""
-    out = [Fault(f"{c}/{k.label()}", MAKERS[c](k),
-                 pending=ITEM6 if leaves_temp(c, k) else None) for c, k in FAST]
+    out = [Fault(f"{c}/{k.label()}", MAKERS[c](k)) for c, k in FAST]
     seen = {f.id for f in out}
     for command in ("extract", "merge", "train"):
         for k in seeded_kills(command, seed, extra, timed):
             fid = f"{command}/{k.label()}"
             if fid not in seen:
                 seen.add(fid)
-                out.append(Fault(fid, MAKERS[command](k), slow=True,
-                                 pending=ITEM6 if leaves_temp(command, k) else None))
+                out.append(Fault(fid, MAKERS[command](k), slow=True))
     out += [Fault(f"dvc/{stage}-kill-{who}", dvc_fault(stage, who, seed), slow=True)
             for stage in ("extract", "train") for who in ("stage", "dvc")]
     return out

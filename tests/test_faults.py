@@ -44,3 +44,29 @@ def test_fault(fault, fault_world, tmp_path):
     if outcome.clean and not outcome.killed:
         pytest.skip("the run finished before its timer went off")
     assert outcome.clean, "\n".join(outcome.problems) + "\n--- output:\n" + outcome.output
+
+
+def test_a_second_training_of_the_same_outputs_is_refused(fault_world, tmp_path):
+    """`amnet train` while another live process trains into the same --out (a `train@k`
+    orphaned by a killed `dvc`): one line naming that process, nothing written; the first then
+    finishes as if alone, byte-identical to an uninterrupted run."""
+    import socket
+    out = tmp_path / "run"
+    args = faults.train_args(fault_world.cache, fault_world.splits, out)
+    child, pause = faults.start_paused(tmp_path, "amnet", args, "amnet.fit:train_epoch", 2)
+    try:
+        with zoo.shared_trunks():
+            second = zoo.run_cli("amnet", args)
+        assert second.code == 1 and not second.traceback, second.output + second.traceback
+        (line,) = second.lines
+        assert line.startswith(f"Error: {out / 'head.pt'}: being written by pid {child.pid} on "
+                               f"{socket.gethostname()} (since "), line
+        assert line.endswith(f"; wait for it to finish (--wait SECONDS) or stop it "
+                             f"(kill {child.pid}), then rerun"), line
+        assert not any((out / name).exists() for name in faults.TRAIN_OUTPUTS)
+    finally:
+        pause.with_suffix(".go").touch()
+        _, err = child.communicate(timeout=600)
+    assert child.returncode == 0, err
+    assert faults.compare_train(out, fault_world.train_ref) == (0, [])
+    assert faults.debris(out) == []

@@ -29,8 +29,6 @@ from zoo import EXTRACT, Call, Case, Workspace, cache_names
 
 CASES: list[Case] = []
 USAGE = (r"^Usage: ", r"^Try '")                 # click's usage lines before its `Error:` line
-ITEM1 = "issue 11 item 1 (NaN/Inf features, nothing scored), fix on branch faults1"
-ITEM3 = "issue 11 item 3 (truncated .h5 said 'in use'; amnet-cache repair), fix on branch faults1"
 
 
 def case(cid: str, pending: str | None = None):

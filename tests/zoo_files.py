@@ -13,7 +13,7 @@ import numpy as np
 
 from zoo import (GOOD, PREDICT, TRAIN, Call, Run, Workspace, cache_rows, read_errors,
                  read_scores, run_cli)
-from zoo_cases import (ITEM1, ITEM3, PAYLOADS, add, all_ok, case, extract_args, names_are,
+from zoo_cases import (PAYLOADS, add, all_ok, case, extract_args, names_are,
                        on_sys_path, write_payload)
 
 # ---- caches ---------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def cache_entry(kind: str, entry: str) -> Callable[[Workspace], Call]:
 
 
 for _entry in ("info", "verify", "train", "evaluate", "predict", "merge", "extract"):
-    add(f"caches/truncated-{_entry}", cache_entry("truncated", _entry), ITEM3)
+    add(f"caches/truncated-{_entry}", cache_entry("truncated", _entry))
 for _entry in ("info", "verify", "train", "evaluate", "predict", "extract"):
     add(f"caches/garbage-{_entry}", cache_entry("garbage", _entry))
 for _kind, _entries in (("empty", ("info", "train")), ("foreign", ("info", "evaluate")),
@@ -106,8 +106,7 @@ for _kind, _entries in (("empty", ("info", "train")), ("foreign", ("info", "eval
                         ("nan_row", ("train", "evaluate")),
                         ("other_backbone", ("evaluate", "predict", "extract"))):
     for _entry in _entries:
-        add(f"caches/{_kind}-{_entry}", cache_entry(_kind, _entry),
-            ITEM1 if _kind == "nan_row" else None)
+        add(f"caches/{_kind}-{_entry}", cache_entry(_kind, _entry))
 
 
 @case("caches/nan_row-verify")
@@ -118,7 +117,7 @@ def _nan_verify(ws: Workspace) -> Call:
                 protect=(c,), prefix=f"{c}: ")
 
 
-@case("caches/nan_row-predict", pending=ITEM1)
+@case("caches/nan_row-predict")
 def _nan_predict(ws: Workspace) -> Call:
     """--on-error skip (predict's default): a1's row carries the reason, the others scored."""
     c = damage(ws, "nan_row")
@@ -134,7 +133,7 @@ def _nan_predict(ws: Workspace) -> Call:
                           *PREDICT], 0, protect=(c,), check=check)
 
 
-@case("caches/all_nan-predict", pending=ITEM1)
+@case("caches/all_nan-predict")
 def _all_nan_predict(ws: Workspace) -> Call:
     """Nothing scored: a non-zero exit, not 'scored 6 of 6' with blank scores."""
     c = damage(ws, "all_nan")
@@ -152,7 +151,7 @@ def _other_size(ws: Workspace) -> Call:
                 protect=(c,))
 
 
-@case("caches/truncated-repair", pending=ITEM3)
+@case("caches/truncated-repair")
 def _repair(ws: Workspace) -> Call:
     """`amnet-cache repair IN OUT` salvages every complete row of a truncated cache."""
     c = damage(ws, "truncated")
@@ -211,7 +210,7 @@ add("shards/shard-and-cache", merge_refused(lambda ws: [_shard(ws, "0/2"), ws.ca
                                             r"not a shard", lambda ps: (ps[1].name,)))
 
 
-@case("shards/truncated-shard", pending=ITEM3)
+@case("shards/truncated-shard")
 def _trunc_shard(ws: Workspace) -> Call:
     s0, s1 = _shard(ws, "0/2"), _shard(ws, "1/2")
     s1.write_bytes(s1.read_bytes()[:s1.stat().st_size * 6 // 10])
