@@ -135,7 +135,7 @@ def _nan_predict(ws: Workspace) -> Call:
 
 @case("caches/all_nan-predict")
 def _all_nan_predict(ws: Workspace) -> Call:
-    """Nothing scored: a non-zero exit, not 'scored 6 of 6' with blank scores."""
+    """Nothing scored: a non-zero exit, not 'scored 8 of 8' with blank scores."""
     c = damage(ws, "all_nan")
     return Call("amnet", ["predict", "--checkpoint", ws.ckpt(), "--cache", c, "--out",
                           ws.dir / "s.csv", *PREDICT], 1, says=r"NaN|non-finite|[Nn]o input|nothing|0 of",

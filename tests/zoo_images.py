@@ -4,7 +4,7 @@ decompression bomb, a FIFO, chmod 000, a dangling link) with --on-error fail, sk
 odd names (unicode, spaces, a newline, ...); and folder listings (a symlink loop, a folder
 linked twice, an unreadable folder, hidden files, `./` names).
 
-A folder of the six good images plus one more, `a2x.<ext>`, sorted between a2 and a3."""
+A folder of the eight good images plus one more, `a2x.<ext>`, sorted between a2 and a3."""
 from __future__ import annotations
 
 import os
@@ -19,8 +19,6 @@ from zoo import (EXTRACT, GOOD, PREDICT, Call, Run, Workspace, cache_failed, cac
 from zoo_cases import (add, all_ok, case, extract_args, make_image, names_are,
                        unreadable)
 
-# ---- images ----------------------------------------------------------------------------------------
-# A folder of the six good images plus one more, `a2x.<ext>`, sorted between a2 and a3.
 
 BAD_IMAGES = {  # kind: (suffix, what the line/reason must say)
     "empty": ("jpg", r"empty file|0 bytes"),
