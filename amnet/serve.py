@@ -293,6 +293,8 @@ def serve(predictor: Predictor, card: ModelCard, *, host: str = "127.0.0.1",
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _interrupt)
         app.block_thread()  # until Ctrl-C; it then closes the server
+    except KeyboardInterrupt:  # Ctrl-C before block_thread took over
+        app.close()
     finally:
         shutil.rmtree(app.amnet_workdir, ignore_errors=True)
 

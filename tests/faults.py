@@ -201,7 +201,8 @@ def train_args(cache: Path, splits: dict[str, Path], out: Path) -> list:
 
 def debris(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if zoo.DEBRIS.search(p.name) or p.name == ".train-state")
+                  if (zoo.DEBRIS.search(p.name) and p.name != "dvc.lock")  # DVC's record
+                  or p.name == ".train-state")
 
 
 def compare_cache(out: Path, ref_rows: dict[str, bytes], names: list[str]) -> tuple[int, list[str]]:
@@ -419,7 +420,8 @@ def dvc_repro(folder: Path, timeout: float = 900) -> subprocess.CompletedProcess
 
 
 DVC_OUTPUTS = ("metrics/summary.json", "metrics/splits/1.json", "metrics/splits/2.json",
-               "metrics/predictions/1.csv", "metrics/predictions/2.csv", "dvc.lock")
+               "metrics/predictions.csv", "train/1/predictions.csv", "train/2/predictions.csv",
+               "dvc.lock")
 
 
 def compare_dvc(proj: Path, ref: Path) -> tuple[int, list[str]]:

@@ -85,6 +85,8 @@ def test_newer_format_refused_by_the_commands(tmp_path):
     path = _newer(tmp_path)
     want = f"Error: {path}: checkpoint format {FORMAT_VERSION + 1} is newer than this amnet"
     (tmp_path / "img").mkdir()
+    from PIL import Image
+    Image.new("RGB", (32, 32), (90, 120, 30)).save(tmp_path / "img" / "a.png")  # not "no image"
     for args in (["predict", "--checkpoint", str(path), str(tmp_path / "img"),
                   "--out", str(tmp_path / "s.csv")],
                  ["predict", "--checkpoint", str(path), "--cache", str(cache),

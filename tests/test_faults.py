@@ -34,7 +34,7 @@ def test_fault_points_are_seeded():
     """The same seed draws the same points; another seed others."""
     a, b = faults.seeded_kills("train", 0, 6, 2), faults.seeded_kills("train", 0, 6, 2)
     assert a == b and a != faults.seeded_kills("train", 1, 6, 2)
-    assert all(0 <= k.delay <= 1 for k in a if k.delay is not None)
+    assert all(0 <= k.delay <= 0.5 for k in a if k.delay is not None)
 
 
 @pytest.mark.parametrize("fault", [_param(f) for f in FAULTS])
