@@ -150,7 +150,7 @@ class Fault:
     pending: str | None = None
 
 
-# ---- the uninterrupted runs ------------------------------------------------------------------------
+# ---- the uninterrupted runs ----------------------------------------------------------------------
 
 @dataclass
 class FaultWorld:
@@ -197,7 +197,7 @@ def train_args(cache: Path, splits: dict[str, Path], out: Path) -> list:
             "--test", splits["test"], "--out", out, *TRAIN]
 
 
-# ---- comparing with them -----------------------------------------------------------------------------
+# ---- comparing with them -------------------------------------------------------------------------
 
 def debris(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
@@ -267,7 +267,7 @@ def _outcome(fid: str, child: subprocess.CompletedProcess, resumed: zoo.Run, los
                         round(time.perf_counter() - t0, 2), resumed.output[-1500:])
 
 
-# ---- the commands ----------------------------------------------------------------------------------
+# ---- the commands --------------------------------------------------------------------------------
 
 def extract_fault(kill: Kill) -> Callable[[FaultWorld, Path], FaultOutcome]:
     def run(world: FaultWorld, folder: Path) -> FaultOutcome:
@@ -376,7 +376,7 @@ def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:
     return out
 
 
-# ---- dvc repro ---------------------------------------------------------------------------------------
+# ---- dvc repro -----------------------------------------------------------------------------------
 
 def dvc_params() -> dict:
     """A tiny demo (40 images of 48 px, random:0 at 32 px, a 16-wide head, 2 epochs), fp32."""
@@ -494,6 +494,37 @@ def _started(proj: Path, stage: str) -> bool:
     return (proj / "models/.train-state/1.pt.state").is_file()
 
 
+def _kill_in_stage(p: subprocess.Popen, proj: Path, stage: str, script: str, who: str,
+                   delay: float):
+    """Wait for `dvc repro` (`p`) to run pipeline/`script` and for it to have done some work,
+    then (after `delay` s) SIGKILL the stage's python (`who` "stage") or dvc itself ("dvc"; the
+    stage paused with SIGSTOP first). -> (the stage's psutil process or None, killed?)"""
+    victim, deadline = None, time.monotonic() + 900
+    while p.poll() is None and time.monotonic() < deadline:
+        victim = victim or _stage_process(p.pid, script)
+        if victim is not None and _started(proj, stage):
+            time.sleep(delay)
+            if who == "dvc":  # paused first: surely alive (mid-work) when dvc is gone
+                _signal(victim, signal.SIGSTOP)
+            os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
+            return victim, True
+        time.sleep(0.02)
+    return victim, False
+
+
+def _let_finish(victim) -> int | None:
+    """Let a paused orphan go on and wait for its end (killed after 900 s); its exit code."""
+    import psutil
+    _signal(victim, signal.SIGCONT)
+    try:
+        return victim.wait(timeout=900)
+    except psutil.TimeoutExpired:
+        _signal(victim, signal.SIGKILL)
+    except psutil.Error:
+        pass
+    return None
+
+
 def _signal(proc, sig: int) -> bool:
     """Send `sig` to psutil process `proc`; False when it is gone already."""
     import psutil
@@ -513,41 +544,29 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
     script = "extract.py" if stage == "extract" else "train.py"
 
     def run(world: FaultWorld, folder: Path) -> FaultOutcome:
-        import psutil
         t0 = time.perf_counter()
         ref = dvc_reference(world.root)
         proj = dvc_project(folder / "proj")
         delay = random.Random(f"dvc:{stage}:{who}:{seed}").uniform(0, 0.5)
-        problems: list[str] = []
-        p = subprocess.Popen(["dvc", "repro"], cwd=proj, env=dvc_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-        victim, killed, deadline = None, False, time.monotonic() + 900
-        while p.poll() is None and time.monotonic() < deadline:
-            victim = victim or _stage_process(p.pid, script)
-            if victim is not None and _started(proj, stage):
-                time.sleep(delay)
-                if who == "dvc":  # paused first: surely alive (mid-work) when dvc is gone
-                    _signal(victim, signal.SIGSTOP)
-                os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.02)
-        first_out = p.communicate(timeout=900)[0]
-        if not killed:
-            problems.append(f"{stage} was never caught working: {first_out[-500:]}")
-        orphan_code = None
-        if killed and who == "dvc":
-            # the orphan is paused: a new `dvc repro` starts while it surely lives
-            second = dvc_repro(proj)
-            said = second.stdout + second.stderr
-            if second.returncode == 0 or f"being written by pid {victim.pid}" not in said:
-                problems.append(f"a dvc repro beside the live orphan: exit "
-                                f"{second.returncode}: {said[-600:]}")
-            _signal(victim, signal.SIGCONT)
-            try:
-                orphan_code = victim.wait(timeout=900)
-            except psutil.Error:
-                pass
+        log = folder / "first-repro.log"  # a file, not a pipe: an orphan holds its write end
+        with open(log, "w") as fh:
+            p = subprocess.Popen(["dvc", "repro"], cwd=proj, env=dvc_env(), stdout=fh,
+                                 stderr=subprocess.STDOUT)
+        victim = None
+        try:
+            victim, killed = _kill_in_stage(p, proj, stage, script, who, delay)
+            p.wait(timeout=900)
+            problems = [] if killed else [f"{stage} was never caught working: "
+                                          f"{log.read_text()[-500:]}"]
+            if killed and who == "dvc":
+                # the orphan is paused: a new `dvc repro` starts while it surely lives
+                second = dvc_repro(proj)
+                said = second.stdout + second.stderr
+                if second.returncode == 0 or f"being written by pid {victim.pid}" not in said:
+                    problems.append(f"a dvc repro beside the live orphan: exit "
+                                    f"{second.returncode}: {said[-600:]}")
+        finally:
+            orphan_code = _let_finish(victim) if who == "dvc" and victim is not None else None
         final = dvc_repro(proj)
         text = final.stdout + final.stderr
         tb = "Traceback (most recent" in text
@@ -561,7 +580,7 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
                 and d != "dvc.lock"]
         if left:
             problems.append(f"left behind: {left}")
-        out = f"{first_out[-600:]}\n(orphan exit {orphan_code})\n{text[-900:]}"
+        out = f"{log.read_text()[-600:]}\n(orphan exit {orphan_code})\n{text[-900:]}"
         return FaultOutcome(f"dvc/{stage}-kill-{who}", killed, killed and not problems, tb, lost,
                             problems, round(time.perf_counter() - t0, 2), out)
     return run

@@ -128,8 +128,9 @@ def run_cli(name: str, args: list[str], *, env: dict[str, str] | None = None,
         fn = {"amnet": "main", "amnet-cache": "cache_cli"}[name]
         code = f"import sys; from amnet.cli import {fn}; sys.argv[0] = {name!r}; {fn}()"
         try:
-            p = subprocess.run([sys.executable, "-c", code, *args], env=subprocess_env(**(env or {})),
-                               capture_output=True, text=True, timeout=timeout)
+            p = subprocess.run([sys.executable, "-c", code, *args],
+                               env=subprocess_env(**(env or {})), capture_output=True, text=True,
+                               timeout=timeout)
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
             return Run(None, out, f"CaseTimeout: still running after {timeout:.0f} s",

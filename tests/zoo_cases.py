@@ -65,7 +65,7 @@ def names_are(out: Path, want: list[str]) -> list[str]:
     return [] if got == want else [f"{out.name} lists {len(got)} names {got[:8]}, expected {want}"]
 
 
-# ---- inputs that need more than bytes -------------------------------------------------------------
+# ---- inputs that need more than bytes ------------------------------------------------------------
 
 @contextlib.contextmanager
 def unreadable(path: Path) -> Iterator[None]:

@@ -16,7 +16,7 @@ from zoo import (GOOD, PREDICT, TRAIN, Call, Run, Workspace, cache_rows, read_er
 from zoo_cases import (PAYLOADS, add, all_ok, case, extract_args, names_are,
                        on_sys_path, write_payload)
 
-# ---- caches ---------------------------------------------------------------------------------------
+# ---- caches --------------------------------------------------------------------------------------
 
 def damage(ws: Workspace, kind: str) -> Path:
     """A copy of the reference cache, damaged: truncated (60% of its bytes), garbage (random
@@ -54,8 +54,10 @@ def damage(ws: Workspace, kind: str) -> Path:
     return p
 
 
-CACHE_SAYS = {"truncated": r"truncat|corrupt|damaged", "garbage": r"not a readable|corrupt|damaged|not an",
-              "empty": r"not a readable|empty|corrupt|damaged|truncat", "foreign": r"not an amnet feature cache",
+CACHE_SAYS = {"truncated": r"truncat|corrupt|damaged",
+              "garbage": r"not a readable|corrupt|damaged|not an",
+              "empty": r"not a readable|empty|corrupt|damaged|truncat",
+              "foreign": r"not an amnet feature cache",
               "future": r"newer", "nan_row": r"NaN|non-finite|not finite",
               "incomplete": r"not in the cache|no features|not extracted",
               "other_backbone": r"backbone|settings|weights"}
@@ -138,7 +140,8 @@ def _all_nan_predict(ws: Workspace) -> Call:
     """Nothing scored: a non-zero exit, not 'scored 8 of 8' with blank scores."""
     c = damage(ws, "all_nan")
     return Call("amnet", ["predict", "--checkpoint", ws.ckpt(), "--cache", c, "--out",
-                          ws.dir / "s.csv", *PREDICT], 1, says=r"NaN|non-finite|[Nn]o input|nothing|0 of",
+                          ws.dir / "s.csv", *PREDICT], 1,
+                says=r"NaN|non-finite|[Nn]o input|nothing|0 of",
                 protect=(c,))
 
 
@@ -165,7 +168,7 @@ def _repair(ws: Workspace) -> Call:
     return Call("amnet-cache", ["repair", c, out], 0, protect=(c,), check=check)
 
 
-# ---- shards -----------------------------------------------------------------------------------------
+# ---- shards --------------------------------------------------------------------------------------
 
 def _shard(ws: Workspace, key: str, name: str | None = None, **attrs) -> Path:
     p = ws.copy(ws.world.shards[key], name)
@@ -191,7 +194,8 @@ def merge_refused(build_inputs: Callable[[Workspace], list[Path]], says: str,
 
 
 add("shards/incomplete", merge_refused(lambda ws: [_shard(ws, "0/2")],
-                                       r"incomplete shard set.*--allow-partial", lambda ps: ("merged.h5",)))
+                                       r"incomplete shard set.*--allow-partial",
+                                       lambda ps: ("merged.h5",)))
 add("shards/same-shard-twice", merge_refused(
     lambda ws: [_shard(ws, "0/2"), _shard(ws, "0/2", "copy0.h5"), _shard(ws, "1/2")],
     r"also in", lambda ps: (ps[1].name,)))
@@ -247,7 +251,7 @@ def _whole(ws: Workspace) -> Call:
                 check=lambda run: names_are(out, GOOD) + ws.rows_match(out, GOOD, exact=True))
 
 
-# ---- pickles: every entry point that reads one, every payload kind ------------------------------------
+# ---- pickles: every entry point that reads one, every payload kind -------------------------------
 
 def pickle_case(kind: str, entry: str) -> Callable[[Workspace], Call]:
     """The payload refused by the safe loader, never run (its marker file never appears), one

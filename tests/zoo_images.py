@@ -195,9 +195,9 @@ for _kind in ODD_IMAGES:
 for _kind in ("rgba", "png16", "cmyk", "one_px", "gif_anim"):
     add(f"images/{_kind}-predict", odd_predict(_kind))
 
-ODD_NAMES = {"unicode": "ünïcødé 日本.jpg", "spaces": "two  spaces .jpg", "newline": "new\nline.jpg",
-             "dash": "-rf.jpg", "quotes": "it's \"100%\".jpg", "long": "l" * 200 + ".jpg",
-             "upper": "SHOUT.JPG"}
+ODD_NAMES = {"unicode": "ünïcødé 日本.jpg", "spaces": "two  spaces .jpg",
+             "newline": "new\nline.jpg", "dash": "-rf.jpg", "quotes": "it's \"100%\".jpg",
+             "long": "l" * 200 + ".jpg", "upper": "SHOUT.JPG"}
 
 
 def odd_name(name: str, predict: bool) -> Callable[[Workspace], Call]:

@@ -13,7 +13,7 @@ from zoo import (EXTRACT, PREDICT, SCORES, SPLITS, TRAIN, Call, Run, Workspace, 
                  run_cli)
 from zoo_cases import USAGE, add, case, make_image, names_are
 
-# ---- split and list files ---------------------------------------------------------------------------
+# ---- split and list files ------------------------------------------------------------------------
 
 def _lines(names: list[str]) -> list[str]:
     return [f"{n} {SCORES[n]:.6f}" for n in names]
@@ -25,7 +25,8 @@ def _text(lines: list[str], eol: str = "\n") -> str:
 
 _T = _lines(SPLITS["train"])  # the train split's lines
 SPLIT_KINDS = {  # kind: (content, exit code, line named, what the line says)
-    "missing-score": (_text(_T[:1] + ["a1.jpg"] + _T[2:]), 1, 2, r"expected '<image name> <score>'"),
+    "missing-score": (_text(_T[:1] + ["a1.jpg"] + _T[2:]), 1, 2,
+                      r"expected '<image name> <score>'"),
     "out-of-range": (_text(_T[:1] + ["a1.jpg 1.5"] + _T[2:]), 1, 2, r"outside"),
     "negative": (_text(_T[:1] + ["a1.jpg -0.1"] + _T[2:]), 1, 2, r"outside"),
     "nan": (_text(_T[:1] + ["a1.jpg nan"] + _T[2:]), 1, 2, r"not a finite number"),
