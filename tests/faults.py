@@ -379,15 +379,15 @@ def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:
 # ---- dvc repro -----------------------------------------------------------------------------------
 
 def dvc_params() -> dict:
-    """A tiny demo (40 images of 48 px, random:0 at 32 px, a 16-wide head, 2 epochs), fp32."""
+    """A tiny demo (80 images of 48 px, random:0 at 32 px, a 16-wide head, 6 epochs), fp32."""
     import yaml
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["data"].update(dataset="demo", root="", splits=[1, 2])
-    p["data"]["demo"] = {"n_images": 40, "image_size": 48}
+    p["data"]["demo"] = {"n_images": 80, "image_size": 48}
     p["backbone"].update(weights="random:0", image_size=32, flip=False, views=0, precision="fp32")
     p["extract_run"].update(batch_size=2, workers=0, device="cpu")
     p["model"].update(feature_dim=16, hidden_dim=16, regressor_dim=8)
-    p["train"].update(epochs=4, batch_size=4, device="cpu", precision="fp32")
+    p["train"].update(epochs=6, batch_size=4, device="cpu", precision="fp32")
     p["evaluate"]["attention_figures"] = 1
     return p
 
@@ -496,16 +496,23 @@ def _started(proj: Path, stage: str) -> bool:
 
 def _kill_in_stage(p: subprocess.Popen, proj: Path, stage: str, script: str, who: str,
                    delay: float):
-    """Wait for `dvc repro` (`p`) to run pipeline/`script` and for it to have done some work,
-    then (after `delay` s) SIGKILL the stage's python (`who` "stage") or dvc itself ("dvc"; the
-    stage paused with SIGSTOP first). -> (the stage's psutil process or None, killed?)"""
+    """Wait for `dvc repro` (`p`) to run pipeline/`script` and for it to have done some work;
+    `delay` s later pause the stage's python (SIGSTOP: it is surely mid-work, and alive, from
+    then on), then SIGKILL it (`who` "stage") or dvc itself ("dvc"). -> (the stage's psutil
+    process or None, killed?); not killed when the stage ended before it could be paused."""
+    import psutil
     victim, deadline = None, time.monotonic() + 900
     while p.poll() is None and time.monotonic() < deadline:
         victim = victim or _stage_process(p.pid, script)
         if victim is not None and _started(proj, stage):
             time.sleep(delay)
-            if who == "dvc":  # paused first: surely alive (mid-work) when dvc is gone
-                _signal(victim, signal.SIGSTOP)
+            try:
+                victim.suspend()
+                paused = victim.status() == psutil.STATUS_STOPPED
+            except psutil.Error:
+                paused = False
+            if not paused:
+                return victim, False
             os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
             return victim, True
         time.sleep(0.02)
@@ -547,7 +554,7 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
         t0 = time.perf_counter()
         ref = dvc_reference(world.root)
         proj = dvc_project(folder / "proj")
-        delay = random.Random(f"dvc:{stage}:{who}:{seed}").uniform(0, 0.5)
+        delay = random.Random(f"dvc:{stage}:{who}:{seed}").uniform(0, 0.15)
         log = folder / "first-repro.log"  # a file, not a pipe: an orphan holds its write end
         with open(log, "w") as fh:
             p = subprocess.Popen(["dvc", "repro"], cwd=proj, env=dvc_env(), stdout=fh,
@@ -556,8 +563,8 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
         try:
             victim, killed = _kill_in_stage(p, proj, stage, script, who, delay)
             p.wait(timeout=900)
-            problems = [] if killed else [f"{stage} was never caught working: "
-                                          f"{log.read_text()[-500:]}"]
+            problems = [] if killed else [f"{stage} was not caught working (it ended before "
+                                          f"it could be paused): {log.read_text()[-500:]}"]
             if killed and who == "dvc":
                 # the orphan is paused: a new `dvc repro` starts while it surely lives
                 second = dvc_repro(proj)
