@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from amnet.device import resolve_trunk_precision
-from amnet.errors import AmnetError, WeightsError
+from amnet.errors import AmnetError, WeightsError, load_failure
 from amnet.images import open_image_rgb  # noqa: F401  (re-exported: part of this module's API)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -145,8 +145,7 @@ def _torch_load(path: Path) -> dict:
     except FileNotFoundError:
         raise WeightsError(f"{path}: weights file not found") from None
     except Exception as e:  # unpickling refusals, truncated files, not a torch file ...
-        raise WeightsError(f"{path}: not a loadable state dict ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise WeightsError(f"{path}: not a loadable state dict ({load_failure(e)})") from None
     # unwrap {"model": sd} (the original AMNet checkpoints) / {"state_dict": sd}
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

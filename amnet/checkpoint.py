@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from amnet.atomic import atomic_path
-from amnet.errors import TrainingError, WeightsError
+from amnet.errors import TrainingError, WeightsError, load_failure
 from amnet.model import AMNet, AMNetConfig
 from amnet.provenance import BackboneRecord, versions  # noqa: F401  (versions: re-exported)
 
@@ -123,9 +123,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling / zip errors: not our format or damaged
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else "")
-        raise WeightsError(f"{path}: cannot read as a head checkpoint ({type(exc).__name__}: {why}); "
+        raise WeightsError(f"{path}: cannot read as a head checkpoint ({load_failure(exc)}); "
                            "published .pkl weights must first go through `amnet import-weights`") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
         raise WeightsError(f"{path}: not an amnet head checkpoint (no state_dict/model_config); "

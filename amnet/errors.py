@@ -2,6 +2,7 @@
 
 The CLIs turn any `AmnetError` into a one-line message and a non-zero exit.
 """
+import re
 
 
 class AmnetError(Exception):
@@ -58,3 +59,22 @@ class LockLostError(AmnetError):
 class ExportError(AmnetError):
     """A model export that cannot be written (exporter libraries missing, unknown format) or
     whose saved file does not reproduce the torch model."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why `torch.load` could not load a file, for an error line: when the safe loader
+    (`weights_only=True`) refused a pickle, what it refused (`unsupported GLOBAL posix.system
+    ...`), not torch's paragraph of advice (which suggests `weights_only=False`); else the
+    exception's type and first line."""
+    text = _ANSI.sub("", str(exc))
+    if "Weights only load failed" in text:
+        i = text.find("WeightsUnpickler error:")
+        m = re.search(r"Trying to load unsupported [^\n]+", text)
+        what = text[i + len("WeightsUnpickler error:"):] if i >= 0 else m.group(0) if m else ""
+        what = " ".join(re.split(r"Please use|Check the documentation", what)[0].split())
+        return f"the safe loader refused it: {what.rstrip('. ') or 'not plain tensors'}"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

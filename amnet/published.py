@@ -35,7 +35,7 @@ import torch
 from amnet.atomic import atomic_path, atomic_write_text
 from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 from amnet.checkpoint import make_checkpoint, save_checkpoint
-from amnet.errors import WeightsError
+from amnet.errors import WeightsError, load_failure
 from amnet.model import AMNet, AMNetConfig
 from amnet.provenance import BackboneRecord, file_sha256
 
@@ -52,10 +52,10 @@ def _load_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "" if trust_pickle else (
             "; if you trust the file, retry with --trust-pickle (runs arbitrary pickle code)")
-        raise WeightsError(f"{path}: cannot load as a torch file ({first}){hint}") from exc
+        raise WeightsError(f"{path}: cannot load as a torch file ({load_failure(exc)}){hint}"
+                           ) from exc
     sd = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path}: expected {{'model': state_dict}} (the released AMNet .pkl layout)")

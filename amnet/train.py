@@ -30,7 +30,12 @@ A run is resumable and publishes its files together:
     after its last finished epoch -- one log line says where -- and on CPU gives the same
     checkpoint and the same metrics.json bytes as a run never interrupted;
   * the four files are written under temp names and renamed into place at the end, metrics.json
-    last (amnet.publish); the state goes only after that, so an interrupted publish is redone.
+    last (amnet.publish); the state goes only after that, so an interrupted publish is redone;
+  * one process at a time trains into a checkpoint: the run holds `<checkpoint>.lock`
+    (amnet.lockfile) from start to end. A second run of the same outputs -- a `dvc repro`
+    started while a `train@k` orphaned by a killed `dvc` still runs -- stops with one line
+    naming the live one (LockedError) instead of sharing its state and outputs; a dead one's
+    lock is taken over.
 
 The parts: amnet/feeding.py (cached features to batches), amnet/fit.py (the epoch loop, the
 best epoch), amnet/train_state.py (the resumable state), amnet/evaluation.py (`predict_split`,
@@ -59,6 +64,7 @@ from amnet.evaluation import (check_names, evaluate, predict_split, predictions_
                               safe_metrics, tta_views)
 from amnet.feeding import SplitPart, attach_sources, open_cache
 from amnet.fit import FitProgress, fit
+from amnet.lockfile import hold
 from amnet.metrics import mse, spearman
 from amnet.model import AMNet
 from amnet.provenance import file_sha256
@@ -128,12 +134,14 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
                 model_config: AMNetConfig | None = None, cfg: TrainConfig | None = None, *,
                 checkpoint_path: PathLike | None = None, history_path: PathLike | None = None,
                 predictions_path: PathLike | None = None,
-                metrics_path: PathLike | None = None) -> dict[str, Any]:
+                metrics_path: PathLike | None = None, wait: float = 0.0) -> dict[str, Any]:
     """Train the head on one split and evaluate the chosen epoch on its test file.
 
     Returns the metrics dict also written to metrics.json. Files go to out_dir unless a path is
     given for them. Resumes a killed run of the same settings and inputs (see the module
-    docstring). Raises CacheError when a split file names images the cache lacks.
+    docstring). Raises CacheError when a split file names images the cache lacks, LockedError
+    while another live process trains into the same checkpoint (after waiting up to `wait`
+    seconds for it).
     """
     cfg = cfg or TrainConfig()
     model_config = model_config or AMNetConfig()
@@ -149,6 +157,15 @@ def train_split(cache_path: PathLike, train_file: PathLike, val_file: PathLike |
         "metrics": Path(metrics_path or out_dir / "metrics.json"),
     }, kept=f"training is done and its state kept in {state_file}: the rerun only writes the "
             "outputs")
+    with hold(checkpoint, wait):  # one trainer of these outputs and their state at a time
+        return _train_locked(cache_path, train_file, val_file, test_file, model_config, cfg,
+                             files, state_file)
+
+
+def _train_locked(cache_path: PathLike, train_file: PathLike, val_file: PathLike | None,
+                  test_file: PathLike | None, model_config: AMNetConfig, cfg: TrainConfig,
+                  files: Outputs, state_file: Path) -> dict[str, Any]:
+    """`train_split` once the checkpoint's writer lock is held."""
     files.clean()                 # staged files of a killed run (dead processes only)
     device = resolve_device(cfg.device)
     precision = resolve_head_precision(cfg.precision, device)  # "auto" -> what this device runs fast

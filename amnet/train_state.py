@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from amnet.atomic import atomic_path, remove_stale_temps
+from amnet.errors import load_failure
 from amnet.checkpoint import save_size, torch_save
 from amnet.diskspace import disk_full_guard
 
@@ -102,7 +103,7 @@ def load_state(path: Path, fp: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable state means: start fresh
-        state, why = None, f"unreadable training state ({type(exc).__name__})"
+        state, why = None, f"unreadable training state ({load_failure(exc)})"
     else:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             state, why = None, "not a training state of this amnet version"

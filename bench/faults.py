@@ -11,13 +11,14 @@ the totals per group:
     tracebacks  a Python traceback reached the user
     rows lost   feature rows, CSV rows or output files changed or removed that should not be
 
-labelled with the date and the CPU. Each result is appended to --results (JSON lines) as it
-lands; a rerun skips the cases recorded there (resumable; --fresh starts over).
+labelled with the date and the CPU, and fills the faults-table block of docs/reliability.md.
+Each result is appended to --results (JSON lines) as it lands; a rerun skips the cases recorded
+there (resumable; --fresh starts over).
 
     python bench/faults.py                      # everything (DVC included: minutes)
     python bench/faults.py --only zoo           # the zoo only (--only faults: the kills only)
-    python bench/faults.py --seeded 8 --timed 4 --seed 1   # more seeded kill points
-    python bench/faults.py --render             # the table (and README block) from --results
+    python bench/faults.py --extra 6 --timed 4 --seed 1    # more seeded kill points
+    python bench/faults.py --render             # the table (and the doc's block) from --results
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-README_START, README_END = "<!-- faults-table:start -->", "<!-- faults-table:end -->"
+BLOCK_START, BLOCK_END = "<!-- faults-table:start -->", "<!-- faults-table:end -->"
 GROUPS = ("images", "lists", "caches", "shards", "pickles", "extract", "merge", "train", "dvc")
 
 
@@ -66,7 +67,8 @@ def table(records: list[dict]) -> str:
     cpus = sorted({c for _, c in labels})
     head = (f"{len(last)} cases, run {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")
             + f" on {'; '.join(cpus)} (`python bench/faults.py`):\n\n") if last else ""
-    rows = ["| group | kind | tried | clean | tracebacks | rows lost |", "|---|---|---:|---:|---:|---:|"]
+    rows = ["| group | kind | tried | clean | tracebacks | rows lost |",
+            "|---|---|---:|---:|---:|---:|"]
     kinds = {"images": "bad input", "lists": "bad input", "caches": "bad input",
              "shards": "bad input", "pickles": "bad input", "extract": "kill -9",
              "merge": "kill -9", "train": "kill -9", "dvc": "kill -9"}
@@ -83,10 +85,10 @@ def table(records: list[dict]) -> str:
 
 
 def replace_block(text: str, block: str) -> str:
-    i, j = text.find(README_START), text.find(README_END)
+    i, j = text.find(BLOCK_START), text.find(BLOCK_END)
     if i < 0 or j < i:
-        raise ValueError(f"no {README_START} ... {README_END} block")
-    return text[:i + len(README_START)] + "\n" + block.strip("\n") + "\n" + text[j:]
+        raise ValueError(f"no {BLOCK_START} ... {BLOCK_END} block")
+    return text[:i + len(BLOCK_START)] + "\n" + block.strip("\n") + "\n" + text[j:]
 
 
 def main() -> None:
@@ -94,8 +96,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("zoo", "faults"), help="run one half only")
     ap.add_argument("-k", default="", help="run only cases whose id contains this")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random kill points [0]")
-    ap.add_argument("--seeded", type=int, default=4,
-                    help="seeded count kill points per command [4]")
+    ap.add_argument("--extra", type=int, default=0,
+                    help="seeded kill points per command beyond one per target [0]")
     ap.add_argument("--timed", type=int, default=2,
                     help="seeded timer kill points per command [2]")
     ap.add_argument("--no-dvc", action="store_true", help="leave out the dvc repro kills")
@@ -103,9 +105,9 @@ def main() -> None:
                     help="JSON lines, appended as cases finish [docs/faults-results.jsonl]")
     ap.add_argument("--fresh", action="store_true", help="forget the recorded results first")
     ap.add_argument("--render", action="store_true",
-                    help="only print the table from --results (and fill the README block)")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md",
-                    help="README whose faults-table block is filled [README.md]")
+                    help="only print the table from --results (and fill the --doc block)")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md",
+                    help="page whose faults-table block is filled [docs/reliability.md]")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.render:
@@ -113,10 +115,9 @@ def main() -> None:
     records = load(args.results)
     text = table(records)
     print(text)
-    if args.readme and args.readme.is_file() and README_START in args.readme.read_text() \
-            and records:
+    if args.doc.is_file() and BLOCK_START in args.doc.read_text() and records:
         from amnet.atomic import atomic_write_text
-        atomic_write_text(args.readme, replace_block(args.readme.read_text(), text))
+        atomic_write_text(args.doc, replace_block(args.doc.read_text(), text))
 
 
 def run(args) -> None:
@@ -134,7 +135,7 @@ def run(args) -> None:
     if args.only != "faults":
         todo += [("zoo", c) for c in all_cases()]
     if args.only != "zoo":
-        todo += [("fault", f) for f in faults.faults(args.seed, args.seeded, args.timed)
+        todo += [("fault", f) for f in faults.faults(args.seed, args.extra, args.timed)
                  if not (args.no_dvc and f.id.startswith("dvc/"))]
     todo = [(kind, c) for kind, c in todo if args.k in c.id and c.id not in done]
     print(f"{len(todo)} cases to run ({len(done)} recorded in {args.results})", file=sys.stderr)

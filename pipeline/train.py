@@ -10,7 +10,10 @@ Resumable: after every epoch the training state goes to .train-state/<model>.sta
 model (not a DVC output, so it survives DVC deleting the stage's outputs before a re-run;
 .dvcignore keeps it out of the `models` dependency of `evaluate`). A `dvc repro` killed in this
 stage continues on the next one from the last finished epoch, with the same results; the state is
-removed once the outputs are written.
+removed once the outputs are written. The run holds the model's writer lock (<model>.lock,
+amnet/lockfile.py; .dvcignore keeps it out of `models` too): a `dvc repro` started while a
+train@k orphaned by a killed `dvc` still runs stops with one line naming it (or waits, `--wait
+SECONDS`), instead of training into the same state and files.
 """
 import argparse
 import sys
@@ -32,6 +35,9 @@ def main() -> None:
     ap.add_argument("--predictions", type=Path, required=True, help="test predictions (.csv)")
     ap.add_argument("--metrics", type=Path, required=True, help="test metrics (.json)")
     ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
+    ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long for another live process training into --model "
+                         "[0: stop at once, naming it]")
     args = ap.parse_args()
     k = args.split
     try:
@@ -41,7 +47,7 @@ def main() -> None:
             split_path(args.data, "test", k), out_dir=args.model.parent,
             model_config=params.model, cfg=params.train, checkpoint_path=args.model,
             history_path=args.history, predictions_path=args.predictions,
-            metrics_path=args.metrics)
+            metrics_path=args.metrics, wait=args.wait)
     except AmnetError as e:
         sys.exit(f"train@{k}: {e}")
     print(f"train@{k}: test rho {metrics['rho']:.4f}, mse {metrics['mse']:.5f} "

@@ -38,7 +38,7 @@ TRAIN = ["--epochs", "3", "--batch-size", "2", "--eval-batch-size", "4", "--feat
 TRAIN_OUTPUTS = ("head.pt", "history.csv", "predictions.csv", "metrics.json")
 
 _CHILD = r"""
-import importlib, json, os, signal, sys, threading
+import importlib, json, os, signal, sys, threading, time
 spec = json.loads(sys.argv[1])
 kill = spec["kill"]
 
@@ -58,6 +58,11 @@ calls = [0]
 
 def hooked(*args, **kwargs):
     calls[0] += 1
+    if kill.get("pause") and calls[0] == kill["at"]:  # hold on (alive) until told to go on
+        open(kill["pause"] + ".ready", "w").close()
+        while not os.path.exists(kill["pause"] + ".go"):
+            time.sleep(0.05)
+        return real(*args, **kwargs)
     if kill.get("delay") is not None:
         if calls[0] == 1:
             threading.Timer(kill["delay"], die).start()
@@ -82,6 +87,7 @@ class Kill:
     when: str = "after"
     at: int = 1
     delay: float | None = None
+    pause: str | None = None     # instead of dying: wait at call `at` until `<pause>.go` exists
 
     def label(self) -> str:
         where = f"{self.delay:.2f}s-after-first" if self.delay is not None else \
@@ -89,14 +95,35 @@ class Kill:
         return f"{self.target.replace(':', '.')}-{where}"
 
 
-def run_killed(folder: Path, cli: str, args: list, kill: Kill, timeout: float = 600
-               ) -> subprocess.CompletedProcess:
-    """`cli args` in a child python that SIGKILLs itself at `kill`."""
+def _child(folder: Path, cli: str, args: list, kill: Kill) -> list[str]:
     script = folder / "killed_child.py"
     script.write_text(_CHILD)
     spec = {"cli": cli, "args": [str(a) for a in args], "kill": kill.__dict__}
-    return subprocess.run([sys.executable, str(script), json.dumps(spec)], cwd=folder,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, str(script), json.dumps(spec)]
+
+
+def run_killed(folder: Path, cli: str, args: list, kill: Kill, timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """`cli args` in a child python that SIGKILLs itself at `kill`."""
+    return subprocess.run(_child(folder, cli, args, kill), cwd=folder, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_paused(folder: Path, cli: str, args: list, target: str, at: int,
+                 timeout: float = 600) -> tuple[subprocess.Popen, Path]:
+    """`cli args` in a child python that stops (alive) at the `at`-th call of `target` until
+    the returned path's `.go` file exists; returns once it is waiting there."""
+    pause = folder / "pause"
+    p = subprocess.Popen(_child(folder, cli, args, Kill(target, at=at, pause=str(pause))),
+                         cwd=folder, env=subprocess_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not pause.with_suffix(".ready").exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            out, err = p.communicate()
+            raise AssertionError(f"the child did not reach its pause: {out}{err}")
+        time.sleep(0.05)
+    return p, pause
 
 
 @dataclass
@@ -123,7 +150,7 @@ class Fault:
     pending: str | None = None
 
 
-# ---- the uninterrupted runs ------------------------------------------------------------------------
+# ---- the uninterrupted runs ----------------------------------------------------------------------
 
 @dataclass
 class FaultWorld:
@@ -170,7 +197,7 @@ def train_args(cache: Path, splits: dict[str, Path], out: Path) -> list:
             "--test", splits["test"], "--out", out, *TRAIN]
 
 
-# ---- comparing with them -----------------------------------------------------------------------------
+# ---- comparing with them -------------------------------------------------------------------------
 
 def debris(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
@@ -240,7 +267,7 @@ def _outcome(fid: str, child: subprocess.CompletedProcess, resumed: zoo.Run, los
                         round(time.perf_counter() - t0, 2), resumed.output[-1500:])
 
 
-# ---- the commands ----------------------------------------------------------------------------------
+# ---- the commands --------------------------------------------------------------------------------
 
 def extract_fault(kill: Kill) -> Callable[[FaultWorld, Path], FaultOutcome]:
     def run(world: FaultWorld, folder: Path) -> FaultOutcome:
@@ -306,14 +333,16 @@ MAX_DELAY = {"extract": 0.3, "merge": 0.0, "train": 0.5}  # seconds; about a run
 MAKERS = {"extract": extract_fault, "merge": merge_fault, "train": train_fault}
 
 
-def seeded_kills(command: str, seed: int, n: int, timed: int = 0) -> list[Kill]:
-    """`n` kill points drawn from POINTS[command] with `random.Random` seeded by (command,
-    seed), plus `timed` timer kills at seeded delays up to MAX_DELAY[command] after the first
-    call of its first target."""
+def seeded_kills(command: str, seed: int, extra: int = 0, timed: int = 0) -> list[Kill]:
+    """Kill points of `command` drawn with `random.Random` seeded by (command, seed): one per
+    target of POINTS[command] (its call and side drawn), `extra` more from any target, and
+    `timed` timer kills at delays up to MAX_DELAY[command] after the first call of its first
+    target."""
     rng = random.Random(f"{command}:{seed}")
     kills = []
-    for _ in range(n):
-        target, calls, sides = rng.choice(POINTS[command])
+    for k in range(len(POINTS[command]) + extra):
+        target, calls, sides = POINTS[command][k] if k < len(POINTS[command]) else \
+            rng.choice(POINTS[command])
         when = {"b": "before", "a": "after"}[rng.choice(sides)]
         kills.append(Kill(target, when, rng.randint(1, calls)))
     if MAX_DELAY[command]:
@@ -331,50 +360,34 @@ FAST = [("extract", Kill("amnet.cache:write_rows", "after", 2)),
         ("train", Kill("amnet.fit:amnet_loss", "after", 6))]
 
 
-ITEM6 = None  # issue 11 item 6 (temp files of killed runs cleaned on the next run): landed (faults1)
-
-
-def leaves_temp(command: str, kill: Kill) -> bool:
-    """Is the process killed while a temp file of amnet.atomic exists (a merge's whole output,
-    extract's new cache before its rename)?"""
-    if kill.delay is not None:
-        return command == "merge"
-    if command == "merge":
-        return not (kill.target == "amnet.cache:create" and kill.when == "before")
-    return command == "extract" and (kill.target, kill.when) in (
-        ("amnet.cache:create", "after"), ("os:replace", "before"))
-
-
-def faults(seed: int = 0, n_seeded: int = 4, timed: int = 2) -> list[Fault]:
-    """The fast points, then per command `n_seeded` seeded count points and `timed` seeded
-    timer points (slow), then the DVC ones (slow)."""
-    out = [Fault(f"{c}/{k.label()}", MAKERS[c](k),
-                 pending=ITEM6 if leaves_temp(c, k) else None) for c, k in FAST]
+def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:
+    """The fast points, then per command the seeded points (one per target, `extra` more,
+    `timed` timer points; slow), then the DVC ones (slow)."""
+    out = [Fault(f"{c}/{k.label()}", MAKERS[c](k)) for c, k in FAST]
     seen = {f.id for f in out}
     for command in ("extract", "merge", "train"):
-        for k in seeded_kills(command, seed, n_seeded, timed):
+        for k in seeded_kills(command, seed, extra, timed):
             fid = f"{command}/{k.label()}"
             if fid not in seen:
                 seen.add(fid)
-                out.append(Fault(fid, MAKERS[command](k), slow=True,
-                                 pending=ITEM6 if leaves_temp(command, k) else None))
+                out.append(Fault(fid, MAKERS[command](k), slow=True))
     out += [Fault(f"dvc/{stage}-kill-{who}", dvc_fault(stage, who, seed), slow=True)
             for stage in ("extract", "train") for who in ("stage", "dvc")]
     return out
 
 
-# ---- dvc repro ---------------------------------------------------------------------------------------
+# ---- dvc repro -----------------------------------------------------------------------------------
 
 def dvc_params() -> dict:
-    """A tiny demo (40 images of 48 px, random:0 at 32 px, a 16-wide head, 2 epochs), fp32."""
+    """A tiny demo (80 images of 48 px, random:0 at 32 px, a 16-wide head, 6 epochs), fp32."""
     import yaml
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["data"].update(dataset="demo", root="", splits=[1, 2])
-    p["data"]["demo"] = {"n_images": 40, "image_size": 48}
+    p["data"]["demo"] = {"n_images": 80, "image_size": 48}
     p["backbone"].update(weights="random:0", image_size=32, flip=False, views=0, precision="fp32")
     p["extract_run"].update(batch_size=2, workers=0, device="cpu")
     p["model"].update(feature_dim=16, hidden_dim=16, regressor_dim=8)
-    p["train"].update(epochs=4, batch_size=4, device="cpu", precision="fp32")
+    p["train"].update(epochs=6, batch_size=4, device="cpu", precision="fp32")
     p["evaluate"]["attention_figures"] = 1
     return p
 
@@ -481,46 +494,86 @@ def _started(proj: Path, stage: str) -> bool:
     return (proj / "models/.train-state/1.pt.state").is_file()
 
 
+def _kill_in_stage(p: subprocess.Popen, proj: Path, stage: str, script: str, who: str,
+                   delay: float):
+    """Wait for `dvc repro` (`p`) to run pipeline/`script` and for it to have done some work;
+    `delay` s later pause the stage's python (SIGSTOP: it is surely mid-work, and alive, from
+    then on), then SIGKILL it (`who` "stage") or dvc itself ("dvc"). -> (the stage's psutil
+    process or None, killed?); not killed when the stage ended before it could be paused."""
+    import psutil
+    victim, deadline = None, time.monotonic() + 900
+    while p.poll() is None and time.monotonic() < deadline:
+        victim = victim or _stage_process(p.pid, script)
+        if victim is not None and _started(proj, stage):
+            time.sleep(delay)
+            try:
+                victim.suspend()
+                paused = victim.status() == psutil.STATUS_STOPPED
+            except psutil.Error:
+                paused = False
+            if not paused:
+                return victim, False
+            os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
+            return victim, True
+        time.sleep(0.02)
+    return victim, False
+
+
+def _let_finish(victim) -> int | None:
+    """Let a paused orphan go on and wait for its end (killed after 900 s); its exit code."""
+    import psutil
+    _signal(victim, signal.SIGCONT)
+    try:
+        return victim.wait(timeout=900)
+    except psutil.TimeoutExpired:
+        _signal(victim, signal.SIGKILL)
+    except psutil.Error:
+        pass
+    return None
+
+
+def _signal(proc, sig: int) -> bool:
+    """Send `sig` to psutil process `proc`; False when it is gone already."""
+    import psutil
+    try:
+        proc.send_signal(sig)
+        return True
+    except psutil.Error:
+        return False
+
+
 def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], FaultOutcome]:
     """`dvc repro` killed in `stage` (extract, or train@1): the stage's python alone (`who` =
     "stage": dvc reports the failure), or the `dvc` process alone ("dvc": the stage goes on as
-    an orphan; a `dvc repro` started meanwhile must stop, naming it, and one started after it
-    ended must finish). Then `dvc repro` again, compared with an uninterrupted one."""
+    an orphan; a `dvc repro` started while it lives -- it is paused with SIGSTOP from just
+    before dvc is killed, so that it surely does -- must stop, naming it; then it goes on and
+    ends). Then `dvc repro` again, compared with an uninterrupted one."""
     script = "extract.py" if stage == "extract" else "train.py"
 
     def run(world: FaultWorld, folder: Path) -> FaultOutcome:
-        import psutil
         t0 = time.perf_counter()
         ref = dvc_reference(world.root)
         proj = dvc_project(folder / "proj")
-        delay = random.Random(f"dvc:{stage}:{who}:{seed}").uniform(0, 0.5)
-        problems: list[str] = []
-        p = subprocess.Popen(["dvc", "repro"], cwd=proj, env=dvc_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-        victim, killed, deadline = None, False, time.monotonic() + 900
-        while p.poll() is None and time.monotonic() < deadline:
-            victim = victim or _stage_process(p.pid, script)
-            if victim is not None and _started(proj, stage):
-                time.sleep(delay)
-                os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.02)
-        first_out = p.communicate(timeout=900)[0]
-        if not killed:
-            problems.append(f"{stage} was never caught working: {first_out[-500:]}")
-        orphan_code = None
-        if killed and who == "dvc":
-            if victim.is_running():
+        delay = random.Random(f"dvc:{stage}:{who}:{seed}").uniform(0, 0.15)
+        log = folder / "first-repro.log"  # a file, not a pipe: an orphan holds its write end
+        with open(log, "w") as fh:
+            p = subprocess.Popen(["dvc", "repro"], cwd=proj, env=dvc_env(), stdout=fh,
+                                 stderr=subprocess.STDOUT)
+        victim = None
+        try:
+            victim, killed = _kill_in_stage(p, proj, stage, script, who, delay)
+            p.wait(timeout=900)
+            problems = [] if killed else [f"{stage} was not caught working (it ended before "
+                                          f"it could be paused): {log.read_text()[-500:]}"]
+            if killed and who == "dvc":
+                # the orphan is paused: a new `dvc repro` starts while it surely lives
                 second = dvc_repro(proj)
-                if second.returncode == 0 or "being written by pid" not in second.stdout + \
-                        second.stderr:
-                    problems.append(f"a dvc repro beside the orphan: exit {second.returncode}: "
-                                    f"{(second.stdout + second.stderr)[-600:]}")
-            try:
-                orphan_code = victim.wait(timeout=900)
-            except psutil.Error:
-                pass
+                said = second.stdout + second.stderr
+                if second.returncode == 0 or f"being written by pid {victim.pid}" not in said:
+                    problems.append(f"a dvc repro beside the live orphan: exit "
+                                    f"{second.returncode}: {said[-600:]}")
+        finally:
+            orphan_code = _let_finish(victim) if who == "dvc" and victim is not None else None
         final = dvc_repro(proj)
         text = final.stdout + final.stderr
         tb = "Traceback (most recent" in text
@@ -530,10 +583,11 @@ def dvc_fault(stage: str, who: str, seed: int) -> Callable[[FaultWorld, Path], F
         else:
             lost, more = compare_dvc(proj, ref)
             problems += more
-        left = [d for d in debris(proj) if not d.startswith(".dvc/")]
+        left = [d for d in debris(proj) if not d.startswith((".dvc/", ".git/"))
+                and d != "dvc.lock"]
         if left:
             problems.append(f"left behind: {left}")
-        out = f"{first_out[-600:]}\n(orphan exit {orphan_code})\n{text[-900:]}"
+        out = f"{log.read_text()[-600:]}\n(orphan exit {orphan_code})\n{text[-900:]}"
         return FaultOutcome(f"dvc/{stage}-kill-{who}", killed, killed and not problems, tb, lost,
                             problems, round(time.perf_counter() - t0, 2), out)
     return run

@@ -133,7 +133,7 @@ def test_train_builds_its_settings_from_the_dataclasses(monkeypatch, split_files
 
     calls = []
     monkeypatch.setattr(amnet.train, "train_split",
-                        lambda *a: calls.append(a) or {"rho": 0.5, "n": 1})
+                        lambda *a, wait: calls.append(a) or {"rho": 0.5, "n": 1})
     f = split_files
     base = ["train", "--cache", f["cache"], "--train", f["split"], "--out", f["out"]]
     r = CliRunner().invoke(main, base)

@@ -29,8 +29,6 @@ from zoo import EXTRACT, Call, Case, Workspace, cache_names
 
 CASES: list[Case] = []
 USAGE = (r"^Usage: ", r"^Try '")                 # click's usage lines before its `Error:` line
-ITEM1 = None  # issue 11 item 1 (NaN/Inf features, nothing scored): landed (faults1)
-ITEM3 = None  # issue 11 item 3 (truncated .h5 said 'in use'; amnet-cache repair): landed (faults1)
 
 
 def case(cid: str, pending: str | None = None):
@@ -67,7 +65,7 @@ def names_are(out: Path, want: list[str]) -> list[str]:
     return [] if got == want else [f"{out.name} lists {len(got)} names {got[:8]}, expected {want}"]
 
 
-# ---- inputs that need more than bytes -------------------------------------------------------------
+# ---- inputs that need more than bytes ------------------------------------------------------------
 
 @contextlib.contextmanager
 def unreadable(path: Path) -> Iterator[None]:

@@ -13,10 +13,10 @@ import numpy as np
 
 from zoo import (GOOD, PREDICT, TRAIN, Call, Run, Workspace, cache_rows, read_errors,
                  read_scores, run_cli)
-from zoo_cases import (ITEM1, ITEM3, PAYLOADS, add, all_ok, case, extract_args, names_are,
+from zoo_cases import (PAYLOADS, add, all_ok, case, extract_args, names_are,
                        on_sys_path, write_payload)
 
-# ---- caches ---------------------------------------------------------------------------------------
+# ---- caches --------------------------------------------------------------------------------------
 
 def damage(ws: Workspace, kind: str) -> Path:
     """A copy of the reference cache, damaged: truncated (60% of its bytes), garbage (random
@@ -54,8 +54,10 @@ def damage(ws: Workspace, kind: str) -> Path:
     return p
 
 
-CACHE_SAYS = {"truncated": r"truncat|corrupt|damaged", "garbage": r"not a readable|corrupt|damaged|not an",
-              "empty": r"not a readable|empty|corrupt|damaged|truncat", "foreign": r"not an amnet feature cache",
+CACHE_SAYS = {"truncated": r"truncat|corrupt|damaged",
+              "garbage": r"not a readable|corrupt|damaged|not an",
+              "empty": r"not a readable|empty|corrupt|damaged|truncat",
+              "foreign": r"not an amnet feature cache",
               "future": r"newer", "nan_row": r"NaN|non-finite|not finite",
               "incomplete": r"not in the cache|no features|not extracted",
               "other_backbone": r"backbone|settings|weights"}
@@ -98,19 +100,15 @@ def cache_entry(kind: str, entry: str) -> Callable[[Workspace], Call]:
 
 
 for _entry in ("info", "verify", "train", "evaluate", "predict", "merge", "extract"):
-    add(f"caches/truncated-{_entry}", cache_entry("truncated", _entry), ITEM3)
+    add(f"caches/truncated-{_entry}", cache_entry("truncated", _entry))
 for _entry in ("info", "verify", "train", "evaluate", "predict", "extract"):
     add(f"caches/garbage-{_entry}", cache_entry("garbage", _entry))
-# known: these cases' split files overlap, so train/evaluate print the overlap notice (a line of
-# its own, not prefixed "warning:") before the one error line the zoo expects
-OVERLAP_NOTICE = "the split-overlap notice precedes the NaN/Inf error line (not yet a warning: line)"
 for _kind, _entries in (("empty", ("info", "train")), ("foreign", ("info", "evaluate")),
                         ("future", ("info", "train")), ("incomplete", ("train", "evaluate")),
                         ("nan_row", ("train", "evaluate")),
                         ("other_backbone", ("evaluate", "predict", "extract"))):
     for _entry in _entries:
-        add(f"caches/{_kind}-{_entry}", cache_entry(_kind, _entry),
-            OVERLAP_NOTICE if _kind == "nan_row" else None)
+        add(f"caches/{_kind}-{_entry}", cache_entry(_kind, _entry))
 
 
 @case("caches/nan_row-verify")
@@ -121,7 +119,7 @@ def _nan_verify(ws: Workspace) -> Call:
                 protect=(c,), prefix=f"{c}: ")
 
 
-@case("caches/nan_row-predict", pending=ITEM1)
+@case("caches/nan_row-predict")
 def _nan_predict(ws: Workspace) -> Call:
     """--on-error skip (predict's default): a1's row carries the reason, the others scored."""
     c = damage(ws, "nan_row")
@@ -137,12 +135,13 @@ def _nan_predict(ws: Workspace) -> Call:
                           *PREDICT], 0, protect=(c,), check=check)
 
 
-@case("caches/all_nan-predict", pending=ITEM1)
+@case("caches/all_nan-predict")
 def _all_nan_predict(ws: Workspace) -> Call:
-    """Nothing scored: a non-zero exit, not 'scored 6 of 6' with blank scores."""
+    """Nothing scored: a non-zero exit, not 'scored 8 of 8' with blank scores."""
     c = damage(ws, "all_nan")
     return Call("amnet", ["predict", "--checkpoint", ws.ckpt(), "--cache", c, "--out",
-                          ws.dir / "s.csv", *PREDICT], 1, says=r"NaN|non-finite|[Nn]o input|nothing|0 of",
+                          ws.dir / "s.csv", *PREDICT], 1,
+                says=r"NaN|non-finite|[Nn]o input|nothing|0 of",
                 protect=(c,))
 
 
@@ -155,7 +154,7 @@ def _other_size(ws: Workspace) -> Call:
                 protect=(c,))
 
 
-@case("caches/truncated-repair", pending=ITEM3)
+@case("caches/truncated-repair")
 def _repair(ws: Workspace) -> Call:
     """`amnet-cache repair IN OUT` salvages every complete row of a truncated cache."""
     c = damage(ws, "truncated")
@@ -169,7 +168,7 @@ def _repair(ws: Workspace) -> Call:
     return Call("amnet-cache", ["repair", c, out], 0, protect=(c,), check=check)
 
 
-# ---- shards -----------------------------------------------------------------------------------------
+# ---- shards --------------------------------------------------------------------------------------
 
 def _shard(ws: Workspace, key: str, name: str | None = None, **attrs) -> Path:
     p = ws.copy(ws.world.shards[key], name)
@@ -195,7 +194,8 @@ def merge_refused(build_inputs: Callable[[Workspace], list[Path]], says: str,
 
 
 add("shards/incomplete", merge_refused(lambda ws: [_shard(ws, "0/2")],
-                                       r"incomplete shard set.*--allow-partial", lambda ps: ("merged.h5",)))
+                                       r"incomplete shard set.*--allow-partial",
+                                       lambda ps: ("merged.h5",)))
 add("shards/same-shard-twice", merge_refused(
     lambda ws: [_shard(ws, "0/2"), _shard(ws, "0/2", "copy0.h5"), _shard(ws, "1/2")],
     r"also in", lambda ps: (ps[1].name,)))
@@ -214,7 +214,7 @@ add("shards/shard-and-cache", merge_refused(lambda ws: [_shard(ws, "0/2"), ws.ca
                                             r"not a shard", lambda ps: (ps[1].name,)))
 
 
-@case("shards/truncated-shard", pending=ITEM3)
+@case("shards/truncated-shard")
 def _trunc_shard(ws: Workspace) -> Call:
     s0, s1 = _shard(ws, "0/2"), _shard(ws, "1/2")
     s1.write_bytes(s1.read_bytes()[:s1.stat().st_size * 6 // 10])
@@ -251,7 +251,7 @@ def _whole(ws: Workspace) -> Call:
                 check=lambda run: names_are(out, GOOD) + ws.rows_match(out, GOOD, exact=True))
 
 
-# ---- pickles: every entry point that reads one, every payload kind ------------------------------------
+# ---- pickles: every entry point that reads one, every payload kind -------------------------------
 
 def pickle_case(kind: str, entry: str) -> Callable[[Workspace], Call]:
     """The payload refused by the safe loader, never run (its marker file never appears), one

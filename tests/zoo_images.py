@@ -4,7 +4,7 @@ decompression bomb, a FIFO, chmod 000, a dangling link) with --on-error fail, sk
 odd names (unicode, spaces, a newline, ...); and folder listings (a symlink loop, a folder
 linked twice, an unreadable folder, hidden files, `./` names).
 
-A folder of the six good images plus one more, `a2x.<ext>`, sorted between a2 and a3."""
+A folder of the eight good images plus one more, `a2x.<ext>`, sorted between a2 and a3."""
 from __future__ import annotations
 
 import os
@@ -16,21 +16,19 @@ import numpy as np
 
 from zoo import (EXTRACT, GOOD, PREDICT, Call, Run, Workspace, cache_failed, cache_names,
                  cache_rows, read_errors, read_scores, run_cli)
-from zoo_cases import (ITEM1, add, all_ok, case, extract_args, make_image, names_are,
+from zoo_cases import (add, all_ok, case, extract_args, make_image, names_are,
                        unreadable)
 
-# ---- images ----------------------------------------------------------------------------------------
-# A folder of the six good images plus one more, `a2x.<ext>`, sorted between a2 and a3.
 
-BAD_IMAGES = {  # kind: (suffix, what the line/reason must say, pending)
-    "empty": ("jpg", r"empty file|0 bytes", None),
-    "truncated": ("jpg", r"truncat|cannot decode|corrupt", None),
-    "text": ("jpg", r"not an image", None),
-    "bomb": ("png", r"decompression bomb", None),
-    "png_header": ("png", r"truncat|cannot decode|corrupt|not an image", None),
-    "fifo": ("jpg", r"FIFO|fifo|pipe|not a regular|not an image file", None),
-    "chmod_000": ("jpg", r"[Pp]ermission denied|cannot read", None),
-    "dangling_link": ("jpg", r"not found|[Nn]o such|dangling", None),
+BAD_IMAGES = {  # kind: (suffix, what the line/reason must say)
+    "empty": ("jpg", r"empty file|0 bytes"),
+    "truncated": ("jpg", r"truncat|cannot decode|corrupt"),
+    "text": ("jpg", r"not an image"),
+    "bomb": ("png", r"decompression bomb"),
+    "png_header": ("png", r"truncat|cannot decode|corrupt|not an image"),
+    "fifo": ("jpg", r"FIFO|fifo|pipe|not a regular|not an image file"),
+    "chmod_000": ("jpg", r"[Pp]ermission denied|cannot read"),
+    "dangling_link": ("jpg", r"not found|[Nn]o such|dangling"),
 }
 
 
@@ -118,10 +116,10 @@ def image_predict(kind: str) -> Callable[[Workspace], Call]:
     return build
 
 
-for _kind, (_, _, _pending) in BAD_IMAGES.items():
-    add(f"images/{_kind}-extract-fail", image_fail(_kind), _pending)
-    add(f"images/{_kind}-extract-skip", image_skip(_kind), _pending)
-    add(f"images/{_kind}-predict", image_predict(_kind), _pending)
+for _kind in BAD_IMAGES:
+    add(f"images/{_kind}-extract-fail", image_fail(_kind))
+    add(f"images/{_kind}-extract-skip", image_skip(_kind))
+    add(f"images/{_kind}-predict", image_predict(_kind))
 
 
 @case("images/fifo-extract-fail-subprocess")
@@ -141,7 +139,7 @@ def _predict_fail(ws: Workspace) -> Call:
                 says=BAD_IMAGES["truncated"][1], protect=(out,))
 
 
-@case("images/predict-nothing-scored", pending=ITEM1)
+@case("images/predict-nothing-scored")
 def _predict_none(ws: Workspace) -> Call:
     folder = ws.dir / "bad"
     make_image(folder / "t.jpg", "truncated")
@@ -150,19 +148,17 @@ def _predict_none(ws: Workspace) -> Call:
                           ws.dir / "s.csv", *PREDICT], 1, says=r"[Nn]o input|nothing|none|0 of")
 
 
-ODD_IMAGES = {  # kind: (suffix, pending) -- decodable, so extracted like any image
-    "rgba": ("png", None), "la": ("png", None), "png16": ("png", None),
-    "png16rgb": ("png", None), "gray": ("jpg", None), "cmyk": ("jpg", None),
-    "palette": ("png", None), "exif": ("jpg", None), "one_px": ("png", None),
-    "sliver": ("png", None), "bmp": ("bmp", None), "webp": ("webp", None),
-    "gif_anim": ("gif", None),
+ODD_IMAGES = {  # kind: suffix -- decodable, so extracted like any image (a GIF's first frame)
+    "rgba": "png", "la": "png", "png16": "png", "png16rgb": "png", "gray": "jpg", "cmyk": "jpg",
+    "palette": "png", "exif": "jpg", "one_px": "png", "sliver": "png", "bmp": "bmp",
+    "webp": "webp", "gif_anim": "gif",
 }
 
 
 def odd_extract(kind: str) -> Callable[[Workspace], Call]:
     def build(ws: Workspace) -> Call:
         images = ws.images()
-        odd = make_image(images / f"odd.{ODD_IMAGES[kind][0]}", kind)
+        odd = make_image(images / f"odd.{ODD_IMAGES[kind]}", kind)
         out = ws.dir / "f.h5"
 
         def check(run: Run) -> list[str]:
@@ -181,7 +177,7 @@ def odd_extract(kind: str) -> Callable[[Workspace], Call]:
 def odd_predict(kind: str) -> Callable[[Workspace], Call]:
     def build(ws: Workspace) -> Call:
         images = ws.images()
-        odd = make_image(images / f"odd.{ODD_IMAGES[kind][0]}", kind)
+        odd = make_image(images / f"odd.{ODD_IMAGES[kind]}", kind)
         out = ws.dir / "scores.csv"
 
         def check(run: Run) -> list[str]:
@@ -194,14 +190,14 @@ def odd_predict(kind: str) -> Callable[[Workspace], Call]:
     return build
 
 
-for _kind, (_, _pending) in ODD_IMAGES.items():
-    add(f"images/{_kind}-extract", odd_extract(_kind), _pending)
+for _kind in ODD_IMAGES:
+    add(f"images/{_kind}-extract", odd_extract(_kind))
 for _kind in ("rgba", "png16", "cmyk", "one_px", "gif_anim"):
-    add(f"images/{_kind}-predict", odd_predict(_kind), ODD_IMAGES[_kind][1])
+    add(f"images/{_kind}-predict", odd_predict(_kind))
 
-ODD_NAMES = {"unicode": "ünïcødé 日本.jpg", "spaces": "two  spaces .jpg", "newline": "new\nline.jpg",
-             "dash": "-rf.jpg", "quotes": "it's \"100%\".jpg", "long": "l" * 200 + ".jpg",
-             "upper": "SHOUT.JPG"}
+ODD_NAMES = {"unicode": "ünïcødé 日本.jpg", "spaces": "two  spaces .jpg",
+             "newline": "new\nline.jpg", "dash": "-rf.jpg", "quotes": "it's \"100%\".jpg",
+             "long": "l" * 200 + ".jpg", "upper": "SHOUT.JPG"}
 
 
 def odd_name(name: str, predict: bool) -> Callable[[Workspace], Call]:

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from zoo import EXTRACT, GOOD, PREDICT, SCORES, TRAIN, Call, Run, Workspace, read_errors, run_cli
+from zoo import (EXTRACT, PREDICT, SCORES, SPLITS, TRAIN, Call, Run, Workspace, read_errors,
+                 run_cli)
 from zoo_cases import USAGE, add, case, make_image, names_are
 
-# ---- split and list files ---------------------------------------------------------------------------
+# ---- split and list files ------------------------------------------------------------------------
 
 def _lines(names: list[str]) -> list[str]:
     return [f"{n} {SCORES[n]:.6f}" for n in names]
@@ -22,15 +23,16 @@ def _text(lines: list[str], eol: str = "\n") -> str:
     return "".join(ln + eol for ln in lines)
 
 
-_T = _lines(GOOD)  # the train split's lines
+_T = _lines(SPLITS["train"])  # the train split's lines
 SPLIT_KINDS = {  # kind: (content, exit code, line named, what the line says)
-    "missing-score": (_text(_T[:1] + ["a1.jpg"] + _T[2:]), 1, 2, r"expected '<image name> <score>'"),
+    "missing-score": (_text(_T[:1] + ["a1.jpg"] + _T[2:]), 1, 2,
+                      r"expected '<image name> <score>'"),
     "out-of-range": (_text(_T[:1] + ["a1.jpg 1.5"] + _T[2:]), 1, 2, r"outside"),
     "negative": (_text(_T[:1] + ["a1.jpg -0.1"] + _T[2:]), 1, 2, r"outside"),
     "nan": (_text(_T[:1] + ["a1.jpg nan"] + _T[2:]), 1, 2, r"not a finite number"),
     "inf": (_text(_T[:1] + ["a1.jpg inf"] + _T[2:]), 1, 2, r"not a finite number"),
     "comma-decimal": (_text(_T[:1] + ["a1.jpg 0,5"] + _T[2:]), 1, 2, r"not a finite number"),
-    "duplicate": (_text(_T + _T[2:3]), 1, 7, r"duplicate .*line 3"),
+    "duplicate": (_text(_T + _T[2:3]), 1, len(_T) + 1, r"duplicate .*line 3"),
     "traversal": (_text(_T[:1] + ["../images/a1.jpg 0.5"] + _T[2:]), 1, 2, r"'\.\.'"),
     "absolute": (_text(_T[:1] + ["/etc/passwd 0.5"] + _T[2:]), 1, 2, r"absolute"),
     "backslash": (_text(_T[:1] + ["sub\\a1.jpg 0.5"] + _T[2:]), 1, 2, r"backslash"),
@@ -40,7 +42,7 @@ SPLIT_KINDS = {  # kind: (content, exit code, line named, what the line says)
     "header": (_text(["name score"] + _T), 1, 1, r"not a finite number|header"),
     "utf16": (_text(_T).encode("utf-16"), 1, None, r"UTF-8"),
     "latin1": (_text(_T + ["caf\xe9.jpg 0.5"]).encode("latin-1"), 1, None, r"UTF-8"),
-    "not-in-cache": (_text(_T + ["zz.jpg 0.5"]), 1, 7, r"not in the cache.*zz\.jpg"),
+    "not-in-cache": (_text(_T + ["zz.jpg 0.5"]), 1, len(_T) + 1, r"not in the cache.*zz\.jpg"),
     "crlf": (_text(_T, "\r\n"), 0, None, ""),
     "bom": (("\ufeff" + _text(_T)).encode("utf-8"), 0, None, ""),
     "tabs": (_text([ln.replace(" ", "\t") for ln in _T]), 0, None, ""),
@@ -74,7 +76,8 @@ def split_train(kind: str, part: str = "train") -> Callable[[Workspace], Call]:
 
         def check(run: Run) -> list[str]:
             m = json.loads(run.output.strip().splitlines()[-1])
-            return [] if m.get("n") == 3 else [f"trained, but reports {m}"]
+            n = len(SPLITS["test"])
+            return [] if m.get("n") == n else [f"trained, but reports {m}"]
         return Call("amnet", args, code, names=_names(kind, bad), says=SPLIT_KINDS[kind][3],
                     protect=(cache,) + ((out,) if code else ()),
                     check=check if code == 0 else None)
@@ -142,7 +145,7 @@ def list_extract(kind: str) -> Callable[[Workspace], Call]:
         os.symlink(ws.dir / "outside.jpg", images / "out.jpg")
         content, code, line, says = LIST_KINDS[kind]
         listing = ws.write("list.txt", content)
-        out = ws.cache("f.h5")  # a complete cache of the six: nothing may touch it
+        out = ws.cache("f.h5")  # a complete cache of the eight: nothing may touch it
         args = ["extract", listing, "--images-root", images, "--out", out, *EXTRACT]
         if code == 0:
             out = ws.dir / "g.h5"

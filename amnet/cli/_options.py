@@ -25,7 +25,13 @@ import click
 
 from amnet.settings import FieldSpec, field_spec
 
-__all__ = ["options_from", "settings_of", "SettingOption", "AutoInt"]
+__all__ = ["options_from", "settings_of", "SettingOption", "AutoInt", "WAIT"]
+
+# a writer lock's patience (amnet.lockfile), for the commands that write OUT under one
+WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True,
+                    metavar="SECONDS",
+                    help="If another live process writes OUT, wait up to this long for it "
+                         "(0: refuse at once, naming it).")
 
 
 class SettingOption(click.Option):

@@ -7,15 +7,9 @@ from __future__ import annotations
 import click
 
 from amnet.cli._errors import amnet_errors
-from amnet.cli._options import options_from, settings_of
+from amnet.cli._options import WAIT, options_from, settings_of
 from amnet.errors import ImageError
 from amnet.settings import ExtractConfig
-
-
-WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True,
-                    metavar="SECONDS",
-                    help="If another live process writes OUT, wait up to this long for it "
-                         "(0: refuse at once, naming it).")
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | str | None:

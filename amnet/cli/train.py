@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from amnet.cli._errors import amnet_errors
-from amnet.cli._options import options_from, settings_of
+from amnet.cli._options import WAIT, options_from, settings_of
 from amnet.settings import AMNetConfig, TrainConfig
 
 
@@ -34,8 +34,9 @@ def _stage2_logging(quiet: bool) -> None:
 @options_from(TrainConfig, exclude=("progress",))   # progress: -q
 @options_from(AMNetConfig, rename={"use_attention": "--attention"})
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch log lines or progress bars.")
+@WAIT
 @amnet_errors
-def train_cmd(cache, train_file, val_file, test_file, out, quiet, **settings) -> None:
+def train_cmd(cache, train_file, val_file, test_file, out, quiet, wait, **settings) -> None:
     """Train the AMNet head on one split of cached features; evaluate the best epoch on --test."""
     import json
 
@@ -45,7 +46,7 @@ def train_cmd(cache, train_file, val_file, test_file, out, quiet, **settings) ->
     mc = AMNetConfig(**settings_of(AMNetConfig, settings))
     tc = TrainConfig(**settings_of(TrainConfig, settings), progress=False if quiet else None)
     assert not settings, settings
-    m = train_split(cache, train_file, val_file, test_file, out, mc, tc)
+    m = train_split(cache, train_file, val_file, test_file, out, mc, tc, wait=wait)
     keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision", "views",
             "tta", "skipped_nonfinite")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))
