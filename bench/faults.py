@@ -11,14 +11,15 @@ the totals per group:
     tracebacks  a Python traceback reached the user
     rows lost   feature rows, CSV rows or output files changed or removed that should not be
 
-labelled with the date and the CPU, and fills the faults-table block of docs/reliability.md.
+labelled with the date and the CPU, and fills the faults-table blocks of docs/reliability.md and
+the README's reliability section.
 Each result is appended to --results (JSON lines) as it lands; a rerun skips the cases recorded
 there (resumable; --fresh starts over).
 
     python bench/faults.py                      # everything (DVC included: minutes)
     python bench/faults.py --only zoo           # the zoo only (--only faults: the kills only)
     python bench/faults.py --extra 6 --timed 4 --seed 1    # more seeded kill points
-    python bench/faults.py --render             # the table (and the doc's block) from --results
+    python bench/faults.py --render             # the table (and the pages' blocks) from --results
 """
 from __future__ import annotations
 
@@ -105,9 +106,11 @@ def main() -> None:
                     help="JSON lines, appended as cases finish [docs/faults-results.jsonl]")
     ap.add_argument("--fresh", action="store_true", help="forget the recorded results first")
     ap.add_argument("--render", action="store_true",
-                    help="only print the table from --results (and fill the --doc block)")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md",
-                    help="page whose faults-table block is filled [docs/reliability.md]")
+                    help="only print the table from --results (and fill the --doc blocks)")
+    ap.add_argument("--doc", type=Path, nargs="+",
+                    default=[ROOT / "docs" / "reliability.md", ROOT / "README.md"],
+                    help="pages whose faults-table block is filled "
+                         "[docs/reliability.md README.md]")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.render:
@@ -115,9 +118,10 @@ def main() -> None:
     records = load(args.results)
     text = table(records)
     print(text)
-    if args.doc.is_file() and BLOCK_START in args.doc.read_text() and records:
-        from amnet.atomic import atomic_write_text
-        atomic_write_text(args.doc, replace_block(args.doc.read_text(), text))
+    from amnet.atomic import atomic_write_text
+    for doc in args.doc:
+        if doc.is_file() and BLOCK_START in doc.read_text() and records:
+            atomic_write_text(doc, replace_block(doc.read_text(), text))
 
 
 def run(args) -> None:

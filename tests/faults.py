@@ -494,6 +494,27 @@ def _started(proj: Path, stage: str) -> bool:
     return (proj / "models/.train-state/1.pt.state").is_file()
 
 
+def _pause(proc) -> bool:
+    """SIGSTOP `proc` and wait (<= 5 s) until the kernel shows it stopped: the signal is
+    delivered asynchronously, so the state read straight after it may still say running.
+    False (and the process let go on) when it ended first or never showed as stopped."""
+    import psutil
+    try:
+        proc.suspend()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            status = proc.status()
+            if status == psutil.STATUS_STOPPED:
+                return True
+            if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return False
+            time.sleep(0.01)
+        proc.resume()
+    except psutil.Error:
+        pass
+    return False
+
+
 def _kill_in_stage(p: subprocess.Popen, proj: Path, stage: str, script: str, who: str,
                    delay: float):
     """Wait for `dvc repro` (`p`) to run pipeline/`script` and for it to have done some work;
@@ -506,12 +527,7 @@ def _kill_in_stage(p: subprocess.Popen, proj: Path, stage: str, script: str, who
         victim = victim or _stage_process(p.pid, script)
         if victim is not None and _started(proj, stage):
             time.sleep(delay)
-            try:
-                victim.suspend()
-                paused = victim.status() == psutil.STATUS_STOPPED
-            except psutil.Error:
-                paused = False
-            if not paused:
+            if not _pause(victim):
                 return victim, False
             os.kill(victim.pid if who == "stage" else p.pid, signal.SIGKILL)
             return victim, True
