@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from amnet.atomic import atomic_path, remove_stale_temps
-from amnet.errors import load_failure
 from amnet.checkpoint import save_size, torch_save
 from amnet.diskspace import disk_full_guard
+from amnet.errors import load_failure
 
 log = logging.getLogger("amnet.train")
 
