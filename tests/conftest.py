@@ -10,6 +10,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# ---- logging: no test leaves its levels to the next -------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels():
+    """Put the root's and every amnet logger's level back after each test: code run in-process
+    (bench/lnsim.py's main sets amnet.train to INFO, the train CLI sets the root's level) would
+    otherwise change what later tests' commands print."""
+    import logging
+
+    def levels() -> dict[str, int]:
+        names = [n for n in logging.root.manager.loggerDict if n.startswith("amnet")]
+        return {"": logging.root.level, **{n: logging.getLogger(n).level for n in names}}
+
+    before = levels()
+    yield
+    for name in levels():
+        logging.getLogger(name or None).setLevel(before.get(name, logging.NOTSET))
+
+
 # ---- small images (stage one): every kind `amnet-cache extract` must handle -------------------
 
 GOOD_KINDS = ("rgb", "gray", "cmyk", "palette", "rgba", "png16", "png16rgb", "exif", "bmp",

@@ -410,14 +410,9 @@ class Outcome:
                                               "problems", "seconds", "output")}
 
 
-# stage two's run log ("device cpu, precision fp32, 2 threads"): it reaches the output only when an
-# earlier test in the same process configured logging, so it is no part of a case's verdict
-RUN_LOG = (r"^device \w+, precision \w+, \d+ threads?$",)
-
-
 def _judge_line(call: Call, run: Run, ws: Workspace) -> list[str]:
     # warnings (amnet.caveats: a small test set, ...) are no error lines
-    allow = call.allow + (r"^warning: ",) + RUN_LOG + (
+    allow = call.allow + (r"^warning: ",) + (
         (DEMO_WARNING,) if call.args[:1] == ["predict"] else ())
     lines = [ln for ln in run.lines if not any(re.search(a, ln) for a in allow)]
     if call.code == 0:
