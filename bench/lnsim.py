@@ -163,17 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     extracted: set[str] = set()
     scores: dict[str, float] | None = None
 
-    def need_cache(bb: str) -> None:
-        if bb not in extracted:
-            results["timings"]["extract"][bb] = D.ensure_cache(work, bb, names, args, views)
-            extracted.add(bb)
+    def need_cache(bb: str, layers: str = "layer3") -> None:
+        # timings keyed "resmem" (layer3, as before) or "resmem layer3,layer4"
+        key = bb if layers == "layer3" else f"{bb} {layers}"
+        if key not in extracted:
+            results["timings"]["extract"][key] = D.ensure_cache(work, bb, names, args, views,
+                                                                layers)
+            extracted.add(key)
 
-    def need_feats(bb: str):
-        if bb not in feats:
-            need_cache(bb)
-            feats[bb] = D.pooled(work, bb, names, views)
-            results["timings"]["pool_seconds"][bb] = feats[bb][2]
-        return feats[bb]
+    def need_feats(bb: str, layers: str = "layer3"):
+        key = bb if layers == "layer3" else f"{bb} {layers}"
+        if key not in feats:
+            need_cache(bb, layers)
+            feats[key] = D.pooled(work, bb, names, views, layers)
+            results["timings"]["pool_seconds"][key] = feats[key][2]
+        return feats[key]
 
     # run order within a split: backbone-free rows, then each backbone's rows, ResMem last
     model_of = {slug: (base, ov) for slug, base, ov in models}
@@ -220,12 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                                      for n in D.read_part(work, part, kk)[0]})
                     scores, results["timings"]["resmem"] = D.resmem_scores(work, needed, args)
                 r = M.run_resmem(work, k, scores)
-            elif base == "ridge":
-                r = M.run_ridge(work, k, need_feats(bb))
+            elif base in M.RIDGES:
+                layers, channels = M.RIDGES[base]
+                r = M.run_ridge(work, k, need_feats(bb, layers), channels)
                 D.log(f"{bb}/ridge/split {k}: test rho {r['rho']:.4f}, mse {r['mse']:.5f}, "
                       f"val rho {r['val_rho']:.4f} (alpha {r['alpha']:.3g})")
             else:
-                need_cache(bb)
+                need_cache(bb, settings_of[slug].get("layers", "layer3"))
                 r = M.run_amnet(work, bb, slug, settings_of[slug], k, args, force=args.force,
                                 views=views)
             per.setdefault((slug, bb), {})[k] = r

@@ -117,9 +117,11 @@ def read_part(work: Path, part: str, k: int):
 # ---------------------------------------------------------------------------------------------
 # feature caches
 
-def cache_path(work: Path, backbone: str, views: int = 0) -> Path:
-    """work/cache/<backbone>.h5 (plain + flip), or <backbone>.views<K>.h5 with K crop views too."""
-    return work / "cache" / (f"{backbone}.h5" if not views else f"{backbone}.views{views}.h5")
+def cache_path(work: Path, backbone: str, views: int = 0, layers: str = "layer3") -> Path:
+    """work/cache/<backbone>.h5 (layer3, plain + flip), <backbone>.views<K>.h5 with K crop views
+    too, <backbone>.layer3+layer4.h5 for another layer set (`--layers`)."""
+    stem = backbone if layers == "layer3" else f"{backbone}.{layers.replace(',', '+')}"
+    return work / "cache" / (f"{stem}.h5" if not views else f"{stem}.views{views}.h5")
 
 
 def cache_views(cache: Any) -> int:
@@ -133,7 +135,8 @@ def cache_views(cache: Any) -> int:
         return 0
 
 
-def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int = 0) -> dict:
+def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int = 0,
+                 layers: str = "layer3") -> dict:
     """One cache per backbone: plain + flip (+ `views` crop views) of every image.
 
     Returns its timing (accumulated over resumes) and the view count. views == 0 calls today's
@@ -141,7 +144,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     """
     from amnet.extract import extract
 
-    path = cache_path(work, backbone, views)
+    path = cache_path(work, backbone, views, layers)
     timing_path = path.with_suffix(".timing.json")
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else \
         {"seconds": 0.0, "extracted": 0, "device": None}
@@ -149,7 +152,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     def report() -> dict:
         rate = timing["extracted"] / timing["seconds"] if timing["seconds"] else None
         return {**timing, "path": str(path), "images": len(names), "views": views,
-                "images_per_s": rate}
+                "layers": layers, "images_per_s": rate}
 
     if path.exists():
         # read-only check first: a complete cache is used without loading the backbone, and
@@ -157,6 +160,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
         from amnet.cache import FeatureCache
         with FeatureCache(path) as c:
             ready = (c.complete and c.has_flip and c.names == names and cache_views(c) == views
+                     and c.attrs.get("layer", "layer3") == layers
                      and c.attrs.get("weights_id") == backbone
                      and c.attrs.get("image_size") == IMAGE_SIZE)
         if ready:
@@ -165,7 +169,9 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     kwargs: dict[str, Any] = {}
     if views:
         kwargs["views"] = views
-    log(f"extract: {backbone} -> {path} ({len(names)} images + flip views"
+    if layers != "layer3":
+        kwargs["layers"] = layers
+    log(f"extract: {backbone} {layers} -> {path} ({len(names)} images + flip views"
         f"{f' + {views} crop views' if views else ''})")
     images = work / "data" / "images"
     s = extract([(n, images / n) for n in names], path, weights=backbone, image_size=IMAGE_SIZE,
@@ -184,22 +190,24 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     return report()
 
 
-def pooled(work: Path, backbone: str, names: list[str],
-           views: int = 0) -> tuple[dict[str, int], Any, float]:
-    """(name -> row, [N, C] average-pooled features, seconds to pool), saved next to the cache."""
+def pooled(work: Path, backbone: str, names: list[str], views: int = 0,
+           layers: str = "layer3") -> tuple[dict[str, int], Any, float]:
+    """(name -> row, [N, C] average-pooled features, seconds to pool), saved next to the cache.
+    A layer3,layer4 cache pools to [N, 1024 + 2048]: layer3's global mean (its 2 x 2 pooling
+    keeps it), then layer4's."""
     import numpy as np
 
     from amnet.baselines import pooled_features
     from amnet.cache import FeatureCache
 
-    npy = work / "cache" / f"{backbone}.gap.npy"
+    npy = cache_path(work, backbone, 0, layers).with_suffix(".gap.npy")
     meta = npy.with_suffix(".json")
     if npy.exists() and meta.exists():
         m = json.loads(meta.read_text())
         if m["names"] == names:
             return {n: i for i, n in enumerate(names)}, np.load(npy), m["seconds"]
     t0 = time.perf_counter()
-    with FeatureCache(cache_path(work, backbone, views)) as cache:  # its plain view
+    with FeatureCache(cache_path(work, backbone, views, layers)) as cache:  # its plain view
         x = pooled_features(cache, names)
     seconds = time.perf_counter() - t0
     np.save(npy, x)

@@ -4,12 +4,17 @@ Model ids (the issue's rows):
 
   mean                 the training-mean predictor (MSE floor; rho undefined)
   ridge                ridge on globally average-pooled layer3 features, alpha chosen on val
+  ridge-layer4         the same on pooled layer4 features (2048)
+  ridge-layer34        the same on pooled layer3 + layer4 features (1024 + 2048)
   amnet-paper          AMNet, paper settings (SUN: batch 222, lr 1e-4, wd 1e-4; --epochs, 49),
                        flip views, no crop views
   amnet-tuned          AMNet with the recipe of configs/lnsim.yaml (model:, train:), chosen on val
   amnet-tuned-noatt    the same, use_attention = false
   amnet-tuned-noviews  the same without cached crop views (views = tta = false, where
                        TrainConfig has those fields)
+  amnet-multi          the tuned recipe on the layer3,layer4 map ([3072, 7, 7]: layer3 pooled to
+                       7 x 7, then layer4), with MULTI's changes (chosen on val, lnsim_sweep.py)
+  amnet-multi-noatt    the same, use_attention = false
   resmem               the published ResMem model, zero-shot, its own preprocessing
   human                rho(hrs1, hrs2) on the test half: the ceiling
 
@@ -27,8 +32,11 @@ from typing import Any
 
 from lnsim_data import N_SPLITS, cache_path, log, read_part, write_json
 
-MODELS = ("mean", "ridge", "amnet-paper", "amnet-tuned", "amnet-tuned-noatt",
-          "amnet-tuned-noviews", "resmem", "human")
+MODELS = ("mean", "ridge", "ridge-layer4", "ridge-layer34", "amnet-paper", "amnet-tuned",
+          "amnet-tuned-noatt", "amnet-tuned-noviews", "amnet-multi", "amnet-multi-noatt",
+          "resmem", "human")
+RIDGES = {"ridge": ("layer3", slice(None)), "ridge-layer4": ("layer3,layer4", slice(1024, None)),
+          "ridge-layer34": ("layer3,layer4", slice(None))}   # (cache's layers, pooled channels)
 BACKBONE_FREE = ("mean", "resmem", "human")
 # the original's SUN settings (../shared/spec/amnet.md sections 3 and 4); head = AMNetConfig()
 PAPER = dict(epochs=49, batch_size=222, lr=1e-4, weight_decay=1e-4, gamma=1e-5, seed=12345,
@@ -39,6 +47,8 @@ AMNET = {
     "amnet-tuned": ("tuned", {}),
     "amnet-tuned-noatt": ("tuned", {"use_attention": False}),
     "amnet-tuned-noviews": ("tuned", {"views": False, "tta": False}),
+    "amnet-multi": ("tuned", {"layers": "layer3,layer4"}),
+    "amnet-multi-noatt": ("tuned", {"layers": "layer3,layer4", "use_attention": False}),
 }
 LEGACY = {"amnet-paper": "amnet"}   # run folders of older versions, reused when fingerprints match
 CLI_OWNED = ("device", "precision", "workers", "progress")  # never taken from a recipe
@@ -47,6 +57,9 @@ LABELS = {
     "amnet-paper": "AMNet, paper settings", "amnet-tuned": "AMNet, tuned on val",
     "amnet-tuned-noatt": "AMNet, tuned, no attention",
     "amnet-tuned-noviews": "AMNet, tuned, no crop views",
+    "ridge-layer4": "Ridge on pooled layer4", "ridge-layer34": "Ridge on pooled layer3 + layer4",
+    "amnet-multi": "AMNet, layer3 + layer4, tuned on val",
+    "amnet-multi-noatt": "AMNet, layer3 + layer4, no attention",
     "resmem": "ResMem (published), zero-shot", "human": "Human consistency rho(hrs1, hrs2)",
 }
 
@@ -205,13 +218,14 @@ def run_mean(work: Path, k: int) -> dict:
             "seconds": time.perf_counter() - t0, "n": len(yte)}
 
 
-def run_ridge(work: Path, k: int, feats) -> dict:
+def run_ridge(work: Path, k: int, feats, channels: slice = slice(None)) -> dict:
     import numpy as np
 
     from amnet.baselines import RidgeProbe
     from amnet.metrics import mse, spearman
 
     index, x, _ = feats
+    x = x[:, channels]
     t0 = time.perf_counter()
     parts = {p: read_part(work, p, k) for p in ("train", "val", "test")}
     rows = {p: np.asarray([index[n] for n in names]) for p, (names, _) in parts.items()}
@@ -288,8 +302,10 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
     out_root = out_root or work / "runs" / backbone
     out = out_root / slug / f"split_{k}"
     _, ytr = read_part(work, "train", k)
+    settings = dict(settings)
+    layers = settings.pop("layers", "layer3")   # which cache, not a head or training setting
     mc, tc = amnet_configs(settings, args, float(ytr.mean()))
-    cache = cache_path(work, backbone, views)
+    cache = cache_path(work, backbone, views, layers)
     fingerprint = {"backbone": backbone, "cache": cache.name, "model": asdict(mc),
                    "train": {k_: v for k_, v in asdict(tc).items() if k_ != "progress"},
                    "split": k}
