@@ -99,7 +99,7 @@ def parse_splits(text: str, n: int = N_SPLITS) -> list[int]:
 
 def parse_model(spec: str) -> tuple[str, str, dict[str, str]]:
     """"amnet-tuned[lr=1e-3,feature_dropout=0.5]" -> (id, base id, overrides)."""
-    m = re.fullmatch(r"\s*([a-z-]+)\s*(?:\[(.*)\])?\s*", spec)
+    m = re.fullmatch(r"\s*([a-z0-9-]+)\s*(?:\[(.*)\])?\s*", spec)
     if not m or m.group(1) not in MODELS:
         raise SystemExit(f"--models: unknown model {spec!r}; choose from {', '.join(MODELS)}"
                          " (AMNet ones accept [key=value,...])")
