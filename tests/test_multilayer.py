@@ -135,3 +135,45 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     from amnet.predict import check_cache_provenance
     with FeatureCache(l3) as fc, pytest.raises(AmnetError, match="layer"):
         check_cache_provenance(dict(fc.attrs), dict(prov, image_size=SIZE), l3, ckpt)
+
+
+def test_multilayer_cache_resumes_and_merges_byte_for_byte(images, tmp_path):
+    """A run stopped after its first batch resumes to the rows of an uninterrupted run, and two
+    shards merge to them too: the layer set travels with every operation on the file."""
+    import h5py
+
+    from amnet.cache_ops import merge
+    from amnet.extract import extract
+    items = [(n, images / n) for n in sorted(p.name for p in images.iterdir())]
+    kw = dict(weights="random:0", image_size=SIZE, layers="layer3,layer4", flip=True,
+              device="cpu", batch_size=2, progress=False, precision="fp32")
+    whole = tmp_path / "whole.h5"
+    extract(items, whole, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop(batches, extracted):
+        raise Stop
+
+    resumed = tmp_path / "resumed.h5"
+    with pytest.raises(Stop):
+        extract(items, resumed, on_batch=stop, **kw)
+    s = extract(items, resumed, **kw)
+    assert (s["already"], s["extracted"], s["complete"]) == (2, 3, True)
+    shards = [extract(items, tmp_path / "part{i}.h5", shard=(i, 2), **kw)["out"] for i in range(2)]
+    merged = tmp_path / "merged.h5"
+    merge(merged, shards)
+    with h5py.File(whole) as a:
+        for other in (resumed, merged):
+            with h5py.File(other) as b:
+                assert b.attrs["layer"] == "layer3,layer4"
+                for ds in ("features", "features_flip"):
+                    assert b[ds].shape == (5, 3072, 2, 2)
+                    np.testing.assert_array_equal(a[ds][:], b[ds][:])
+    # shards of another layer set do not merge with these
+    other = tmp_path / "l3.h5"
+    extract(items[:1], other, **{**kw, "layers": "layer3"})
+    from amnet.errors import CacheError
+    with pytest.raises(CacheError, match="layer"):
+        merge(tmp_path / "mixed.h5", [whole, other])
