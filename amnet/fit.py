@@ -28,7 +28,7 @@ from amnet.evaluation import predict_split
 from amnet.feeding import SplitPart
 from amnet.metrics import mse, spearman
 from amnet.model import AMNet, amnet_loss
-from amnet.progress import progress_bar
+from amnet.progress import duration, progress_bar
 from amnet.train_state import STATE_VERSION, load_state, restore_rng, rng_states, save_state
 
 log = logging.getLogger("amnet.train")
@@ -127,10 +127,14 @@ def fit(model: AMNet, opt: torch.optim.Optimizer, parts: dict[str, SplitPart],
     run = _resume(state_file, fp, model, opt, gen, cfg.epochs)
     train = parts["train"]
     bs = min(cfg.batch_size, len(train))
-    for epoch in range(run.epochs_done + 1, cfg.epochs + 1):
+    started, first = time.perf_counter(), run.epochs_done + 1
+    last = ""   # the bar's postfix: the previous epoch's loss, val rho and the run's ETA
+    for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         bar = progress_bar((len(train) // bs) * bs, f"epoch {epoch}/{cfg.epochs}",
                            enabled=cfg.progress is not False, leave=False)
+        if last:
+            bar.set_postfix_str(last, refresh=False)
         try:
             loss = train_epoch(model, opt, train, targets, gen, use_flip, cfg, device, precision,
                                bar, n_views)
@@ -153,8 +157,14 @@ def fit(model: AMNet, opt: torch.optim.Optimizer, parts: dict[str, SplitPart],
         row["lr"] = opt.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
         run.history.append(row)
-        log.info("epoch %d/%d  loss %.5f  val rho %.4f  val mse %.5f  (%.1f s)", epoch, cfg.epochs,
-                 loss, row["val_rho"], row["val_mse"], row["seconds"])
+        # the run's ETA: the epochs left at the mean pace of those run by this process
+        left = cfg.epochs - epoch
+        eta = (f", ETA {duration(left * (time.perf_counter() - started) / (epoch - first + 1))}"
+               if left else "")
+        # one line per epoch (stage two's log, stderr): what a log keeps where no bar is shown
+        log.info("epoch %d/%d  loss %.5f  val rho %.4f  val mse %.5f  (%.1f s%s)", epoch,
+                 cfg.epochs, loss, row["val_rho"], row["val_mse"], row["seconds"], eta)
+        last = f"last: loss {loss:.5f}, val rho {row['val_rho']:.4f}{eta}"
         key = row["val_rho"] if selection != "last" and math.isfinite(row["val_rho"]) else -math.inf
         if selection == "last" or run.best is None or key > run.best["key"]:
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

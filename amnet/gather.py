@@ -4,8 +4,11 @@ Each `train@k` stage writes its split's record into a folder of its own, `train/
 (`metrics.json`, `history.csv`, `predictions.csv`; DVC-cached, not in git). `gather_runs` copies
 the records of the splits in `data.splits` into the git-tracked report:
 
-- `<splits_dir>/<k>.json`: the split's test metrics, byte for byte (`dvc metrics show` lists
-  these and the summary);
+- `<splits_dir>/<k>.json`: the split's numbers a reader compares (`SPLIT_KEYS`: test rho, MSE
+  and n, the chosen epoch and its val rho and MSE, the head's precision): `dvc metrics show`
+  lists these and the summary (`summary_of`), a dozen columns. The rest of the record
+  (provenance: backbone, split files and their hashes, versions, ...) stays in
+  `train/<k>/metrics.json`, the train stage's DVC output;
 - one history CSV and one predictions CSV for all the splits, each row led by its `split`, so
   `dvc plots show` draws one chart with one line (or point colour) per split.
 
@@ -22,10 +25,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from amnet.atomic import atomic_write_bytes, atomic_write_text
+from amnet.atomic import atomic_write_text
 from amnet.errors import AmnetError
+from amnet.metrics import summarize
 
 RECORD_FILES = ("metrics.json", "history.csv", "predictions.csv")
+
+# what metrics/splits/<k>.json keeps of a split's metrics.json, in this order (those it has)
+SPLIT_KEYS = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "precision")
 
 
 def run_record(runs_dir: Path, k: int) -> dict[str, Path]:
@@ -75,9 +82,10 @@ def gather_runs(runs_dir: Path, splits: Sequence[int], *, splits_dir: Path, hist
                 predictions: Path) -> list[dict[str, Any]]:
     """Copy the configured splits' run records into the report; return their metrics in order.
 
-    Writes splits_dir/<k>.json for each k in `splits` (after emptying splits_dir), `history`
-    and `predictions` (the splits' CSVs merged, see `merge_csvs`). Checks every record first, so
-    a missing split leaves the report as it was.
+    Writes splits_dir/<k>.json (the `SPLIT_KEYS` of each record) for each k in `splits` (after
+    emptying splits_dir), `history` and `predictions` (the splits' CSVs merged, see
+    `merge_csvs`). Checks every record first, so a missing split leaves the report as it was.
+    Returns the whole records.
     """
     if not splits:
         raise AmnetError("data.splits is empty: nothing to evaluate")
@@ -94,9 +102,25 @@ def gather_runs(runs_dir: Path, splits: Sequence[int], *, splits_dir: Path, hist
     splits_dir = Path(splits_dir)
     shutil.rmtree(splits_dir, ignore_errors=True)
     splits_dir.mkdir(parents=True)
-    for k, files in records.items():
-        atomic_write_bytes(splits_dir / f"{k}.json", files["metrics.json"].read_bytes())
+    for k, record in zip(records, per_split):
+        compared = {key: record[key] for key in SPLIT_KEYS if key in record}
+        atomic_write_text(splits_dir / f"{k}.json", json.dumps(compared, indent=2) + "\n")
     for path, text in ((Path(history), history_text), (Path(predictions), predictions_text)):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
     return per_split
+
+
+def summary_of(per_split: Sequence[dict[str, Any]], splits: Sequence[int],
+               human: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics/summary.json: what a reader compares between runs, and nothing else --
+    `n_splits`, test `rho` and `mse` as mean and sd (and their per-split `values`, lists, which
+    `dvc metrics show` leaves out), the `splits`, and `human_rho`, the ceiling, where the data
+    set records the human consistency (Isola's protocol: rho(hrs1, hrs2) on the same test
+    halves)."""
+    summary = summarize(per_split, keys=["rho", "mse"])
+    summary["splits"] = list(splits)
+    if human:
+        summary["human_rho"] = summarize(
+            [{"rho": human["per_split"][str(k)]["rho_test_half"]} for k in splits])["rho"]
+    return summary

@@ -95,7 +95,7 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                 w.writerow(csv_row(predictor, r, shown, has_gt))
                 if r.error:
                     counts["failed"] += 1
-                    counts["first_error"] = counts["first_error"] or f"{shown}: {r.error}"
+                    counts["first_error"] = counts["first_error"] or _named(shown, it, r.error)
                     continue
                 counts["scored"] += 1
                 counts["first_frame"] += bool(r.note)
@@ -118,6 +118,14 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                 return Image.new("RGB", (8, 8))  # vanished since scoring: a black cell
         counts["grid"] = [str(p) for p in viz.contact_sheet(sheet, grid, loader=_thumb)]
     return counts
+
+
+def _named(shown: str, item, error: str) -> str:
+    """`<input>: <reason>`, the input named once: an image's error (ImageError) already starts
+    with its path."""
+    if any(error.startswith(f"{name}: ") for name in (shown, str(item.path), item.name)):
+        return error
+    return f"{shown}: {error}"
 
 
 def summary_line(counts: dict, out: Path) -> str:

@@ -5,33 +5,13 @@ Usage: python pipeline/prepare.py OUT_DIR   (dvc.yaml: data/${data.dataset})
 Writes OUT_DIR (splits/{train,val,test}_<k>.txt, prepare.json, images or a link to them) and
 OUT_DIR/images.txt, the sorted names of every image the splits use: `extract` depends on that
 file alone, so re-drawing splits over the same images never re-runs the backbone.
+
+The arguments are parsed, and the work done, by `prepare_stage` in amnet/cli/stages.py (one
+place per operation; prepare has no CLI verb of its own); `python pipeline/prepare.py --help`
+lists them.
 """
-import argparse
-import sys
-from pathlib import Path
 
-from amnet.config import load_params, prepare_options
-from amnet.datasets import image_names, prepare_dataset
-from amnet.errors import AmnetError
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="the prepared data set's folder")
-    ap.add_argument("--params", default="params.yaml", help="the params file [params.yaml]")
-    args = ap.parse_args()
-    try:
-        params = load_params(args.params)
-        data = params.data
-        record = prepare_dataset(data.dataset, args.out, **prepare_options(data, params.source))
-        (args.out / "images.txt").write_text("".join(f"{n}\n" for n in image_names(args.out)))
-    except AmnetError as e:
-        sys.exit(f"prepare: {e}")
-    counts = record["counts"]
-    print(f"prepare: {data.dataset} -> {args.out}, splits "
-          + ", ".join(f"{k}: {c['train']}/{c['val']}/{c['test']}" for k, c in counts.items())
-          + " (train/val/test)")
-
+from amnet.cli.stages import prepare_stage, run
 
 if __name__ == "__main__":
-    main()
+    run(prepare_stage)

@@ -261,5 +261,11 @@ def test_dvc_yaml_passes_every_path_and_scripts_build_none():
             out = out if isinstance(out, str) else next(iter(out))
             assert out in cmd or out.rsplit("/", 1)[0] in cmd, (name, out)
         script = (REPO / "pipeline" / f"{name}.py").read_text()
-        assert '"data/features' not in script and 'Path("data")' not in script, name
-        assert "yaml.safe_load" not in script and "load_params" in script, name
+        assert f"from amnet.cli.stages import {name}_stage, run" in script or \
+            f"from amnet.cli.stages import run, {name}_stage" in script, name
+    # the stages' commands (amnet/cli/stages.py): every path an argument, every setting from
+    # the validated params file
+    stages_py = (REPO / "amnet" / "cli" / "stages.py").read_text()
+    assert '"data/features' not in stages_py and 'Path("data")' not in stages_py
+    assert "yaml.safe_load" not in stages_py
+    assert stages_py.count("load_params(params)") == len(stages)

@@ -87,3 +87,34 @@ def test_merge_of_an_empty_file_names_it(tmp_path):
     (tmp_path / "h.csv").write_text("")
     with pytest.raises(AmnetError, match="h.csv: empty file, expected a header row"):
         merge_csvs({1: tmp_path / "h.csv"})
+
+
+def test_split_files_keep_what_a_reader_compares_and_the_record_keeps_the_rest(tmp_path):
+    """issue 19: `dvc metrics show` printed ~50 columns (each split's whole record: backbone,
+    split files and hashes, versions, ...). metrics/splits/<k>.json keeps SPLIT_KEYS; the whole
+    record stays in train/<k>/metrics.json and is what gather_runs returns."""
+    from amnet.gather import SPLIT_KEYS
+    record(tmp_path / "train", 1, 0.5)
+    full = {"rho": 0.5, "mse": 0.01, "n": 400, "best_epoch": 10, "val_rho": 0.4,
+            "val_mse": 0.02, "n_train": 1400, "selection": "val", "precision": "bf16",
+            "backbone": {"arch": "resnet50", "weights_sha256": "ab" * 32},
+            "splits": {"test": {"path": "t.txt", "sha256": "cd" * 32}}, "versions": {"torch": "x"}}
+    (tmp_path / "train" / "1" / "metrics.json").write_text(json.dumps(full, indent=2) + "\n")
+    (per_split,) = gather(tmp_path, [1])
+    assert per_split == full
+    shown = json.loads((tmp_path / "metrics" / "splits" / "1.json").read_text())
+    assert list(shown) == list(SPLIT_KEYS)
+    assert shown == {k: full[k] for k in SPLIT_KEYS}
+
+
+def test_summary_holds_rho_and_mse_over_the_splits_only():
+    from amnet.gather import summary_of
+    per = [{"rho": 0.5, "mse": 0.01, "val_rho": 0.4, "best_epoch": 3, "backbone": {"a": 1}},
+           {"rho": 0.7, "mse": 0.03, "val_rho": 0.6, "best_epoch": 5, "backbone": {"a": 1}}]
+    s = summary_of(per, [1, 2])
+    assert list(s) == ["n_splits", "rho", "mse", "splits"]
+    assert s["n_splits"] == 2 and s["splits"] == [1, 2]
+    assert s["rho"]["mean"] == pytest.approx(0.6) and s["rho"]["values"] == [0.5, 0.7]
+    assert s["mse"]["sd"] == pytest.approx(0.02 / 2 ** 0.5)
+    human = {"per_split": {"1": {"rho_test_half": 0.68}, "2": {"rho_test_half": 0.70}}}
+    assert summary_of(per, [1, 2], human)["human_rho"]["mean"] == pytest.approx(0.69)

@@ -406,3 +406,18 @@ def test_demo_checkpoint_warns_once_and_points_to_the_published_model(env, tmp_p
     lnsim = save_checkpoint(make_checkpoint(model, backbone=real, train_config={
         "cache": "data/features/lnsim.h5"}), tmp_path / "lnsim.pt")
     assert Predictor.from_checkpoint(lnsim, "cpu", backbone=False).demo_warning is None
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_a_non_image_is_named_once(env, tmp_path, monkeypatch, relative):
+    """issue 19: `fake.jpg: <dir>/fake.jpg: not an image PIL can identify` named the file twice;
+    the reason of an image error already names it."""
+    from conftest import error_line
+    (tmp_path / "fake.jpg").write_text("not an image\n")
+    monkeypatch.chdir(tmp_path)
+    arg = "fake.jpg" if relative else str(tmp_path / "fake.jpg")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(env["heads"]["h1"]), arg,
+                                    "--out", "s.csv", "--device", "cpu", "--precision", "fp32"])
+    assert res.exit_code == 1
+    assert error_line(res) == (f"no input was scored: all 1 failed, e.g. {arg}: not an image PIL "
+                               "can identify (every reason is in s.csv)")

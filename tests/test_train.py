@@ -277,6 +277,51 @@ def test_cli_train_and_evaluate(tmp_path):
     assert r.exit_code == 1 and "zzz.jpg" in r.output
 
 
+# ---- progress --------------------------------------------------------------------------------
+
+def test_progress_shows_epochs_loss_val_rho_and_eta(tmp_path, monkeypatch, caplog):
+    """issue 19: a run says how far it is. On a terminal, each epoch's bar (`epoch e/E`) carries
+    the previous epoch's loss and val rho and the run's ETA; in a log, one line per epoch."""
+    import logging
+    import re
+
+    import amnet.fit
+    from amnet.progress import duration
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, enabled=True, **kw):
+            self.desc, self.enabled, self.postfix, self.n = desc, enabled, "", 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, s, refresh=True):
+            self.postfix = s
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(amnet.fit, "progress_bar", Bar)
+    cache, files = synthetic(tmp_path, n=(64, 16, 16))
+    with caplog.at_level(logging.INFO, logger="amnet.train"):
+        run(tmp_path, "o", cache, files, epochs=3, batch_size=16, progress=None)
+    assert [b.desc for b in bars] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(b.enabled and b.n == 64 for b in bars)
+    assert bars[0].postfix == ""
+    num = r"(-?\d+\.\d+|nan)"
+    for b in bars[1:]:
+        assert re.fullmatch(rf"last: loss {num}, val rho {num}, ETA \d+ s", b.postfix), b.postfix
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"]
+    assert re.search(r"\(\d+\.\d s, ETA \d+ s\)$", lines[0]) and lines[2].endswith(" s)")
+    assert "ETA" not in lines[2]
+    assert [duration(s) for s in (0.4, 59.6, 65, 3599, 7380)] == [
+        "0 s", "1 min 00 s", "1 min 05 s", "59 min 59 s", "2 h 03 min"]
+
+
 # ---- metrics ----------------------------------------------------------------------------------
 
 def test_metrics():

@@ -20,9 +20,27 @@ def _stage2_logging(quiet: bool) -> None:
                         format="%(message)s", force=True)
 
 
+def run_train(cache, train_file, val_file, test_file, out, model_config: AMNetConfig,
+              cfg: TrainConfig, *, quiet: bool = False, wait: float = 0.0, **paths):
+    """Train one split as `amnet train` does, and as the DVC stage train@k does
+    (amnet/cli/stages.py): stage two's log on stderr (a line per epoch with its loss, val rho
+    and the run's ETA; the bar within an epoch on a terminal; only warnings with `quiet`), then
+    `amnet.train.train_split` (`paths`: its checkpoint_path, history_path, ... keywords)."""
+    _stage2_logging(quiet)
+    from amnet.train import train_split
+
+    return train_split(cache, train_file, val_file, test_file, out, model_config, cfg, wait=wait,
+                       **paths)
+
+
+# the feature cache stage two reads (`amnet train`, the DVC stage train@k)
+CACHE = click.option("--cache", required=True,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Feature cache (HDF5 from amnet-cache extract).")
+
+
 @click.command("train")
-@click.option("--cache", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Feature cache (HDF5 from amnet-cache extract).")
+@CACHE
 @click.option("--train", "train_file", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Train split file.")
 @click.option("--val", "val_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -40,13 +58,10 @@ def train_cmd(cache, train_file, val_file, test_file, out, quiet, wait, **settin
     """Train the AMNet head on one split of cached features; evaluate the best epoch on --test."""
     import json
 
-    _stage2_logging(quiet)
-    from amnet.train import train_split
-
     mc = AMNetConfig(**settings_of(AMNetConfig, settings))
     tc = TrainConfig(**settings_of(TrainConfig, settings), progress=False if quiet else None)
     assert not settings, settings
-    m = train_split(cache, train_file, val_file, test_file, out, mc, tc, wait=wait)
+    m = run_train(cache, train_file, val_file, test_file, out, mc, tc, quiet=quiet, wait=wait)
     keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision", "views",
             "tta", "skipped_nonfinite")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))

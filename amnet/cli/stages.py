@@ -1,0 +1,243 @@
+"""The DVC stages' commands: `pipeline/<stage>.py` runs the click command of its stage here.
+
+One path per operation: each stage parses its arguments once, here, with the options the CLI
+verbs share (`--cache` of `amnet train`, `--wait`), reads its settings from the params file
+(amnet/config.py), and calls what the CLI verb calls:
+
+  prepare   amnet.datasets.prepare_dataset
+  extract   amnet.extract.extract, as `amnet-cache extract` (into a partial file renamed when done)
+  train@k   `run_train` of `amnet train` (amnet/cli/train.py): the same log and progress
+  evaluate  amnet.gather / amnet.metrics (the report), the figures as `amnet predict` draws them
+
+An error the user can fix is one line led by the stage's name (`train@1: ...`), exit 1; the
+paths come from dvc.yaml only (tests/test_config.py checks that no script builds one).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from amnet.cli._errors import amnet_errors
+from amnet.cli._options import WAIT
+from amnet.cli.train import CACHE
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+PARAMS = click.option("--params", default="params.yaml", show_default=True,
+                      type=click.Path(dir_okay=False, path_type=Path),
+                      help="The params file the settings are read from.")
+
+
+def _path(help_: str, *, folder: bool = False, name: str | None = None) -> Callable:
+    decls = [f"--{name}"] if name else []
+    return click.option(*decls, required=True, help=help_,
+                        type=click.Path(file_okay=not folder, dir_okay=folder, path_type=Path))
+
+
+class StageError(click.ClickException):
+    """A stage's one error line: `<stage>: <message>` (no `Error: `), exit 1."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.stage}: {self.format_message()}", err=True, file=file)
+
+
+def stage_errors(stage: str) -> Callable:
+    """`amnet_errors` with the stage's name leading the line; `stage` is a template of the
+    command's parameters (`"train@{split}"`)."""
+    def decorate(f: Callable) -> Callable:
+        inner = amnet_errors(f)
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            try:
+                return inner(*args, **kwargs)
+            except click.UsageError:
+                raise
+            except click.ClickException as e:
+                raise StageError(stage.format(**kwargs), e.format_message()) from e
+        return wrapper
+    return decorate
+
+
+@click.command("prepare", context_settings=CONTEXT)
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@PARAMS
+@stage_errors("prepare")
+def prepare_stage(out: Path, params: Path) -> None:
+    """DVC stage `prepare`: convert the data set named in the params' `data` to OUT."""
+    from amnet.config import load_params, prepare_options
+    from amnet.datasets import image_names, prepare_dataset
+
+    p = load_params(params)
+    data = p.data
+    record = prepare_dataset(data.dataset, out, **prepare_options(data, p.source))
+    (out / "images.txt").write_text("".join(f"{n}\n" for n in image_names(out)))
+    counts = record["counts"]
+    click.echo(f"prepare: {data.dataset} -> {out}, splits "
+               + ", ".join(f"{k}: {c['train']}/{c['val']}/{c['test']}" for k, c in counts.items())
+               + " (train/val/test)")
+
+
+@click.command("extract", context_settings=CONTEXT)
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@PARAMS
+@WAIT
+@stage_errors("extract")
+def extract_stage(data: Path, out: Path, params: Path, wait: float) -> None:
+    """DVC stage `extract`: features of every image in DATA/images.txt into OUT."""
+    import os
+
+    from amnet.cache_repair import repair
+    from amnet.config import extract_options, load_params
+    from amnet.datasets import images_root
+    from amnet.datasets.splits import read_name_list
+    from amnet.errors import CacheError, DamagedCacheError
+    from amnet.extract import extract
+    from amnet.lockfile import hold
+
+    partial = out.with_name(f"{out.stem}.partial{out.suffix}")
+    options = extract_options(load_params(params).extract)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = images_root(data)  # the folder, or the source a link pointed to
+    items = [(name, images / name) for name, _ in read_name_list(data / "images.txt")]
+
+    def run(overwrite: bool) -> dict:
+        return extract(items, partial, **options, on_error="fail", overwrite=overwrite,
+                       progress=True, source=str(data))
+    # The partial file's writer lock, held to the final rename: a run whose `dvc` was killed
+    # goes on as an orphan; the next `dvc repro` must neither resume, replace nor rename the
+    # file it writes (it waits for it or stops with one line naming it).
+    with hold(partial, wait) as lock:
+        try:
+            try:
+                summary = run(overwrite=False)
+            except DamagedCacheError as e:
+                # truncated or corrupt (a full disk, a crash of the machine): keep every
+                # complete row (amnet-cache repair), then resume; the rest is redone
+                click.echo(f"extract: {e}; salvaging its complete rows", err=True)
+                s = repair(partial, partial, lost="resume", overwrite=True)
+                click.echo(f"extract: kept {s['saved']} of {s['images']} rows of {partial}",
+                           err=True)
+                summary = run(overwrite=False)
+        except CacheError as e:
+            if not partial.exists():
+                raise
+            # A left-over of a killed run made with other params or images (no process holds
+            # it: we hold its lock): the params are what the user wants now, so it is replaced
+            # rather than resumed.
+            click.echo(f"extract: not resuming {partial}: {e}", err=True)
+            summary = run(overwrite=True)
+        lock.check()  # still ours: never rename a file another process now writes
+        os.replace(partial, out)
+    click.echo(f"extract: {summary}")
+
+
+@click.command("train", context_settings=CONTEXT)
+@click.argument("split", type=int)
+@_path("The prepared data set (its splits/).", folder=True, name="data")
+@CACHE
+@_path("The checkpoint to write (.pt).", name="model")
+@_path("Per-epoch history (.csv).", name="history")
+@_path("Test predictions (.csv).", name="predictions")
+@_path("Test metrics (.json).", name="metrics")
+@PARAMS
+@WAIT
+@stage_errors("train@{split}")
+def train_stage(split: int, data: Path, cache: Path, model: Path, history: Path,
+                predictions: Path, metrics: Path, params: Path, wait: float) -> None:
+    """DVC stage `train@<k>`: train the head on split SPLIT, as `amnet train` does."""
+    from amnet.cli.train import run_train
+    from amnet.config import load_params
+    from amnet.datasets.splits import split_path
+
+    p = load_params(params)
+    m = run_train(cache, split_path(data, "train", split), split_path(data, "val", split),
+                  split_path(data, "test", split), model.parent, p.model, p.train, wait=wait,
+                  checkpoint_path=model, history_path=history, predictions_path=predictions,
+                  metrics_path=metrics)
+    click.echo(f"train@{split}: test rho {m['rho']:.4f}, mse {m['mse']:.5f} "
+               f"(best epoch {m['best_epoch']})")
+
+
+@click.command("evaluate", context_settings=CONTEXT)
+@_path("The prepared data set.", folder=True, name="data")
+@CACHE
+@_path("Folder of the <k>.pt checkpoints.", folder=True, name="models")
+@_path("Folder of the train stages' <k>/ run records.", folder=True, name="runs")
+@_path("Folder for each split's <k>.json metrics.", folder=True, name="splits-dir")
+@_path("The splits' histories, merged (.csv).", name="history")
+@_path("Their test predictions, merged (.csv).", name="predictions")
+@_path("The summary to write (.json).", name="summary")
+@_path("Folder for the attention figures.", folder=True, name="attention")
+@PARAMS
+@stage_errors("evaluate")
+def evaluate_stage(data: Path, cache: Path, models: Path, runs: Path, splits_dir: Path,
+                   history: Path, predictions: Path, summary: Path, attention: Path,
+                   params: Path) -> None:
+    """DVC stage `evaluate`: the report of the configured splits."""
+    import json
+    import shutil
+
+    from amnet.caveats import small_test
+    from amnet.config import load_params
+    from amnet.datasets import load_prepare_info
+    from amnet.gather import gather_runs, summary_of
+
+    p = load_params(params)
+    dataset, splits = p.data.dataset, list(p.data.splits)
+    per_split = gather_runs(runs, splits, splits_dir=splits_dir, history=history,
+                            predictions=predictions)
+    s = summary_of(per_split, splits, load_prepare_info(data).get("human_consistency"))
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.write_text(json.dumps(s, indent=2) + "\n")
+    click.echo(f"evaluate: {dataset}, {len(splits)} split(s): test rho "
+               f"{s['rho']['mean']:.4f} +- {s['rho']['sd']:.4f}, mse "
+               f"{s['mse']['mean']:.5f} +- {s['mse']['sd']:.5f}")
+    # the +- above is the spread over splits; each split's own rho is this uncertain too
+    sizes = [(r["n"], f"split {k}") for r, k in zip(per_split, splits)
+             if isinstance(r.get("n"), int)]
+    small = small_test(*min(sizes)) if sizes else None
+    if small:
+        click.echo(f"evaluate: {small}", err=True)
+
+    shutil.rmtree(attention, ignore_errors=True)
+    attention.mkdir(parents=True)
+    k = splits[0]
+    draw_attention_figures(data, cache, models / f"{k}.pt", k, p.evaluate.attention_figures,
+                           attention)
+
+
+def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
+                           count: int, out_dir: Path) -> None:
+    """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
+    from amnet import viz
+    from amnet.cache import FeatureCache
+    from amnet.datasets import images_root
+    from amnet.datasets.splits import read_split, split_path
+    from amnet.predict import InputItem, Predictor, figure_path, predict_cached
+
+    test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]
+    images = images_root(dataset_dir)
+    items = [InputItem(name, images / name, gt) for name, gt in test]
+    predictor = Predictor.from_checkpoint(checkpoint, backbone=False)
+    used: set[str] = set()
+    with FeatureCache(cache_path) as cache:
+        for r in predict_cached(predictor, cache, items, keep_images=True, progress=False):
+            if r.image is not None:
+                viz.save_attention_figure(figure_path(out_dir, r.item.name, used), r.image,
+                                          r.attention, r.step_scores, r.score, gt=r.item.gt,
+                                          title=f"{r.item.name} (split {k})")
+
+
+def run(command: click.Command) -> None:
+    """Run a stage's command as `python pipeline/<stage>.py ARGS` (its name in usage lines)."""
+    command.main(prog_name=f"pipeline/{Path(sys.argv[0]).name}")
