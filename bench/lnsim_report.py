@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ def wilcoxon_paired(a: dict, b: dict, metric: str = "rho") -> dict[str, Any]:
     out: dict[str, Any] = {"a": a["model"], "b": b["model"], "backbone": a["backbone"],
                            "metric": metric, "n": len(ks), "splits": [int(k) for k in ks],
                            "mean_diff": sum(diffs) / len(diffs) if diffs else None,
+                           "sd_diff": (statistics.stdev(diffs) if len(diffs) > 1 else None),
                            "statistic": None, "p": None, "note": None}
     if len(ks) < MIN_WILCOXON_N:
         out["note"] = (f"n = {len(ks)} paired splits: too few for a Wilcoxon signed-rank test "
@@ -229,7 +231,8 @@ def test_line(t: dict) -> str:
     head = (f"{t['backbone']}: `{t['a']}` − `{t['b']}`{vs}, {what}: ")
     if t["mean_diff"] is None:
         return head + "no split in common"
-    head += f"mean difference {t['mean_diff']:+.3f} over n = {t['n']} splits"
+    sd = f" ± {t['sd_diff']:.3f} (sd)" if t.get("sd_diff") is not None else ""
+    head += f"mean difference {t['mean_diff']:+.3f}{sd} over n = {t['n']} splits"
     if t["p"] is None:
         return head + f"; {t['note']}"
     return head + f", Wilcoxon W = {t['statistic']:g}, p = {t['p']:.3g} (two-sided)"
