@@ -135,6 +135,13 @@ def load_results(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # statistics
 
+def per_split(row: dict, metric: str) -> dict[str, float]:
+    """{split: finite value} of a test metric (`per_split`) or another one (`val_rho`, ...)."""
+    src = {k: v.get(metric) for k, v in row["per_split"].items()} if metric in ("rho", "mse") \
+        else (row.get(metric) or {})
+    return {k: float(v) for k, v in src.items() if _finite(v)}
+
+
 def wilcoxon_paired(a: dict, b: dict, metric: str = "rho") -> dict[str, Any]:
     """Two-sided Wilcoxon signed-rank test of row a against row b over the splits both have.
 
@@ -142,10 +149,9 @@ def wilcoxon_paired(a: dict, b: dict, metric: str = "rho") -> dict[str, Any]:
     """
     from scipy.stats import wilcoxon
 
-    ks = sorted(set(a["per_split"]) & set(b["per_split"]), key=int)
-    ks = [k for k in ks if _finite(a["per_split"][k].get(metric))
-          and _finite(b["per_split"][k].get(metric))]
-    diffs = [a["per_split"][k][metric] - b["per_split"][k][metric] for k in ks]
+    va, vb = per_split(a, metric), per_split(b, metric)
+    ks = sorted(set(va) & set(vb), key=int)
+    diffs = [va[k] - vb[k] for k in ks]
     out: dict[str, Any] = {"a": a["model"], "b": b["model"], "backbone": a["backbone"],
                            "metric": metric, "n": len(ks), "splits": [int(k) for k in ks],
                            "mean_diff": sum(diffs) / len(diffs) if diffs else None,
@@ -157,15 +163,13 @@ def wilcoxon_paired(a: dict, b: dict, metric: str = "rho") -> dict[str, Any]:
     elif all(d == 0 for d in diffs):
         out["note"] = "all paired differences are zero"
     else:
-        res = wilcoxon([a["per_split"][k][metric] for k in ks],
-                       [b["per_split"][k][metric] for k in ks], alternative="two-sided")
+        res = wilcoxon([va[k] for k in ks], [vb[k] for k in ks], alternative="two-sided")
         out["statistic"], out["p"] = float(res.statistic), float(res.pvalue)
     return out
 
 
 def _mean(row: dict, metric: str) -> float:
-    vals = [v.get(metric) for v in row["per_split"].values()]
-    vals = [v for v in vals if _finite(v)]
+    vals = list(per_split(row, metric).values())
     return sum(vals) / len(vals) if vals else float("-inf")
 
 

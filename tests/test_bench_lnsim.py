@@ -180,6 +180,36 @@ def test_wilcoxon_matches_scipy_and_flags_small_n():
     assert zero["p"] is None and "zero" in zero["note"]
 
 
+def test_strongest_probe_headline_and_val_choices():
+    """Every AMNet row is held against the strongest probe of its trunk (not the weakest); the
+    headline's AMNet row is chosen by validation rho; recipe choices are compared on val rho."""
+    n = 25
+    rng = np.random.default_rng(1)
+    weak = list(0.45 + rng.normal(0, 0.02, n))
+    strong = [w + 0.04 for w in weak]
+    tuned = [w + 0.05 for w in weak]
+    multi = [s + 0.035 for s in strong]
+    rows = [make_row("ridge", "resmem", weak), make_row("ridge-layer34", "resmem", strong),
+            make_row("amnet-tuned", "resmem", tuned), make_row("amnet-multi", "resmem", multi)]
+    for row, val in zip(rows[2:], (0.50, 0.55)):
+        row["val_rho"] = {k: val + 0.001 * int(k) for k in row["per_split"]}
+    assert R.strongest_probe(rows, "resmem")["model"] == "ridge-layer34"
+    assert R.best_amnet(rows, "resmem")["model"] == "amnet-multi"
+    tests = R.paired_tests(rows)
+    vs = {(t["a"], t["b"], t["metric"]) for t in tests}
+    assert ("amnet-tuned", "ridge-layer34", "rho") in vs and ("amnet-tuned", "ridge", "rho") not in vs
+    choice = next(t for t in tests if t["metric"] == "val_rho")
+    assert (choice["a"], choice["b"]) == ("amnet-multi", "amnet-tuned")
+    assert choice["mean_diff"] == pytest.approx(0.05) and choice["sd_diff"] == pytest.approx(0)
+    assert "validation rho" in R.test_line(choice)
+    (line,) = R.headline(rows)
+    assert "`amnet-multi`" in line and "`ridge-layer34`" in line and "+0.035" in line
+    assert line.endswith("met")
+    rows[3] = make_row("amnet-multi", "resmem", [s + 0.01 for s in strong])
+    rows[3]["val_rho"] = {k: 0.6 for k in rows[3]["per_split"]}
+    assert R.headline(rows)[0].endswith("missed by 0.020")
+
+
 def test_render_markdown_and_readme_block(tmp_path):
     res = sample_results()
     js = tmp_path / "lnsim-results.json"
@@ -262,13 +292,26 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
             "--backbones", "random:0", "--device", "cpu", "--table", str(table),
             "--readme", str(readme), "--notes", str(tmp_path / "none.md"),
             "--config", str(tmp_path / "absent.yaml"),
-            "--models", f"mean,ridge,human,amnet-paper[{SMALL}]"]
+            "--models", f"mean,ridge,ridge-layer4,ridge-layer34,human,amnet-paper[{SMALL}],"
+                        f"amnet-multi[{SMALL}]"]
     assert lnsim.main(argv) == 0
     res = R.load_results(table.with_suffix(".json"))
     got = {(r["model"], r["backbone"]): r for r in res["rows"]}
     slug = M.parse_model(f"amnet-paper[{SMALL}]")[0]
-    assert set(got) == {("mean", None), ("ridge", "random:0"), ("human", None),
-                        (slug, "random:0")}
+    multi = M.parse_model(f"amnet-multi[{SMALL}]")[0]
+    assert set(got) == {("mean", None), ("ridge", "random:0"), ("ridge-layer4", "random:0"),
+                        ("ridge-layer34", "random:0"), ("human", None), (slug, "random:0"),
+                        (multi, "random:0")}
+    # the layer3,layer4 rows read their own cache, and the stage-one table names it
+    from amnet.cache import FeatureCache
+    with FeatureCache(isola / "work" / "cache" / "random:0.layer3+layer4.h5") as c:
+        assert c.attrs["layer"] == "layer3,layer4" and c.channels == 3072
+    assert "extract random:0 layer3,layer4" in table.read_text()
+    fp = json.loads((isola / "work" / "runs" / "random:0" / multi / "split_1" /
+                     "result.json").read_text())["fingerprint"]
+    assert fp["cache"] == "random:0.layer3+layer4.h5" and fp["model"]["in_channels"] == 3072
+    assert got[("ridge-layer4", "random:0")]["per_split"]["1"]["rho"] != \
+        got[("ridge-layer34", "random:0")]["per_split"]["1"]["rho"]
     for row in got.values():
         assert list(row["per_split"]) == ["1", "2"]
         assert all(math.isfinite(v["mse"]) for v in row["per_split"].values())
