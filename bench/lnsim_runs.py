@@ -15,6 +15,8 @@ Model ids (the issue's rows):
   amnet-multi          the tuned recipe on the layer3,layer4 map ([3072, 7, 7]: layer3 pooled to
                        7 x 7, then layer4), with MULTI's changes (chosen on val, lnsim_sweep.py)
   amnet-multi-noatt    the same, use_attention = false
+  amnet-multi-tta      amnet-multi's heads (no training: its checkpoints), val and test predictions
+                       averaged over the plain and the flipped image (flip TTA)
   resmem               the published ResMem model, zero-shot, its own preprocessing
   human                rho(hrs1, hrs2) on the test half: the ceiling
 
@@ -34,7 +36,9 @@ from lnsim_data import N_SPLITS, cache_path, log, read_part, write_json
 
 MODELS = ("mean", "ridge", "ridge-layer4", "ridge-layer34", "amnet-paper", "amnet-tuned",
           "amnet-tuned-noatt", "amnet-tuned-noviews", "amnet-multi", "amnet-multi-noatt",
-          "resmem", "human")
+          "amnet-multi-tta", "resmem", "human")
+# rows made from another row's trained heads, without training: {id: (trained row, layers)}
+POSTHOC = {"amnet-multi-tta": ("amnet-multi", "layer3,layer4")}
 RIDGES = {"ridge": ("layer3", slice(None)), "ridge-layer4": ("layer3,layer4", slice(1024, None)),
           "ridge-layer34": ("layer3,layer4", slice(None))}   # (cache's layers, pooled channels)
 BACKBONE_FREE = ("mean", "resmem", "human")
@@ -60,6 +64,7 @@ LABELS = {
     "ridge-layer4": "Ridge on pooled layer4", "ridge-layer34": "Ridge on pooled layer3 + layer4",
     "amnet-multi": "AMNet, layer3 + layer4, tuned on val",
     "amnet-multi-noatt": "AMNet, layer3 + layer4, no attention",
+    "amnet-multi-tta": "AMNet, layer3 + layer4, flip TTA",
     "resmem": "ResMem (published), zero-shot", "human": "Human consistency rho(hrs1, hrs2)",
 }
 
@@ -348,3 +353,26 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
     log(f"{backbone}/{slug}/split {k}: {shown}val rho {res['val_rho']:.4f} "
         f"(best epoch {res['best_epoch']}, {res['seconds']:.0f} s)")
     return res
+
+
+def run_tta(work: Path, backbone: str, k: int, trained: str, layers: str, args) -> dict:
+    """Flip TTA of the head row `trained` trained on split k (its run folder's head.pt): val and
+    test predictions averaged over the plain and the mirrored image (`amnet evaluate --tta`).
+    Validation is scored the same way, so choosing TTA looks at validation only."""
+    from amnet.datasets.splits import split_path
+    from amnet.evaluation import evaluate
+
+    run = work / "runs" / backbone / trained / f"split_{k}"
+    ckpt = run / "head.pt"
+    if not (run / "result.json").exists() or not ckpt.exists():
+        raise SystemExit(f"{backbone}/{trained}-tta/split {k}: needs {ckpt} (run {trained} first)")
+    t0 = time.perf_counter()
+    out = {}
+    for part in ("val", "test"):
+        m, _ = evaluate(ckpt, cache_path(work, backbone, 0, layers),
+                        split_path(work / "data", part, k), device=args.device,
+                        precision=args.precision, workers=0, tta=True)
+        out[part] = m
+    return {"rho": out["test"]["rho"], "mse": out["test"]["mse"], "n": out["test"]["n"],
+            "val_rho": out["val"]["rho"], "val_mse": out["val"]["mse"],
+            "tta_views": out["test"]["tta_views"], "seconds": time.perf_counter() - t0}

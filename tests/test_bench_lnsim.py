@@ -293,7 +293,7 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
             "--readme", str(readme), "--notes", str(tmp_path / "none.md"),
             "--config", str(tmp_path / "absent.yaml"),
             "--models", f"mean,ridge,ridge-layer4,ridge-layer34,human,amnet-paper[{SMALL}],"
-                        f"amnet-multi[{SMALL}]"]
+                        f"amnet-multi[{SMALL}],amnet-multi-tta"]
     assert lnsim.main(argv) == 0
     res = R.load_results(table.with_suffix(".json"))
     got = {(r["model"], r["backbone"]): r for r in res["rows"]}
@@ -301,7 +301,7 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     multi = M.parse_model(f"amnet-multi[{SMALL}]")[0]
     assert set(got) == {("mean", None), ("ridge", "random:0"), ("ridge-layer4", "random:0"),
                         ("ridge-layer34", "random:0"), ("human", None), (slug, "random:0"),
-                        (multi, "random:0")}
+                        (multi, "random:0"), ("amnet-multi-tta", "random:0")}
     # the layer3,layer4 rows read their own cache, and the stage-one table names it
     from amnet.cache import FeatureCache
     with FeatureCache(isola / "work" / "cache" / "random:0.layer3+layer4.h5") as c:
