@@ -132,6 +132,13 @@ def pages() -> list[Path]:
     return [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
+def for_page(body: str, page: Path) -> str:
+    """`body` (links relative to the repository's root) with its links relative to `page`."""
+    if page.parent.resolve() == (ROOT / "docs").resolve():
+        return body.replace("](docs/", "](")
+    return body
+
+
 def publish(name: str, body: str) -> None:
     """Print `body` and put it in every page's `name` block (pages without one are left alone)."""
     from amnet.atomic import atomic_write_text
@@ -139,4 +146,4 @@ def publish(name: str, body: str) -> None:
     for page in pages():
         text = page.read_text()
         if block(text, name) is not None:
-            atomic_write_text(page, replace_block(text, name, body))
+            atomic_write_text(page, replace_block(text, name, for_page(body, page)))
