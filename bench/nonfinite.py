@@ -9,9 +9,12 @@ warm, as after extraction):
     python bench/nonfinite.py            # N = 400 (160 MB)
     python bench/nonfinite.py --n 2000
 
-and prints a markdown table: seconds and GB/s of loading the split (the baseline), of the check
-over it, of numpy's `isfinite(...).all()` over it, and of the lazy one-pass check, each as a
-fraction of the load.
+and writes docs/bench/nonfinite.json (labelled with the CPU, date, versions and this command:
+bench/record.py), from which it renders the table of docs/reliability.md (`bench:nonfinite`
+block): seconds and GB/s of loading the split (the baseline), of the check over it, of numpy's
+`isfinite(...).all()` over it, and of the lazy one-pass check, each as a fraction of the load.
+
+    python bench/nonfinite.py --render    # the block from the committed JSON, no compute
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import record  # noqa: E402
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -40,13 +44,17 @@ def timed(fn, repeat: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400, help="images in the synthetic cache [400]")
+    ap.add_argument("--render", action="store_true",
+                    help="no compute: render the block from docs/bench/nonfinite.json")
     args = ap.parse_args()
+    if args.render:
+        record.publish("nonfinite", render(record.load("nonfinite")))
+        return
 
     import torch
 
     from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
     from amnet.cache import FeatureCache, create, finite_rows, settings_attrs
-    from amnet.device import cpu_label
 
     torch.set_num_threads(1)
     names = [f"img{i:06d}.jpg" for i in range(args.n)]
@@ -73,13 +81,20 @@ def main() -> None:
                 ("check from the file (`FeatureCache.nonfinite`, lazy)",
                  timed(lambda: cache.nonfinite(names))),
             ]
-    base = rows[0][1]
-    print(f"{args.n} images of [1024, 14, 14] float16 ({gb:.2f} GB); CPU: {cpu_label()}; "
-          "best of 3\n")
-    print("| step | s | GB/s | vs the load |")
-    print("|---|---:|---:|---:|")
-    for what, s in rows:
-        print(f"| {what} | {s:.3f} | {gb / s:.2f} | {s / base:.2f}x |")
+    record.save("nonfinite", {"n": args.n, "gb": gb, "repeat": 3,
+                              "rows": [{"step": what, "seconds": sec} for what, sec in rows]})
+    record.publish("nonfinite", render(record.load("nonfinite")))
+
+
+def render(res: dict) -> str:
+    """The block: each step's seconds, GB/s and fraction of the load, from the JSON."""
+    gb, base = res["gb"], res["rows"][0]["seconds"]
+    lines = [record.source_line("nonfinite", res) + f": {res['n']} images of [1024, 14, 14] "
+             f"float16 ({gb:.2f} GB), best of {res['repeat']}.", "",
+             "| step | s | GB/s | vs the load |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['step']} | {r['seconds']:.3f} | {gb / r['seconds']:.2f} | "
+              f"{r['seconds'] / base:.2f}x |" for r in res["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

