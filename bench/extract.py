@@ -1,6 +1,6 @@
 """Benchmark stage one: `amnet-cache extract`'s path against a naive loop, in the same run.
 
-Real path: `amnet.extract.extract` (DataLoader decoding, uint8 to the device, BN folded,
+Real path: `amnet.extract.run.extract` (DataLoader decoding, uint8 to the device, BN folded,
 channels-last, bf16 where the precision policy says, float16 HDF5 rows). Naive loop: per-image
 PIL decode + torchvision transform in the main process, the plain torchvision trunk in fp32,
 batch 32, features kept in memory (no file: flattering the naive side).
@@ -32,7 +32,7 @@ TARGET = {"cpu": 35, "cuda": 2500}
 
 def naive(items, weights: str, size: int, device: torch.device, batch: int = 32):
     """Per-image PIL decode, fp32 torchvision trunk, batch 32, no workers. -> ([N,C,h,w], s)."""
-    from amnet.backbone import image_transform, load_network, open_image_rgb
+    from amnet.extract.backbone import image_transform, load_network, open_image_rgb
     net, _, mean, std = load_network(weights)
     trunk = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
                                 net.layer2, net.layer3).to(device).eval()
@@ -51,9 +51,9 @@ def naive(items, weights: str, size: int, device: torch.device, batch: int = 32)
 
 def real(items, weights: str, size: int, device: torch.device, batch: int, workers: int,
          precision: str, tmp: Path):
-    from amnet.backbone import features, load_backbone
-    from amnet.cache import FeatureCache
-    from amnet.extract import extract
+    from amnet.extract.backbone import features, load_backbone
+    from amnet.extract.cache import FeatureCache
+    from amnet.extract.run import extract
     trunk, spec = load_backbone(weights, precision, device)  # loaded once, outside the timing
     features(trunk, torch.zeros(batch, 3, size, size), device)  # warm-up, not timed
     out = tmp / "bench.h5"
@@ -79,13 +79,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="auto", help="real path's decoding workers [auto]")
     ap.add_argument("--precision", default="auto", choices=["auto", "mixed", "bf16", "fp32"],
-                    help="auto: mixed where bf16 is native, else fp32 (amnet.device)")
+                    help="auto: mixed where bf16 is native, else fp32 (amnet.core.device)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from amnet.device import resolve_device
-    from amnet.extract import auto_workers
-    from amnet.images import list_image_folder
+    from amnet.core.device import resolve_device
+    from amnet.extract.run import auto_workers
+    from amnet.extract.images import list_image_folder
     if not args.images.is_dir():
         sys.exit(f"{args.images}: no such folder (LNSIM lives in ../shared/data)")
     items = list_image_folder(args.images)[: args.n]
@@ -99,7 +99,7 @@ def main() -> None:
     r_real, r_naive = n / t_real, n / t_naive
     rel = ((f_real - f_naive).norm() / f_naive.norm()).item()
     ceiling = CEILING.get((device.type, arch))
-    from amnet.device import cpu_label
+    from amnet.core.device import cpu_label
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{cpu_label()}, {torch.get_num_threads()} threads"
     print(f"\n{n} images from {args.images.name}, {args.weights} ({arch}), "

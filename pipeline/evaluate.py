@@ -5,7 +5,7 @@ Usage: python pipeline/evaluate.py --data DIR --cache H5 --models DIR --runs DIR
        --history CSV --predictions CSV --summary JSON --attention DIR   (dvc.yaml passes the
        paths); settings: params.yaml `data.splits`, `evaluate`.
 
-Gathers the run record RUNS/<k>/ of each split k of `data.splits` (amnet/gather.py): its metrics
+Gathers the run record RUNS/<k>/ of each split k of `data.splits` (amnet/head/gather.py): its metrics
 to SPLITS_DIR/<k>.json, its history and test predictions into HISTORY and PREDICTIONS (one CSV
 each, a `split` column first). Writes SUMMARY (rho and MSE, mean +- sd over those splits, beside
 the human consistency where the data set records it) and ATTENTION/*.png (the first
@@ -19,13 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from amnet.caveats import small_test
-from amnet.config import load_params
-from amnet.datasets import images_root, load_prepare_info
-from amnet.datasets.splits import read_split, split_path
-from amnet.errors import AmnetError
-from amnet.gather import gather_runs
-from amnet.metrics import summarize
+from amnet.core.caveats import small_test
+from amnet.cli.params import load_params
+from amnet.data import images_root, load_prepare_info
+from amnet.data.splits import read_split, split_path
+from amnet.core.errors import AmnetError
+from amnet.head.gather import gather_runs
+from amnet.core.metrics import summarize
 
 
 def main() -> None:
@@ -80,8 +80,8 @@ def evaluate(args: argparse.Namespace, params) -> None:
 def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
                            count: int, out_dir: Path) -> None:
     """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
-    from amnet import viz
-    from amnet.cache import FeatureCache
+    from amnet.predict import viz
+    from amnet.extract.cache import FeatureCache
     from amnet.predict import InputItem, Predictor, figure_path, predict_cached
 
     test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]

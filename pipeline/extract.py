@@ -5,23 +5,23 @@ Usage: python pipeline/extract.py DATA OUT   (dvc.yaml: data/${data.dataset}
 
 Writes OUT. It extracts into OUT's <stem>.partial.h5 (not a DVC output, so DVC does not delete it
 before a re-run) and renames it when complete: a run that crashed or was killed resumes where it
-stopped on the next `dvc repro`. The partial file's writer lock (amnet/lockfile.py) is held from
+stopped on the next `dvc repro`. The partial file's writer lock (amnet/core/lockfile.py) is held from
 the first write to the rename, so a run left over by a killed `dvc` is never disturbed: the next
 run stops with one line naming it (or waits, `--wait SECONDS`). A partial file that is damaged
-(truncated) keeps every row that can be salvaged (amnet.cache_repair) before it resumes.
+(truncated) keeps every row that can be salvaged (amnet.extract.cache_repair) before it resumes.
 """
 import argparse
 import os
 import sys
 from pathlib import Path
 
-from amnet.config import extract_options, load_params
-from amnet.datasets import images_root
-from amnet.datasets.splits import read_name_list
-from amnet.cache_repair import repair
-from amnet.errors import AmnetError, CacheError, DamagedCacheError
-from amnet.extract import extract
-from amnet.lockfile import hold
+from amnet.cli.params import extract_options, load_params
+from amnet.data import images_root
+from amnet.data.splits import read_name_list
+from amnet.extract.cache_repair import repair
+from amnet.core.errors import AmnetError, CacheError, DamagedCacheError
+from amnet.extract.run import extract
+from amnet.core.lockfile import hold
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from amnet.config import load_params, prepare_options
-from amnet.datasets import image_names, prepare_dataset
-from amnet.errors import AmnetError
+from amnet.cli.params import load_params, prepare_options
+from amnet.data import image_names, prepare_dataset
+from amnet.core.errors import AmnetError
 
 
 def main() -> None:

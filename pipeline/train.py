@@ -11,7 +11,7 @@ model (not a DVC output, so it survives DVC deleting the stage's outputs before 
 .dvcignore keeps it out of the `models` dependency of `evaluate`). A `dvc repro` killed in this
 stage continues on the next one from the last finished epoch, with the same results; the state is
 removed once the outputs are written. The run holds the model's writer lock (<model>.lock,
-amnet/lockfile.py; .dvcignore keeps it out of `models` too): a `dvc repro` started while a
+amnet/core/lockfile.py; .dvcignore keeps it out of `models` too): a `dvc repro` started while a
 train@k orphaned by a killed `dvc` still runs stops with one line naming it (or waits, `--wait
 SECONDS`), instead of training into the same state and files.
 """
@@ -19,10 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from amnet.config import load_params
-from amnet.datasets.splits import split_path
-from amnet.errors import AmnetError
-from amnet.train import train_split
+from amnet.cli.params import load_params
+from amnet.data.splits import split_path
+from amnet.core.errors import AmnetError
+from amnet.head.train import train_split
 
 
 def main() -> None:

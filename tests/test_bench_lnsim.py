@@ -333,7 +333,7 @@ def test_sweep_config_errors(tmp_path):
                     reason=f"LNSIM not found at {LNSIM.resolve()}")
 def test_real_lnsim_human_row(tmp_path):
     """Human consistency of split 1 from the real folder agrees with prepare.json (no model)."""
-    from amnet.datasets.isola_mat import list_images, load_scores
+    from amnet.data.isola_mat import list_images, load_scores
 
     info = D.prepare(tmp_path, LNSIM.resolve(), [1])
     assert info["splits"] == list(range(1, 26))

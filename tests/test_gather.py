@@ -1,4 +1,4 @@
-"""amnet.gather: the evaluate stage's report holds the configured splits' run records, only them."""
+"""amnet.head.gather: the evaluate stage's report holds the configured splits' run records, only them."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from amnet.errors import AmnetError
-from amnet.gather import gather_runs, merge_csvs
+from amnet.core.errors import AmnetError
+from amnet.head.gather import gather_runs, merge_csvs
 
 
 def record(runs: Path, k: int, rho: float, epochs: int = 2, header: str = "epoch,val_rho") -> None:
