@@ -5,7 +5,7 @@ Heavy modules (torch, h5py) are imported lazily so that `import amnet` and the C
 `amnet.Predictor`, `amnet.FeatureCache`, `amnet.AMNet` and `amnet.MemorabilityLoss` are imported
 on first access.
 Inside the package, modules read the version from `amnet._version`, never from `amnet` itself
-(the layers contract in setup.cfg: `amnet` reaches up to `amnet.memorability_loss`).
+(the layers contract in setup.cfg: `amnet` reaches up to `amnet.predict.memorability_loss`).
 """
 from amnet._version import __version__
 
@@ -14,15 +14,15 @@ __all__ = ["Predictor", "FeatureCache", "AMNet", "MemorabilityLoss", "__version_
 
 def __getattr__(name: str):
     if name == "Predictor":
-        from amnet.predictor import Predictor
+        from amnet.predict.predictor import Predictor
         return Predictor
     if name == "FeatureCache":
-        from amnet.cache import FeatureCache
+        from amnet.extract.cache import FeatureCache
         return FeatureCache
     if name == "AMNet":
-        from amnet.model import AMNet
+        from amnet.head.model import AMNet
         return AMNet
     if name == "MemorabilityLoss":
-        from amnet.memorability_loss import MemorabilityLoss
+        from amnet.predict.memorability_loss import MemorabilityLoss
         return MemorabilityLoss
     raise AttributeError(f"module 'amnet' has no attribute {name!r}")

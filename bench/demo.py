@@ -94,7 +94,7 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     d = load()
     text = render_readme(record.README.read_text(), d)
-    from amnet.atomic import atomic_write_text
+    from amnet.core.atomic import atomic_write_text
     atomic_write_text(record.README, text)
     print(row(d))
     print(sentence(d))

@@ -6,7 +6,7 @@ The same images through these routes, all from one set of checkpoints:
                               on the normalised batch: the same numbers as the export (baseline)
   torch, amnet predict auto   the same with --precision auto (layer3 in bf16 where bf16 is
                               native; only shown where that is not fp32)
-  torch fp32 (eager)          amnet.export.ImageModel: the module that gets exported, in torch
+  torch fp32 (eager)          amnet.predict.export.ImageModel: the module that gets exported, in torch
   onnxruntime (CPU)           the ONNX export, CPUExecutionProvider
   TorchScript                 the TorchScript export under torch.jit
 
@@ -45,10 +45,10 @@ from bench import record  # noqa: E402
 
 def random_checkpoint(weights: str, folder: Path) -> Path:
     """A paper-size head (random init, seed 0) recorded on `weights` at 224, via the writer."""
-    from amnet.backbone import load_backbone
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet
-    from amnet.provenance import BackboneRecord
+    from amnet.extract.backbone import load_backbone
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet
+    from amnet.core.provenance import BackboneRecord
 
     _, spec = load_backbone(weights, "fp32")
     torch.manual_seed(0)
@@ -84,10 +84,10 @@ def main() -> None:
 
     import importlib.util
 
-    from amnet.device import available_cores
-    from amnet.export import (export_model, image_model, load_predictor, load_torchscript,
+    from amnet.core.device import available_cores
+    from amnet.predict.export import (export_model, image_model, load_predictor, load_torchscript,
                               onnx_session)
-    from amnet.predictor import Predictor
+    from amnet.predict.predictor import Predictor
 
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)

@@ -38,7 +38,7 @@ TARGET = {"cpu": 35, "cuda": 2500}
 
 def naive(items, weights: str, size: int, device: torch.device, batch: int = 32):
     """Per-image PIL decode, fp32 torchvision trunk, batch 32, no workers. -> ([N,C,h,w], s)."""
-    from amnet.backbone import image_transform, load_network, open_image_rgb
+    from amnet.extract.backbone import image_transform, load_network, open_image_rgb
     net, _, mean, std = load_network(weights)
     trunk = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
                                 net.layer2, net.layer3).to(device).eval()
@@ -57,9 +57,9 @@ def naive(items, weights: str, size: int, device: torch.device, batch: int = 32)
 
 def real(items, weights: str, size: int, device: torch.device, batch: int, workers: int,
          precision: str, tmp: Path):
-    from amnet.backbone import features, load_backbone
-    from amnet.cache import FeatureCache
-    from amnet.extract import extract
+    from amnet.extract.backbone import features, load_backbone
+    from amnet.extract.cache import FeatureCache
+    from amnet.extract.run import extract
     trunk, spec = load_backbone(weights, precision, device)  # loaded once, outside the timing
     features(trunk, torch.zeros(batch, 3, size, size), device)  # warm-up, not timed
     out = tmp / "bench.h5"
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="auto", help="real path's decoding workers [auto]")
     ap.add_argument("--precision", default="auto", choices=["auto", "mixed", "bf16", "fp32"],
-                    help="auto: mixed where bf16 is native, else fp32 (amnet.device)")
+                    help="auto: mixed where bf16 is native, else fp32 (amnet.core.device)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--render", action="store_true",
                     help="no compute: render the README block from docs/bench/extract.json")
@@ -94,9 +94,9 @@ def main() -> None:
         record.publish("extract", render(record.load("extract")))
         return
 
-    from amnet.device import resolve_device
-    from amnet.extract import auto_workers
-    from amnet.images import list_image_folder
+    from amnet.core.device import resolve_device
+    from amnet.extract.run import auto_workers
+    from amnet.extract.images import list_image_folder
     if not args.images.is_dir():
         sys.exit(f"{args.images}: no such folder (LNSIM lives in ../shared/data)")
     items = list_image_folder(args.images)[: args.n]

@@ -118,7 +118,7 @@ def main() -> None:
     records = load(args.results)
     text = table(records)
     print(text)
-    from amnet.atomic import atomic_write_text
+    from amnet.core.atomic import atomic_write_text
     for doc in args.doc:
         if doc.is_file() and BLOCK_START in doc.read_text() and records:
             atomic_write_text(doc, replace_block(doc.read_text(), text))
@@ -129,7 +129,7 @@ def run(args) -> None:
     import zoo
     from zoo_cases import all_cases
 
-    from amnet.device import cpu_label
+    from amnet.core.device import cpu_label
 
     if args.fresh:
         args.results.unlink(missing_ok=True)

@@ -7,7 +7,7 @@
     python bench/lnsim.py --render          # docs/lnsim-results.md + README block from the JSON
 
 Per split k (train on one image half with hrs1 scores, test on the other half against hrs2;
-`amnet/datasets/isola_mat.py` draws the halves, seed 2018, 10% of the train half for validation)
+`amnet/data/isola_mat.py` draws the halves, seed 2018, 10% of the train half for validation)
 each model id of bench/lnsim_runs.py gives one row per backbone (`mean`, `resmem` and `human`
 do not depend on it). `amnet-tuned*` take their recipe from --config (configs/lnsim.yaml:
 model:, train:, backbone.views); choose recipes with bench/lnsim_sweep.py, on validation only.
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import amnet
-    from amnet.datasets.isola_mat import list_images, load_scores
+    from amnet.data.isola_mat import list_images, load_scores
 
     D.resolve_device_args(args)
     splits = M.parse_splits(args.splits)

@@ -52,8 +52,8 @@ def json_safe(x: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomically (amnet.atomic: a temporary file next to `path`, fsync, os.replace)."""
-    from amnet.atomic import atomic_write_text
+    """Atomically (amnet.core.atomic: a temporary file next to `path`, fsync, os.replace)."""
+    from amnet.core.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True,
                                        default=_json_default, allow_nan=False) + "\n")
@@ -67,7 +67,7 @@ def cpu_info() -> dict[str, Any]:
     """CPU model and the bf16 paths it has natively (AMX > AVX512-BF16 > only AVX2)."""
     import torch
 
-    from amnet.device import cpu_features, cpu_model
+    from amnet.core.device import cpu_features, cpu_model
 
     name = cpu_model() or platform.processor() or platform.machine()
     feats = cpu_features()
@@ -89,7 +89,7 @@ def device_label(device: str, cpu: dict) -> str:
 
 def prepare(work: Path, data_root: Path, splits: list[int] | None = None) -> dict:
     """Every split of the .mat into work/data (text files; reused when prepare.json matches)."""
-    from amnet.datasets import load_prepare_info, prepare_dataset
+    from amnet.data import load_prepare_info, prepare_dataset
 
     out = work / "data"
     if (out / "prepare.json").exists():
@@ -109,7 +109,7 @@ def read_part(work: Path, part: str, k: int):
     """(names, float64 scores) of part train | val | test of split k."""
     import numpy as np
 
-    from amnet.datasets import read_dataset_split
+    from amnet.data import read_dataset_split
     items = read_dataset_split(work / "data", part, k, check_images=False)
     return [n for n, _ in items], np.asarray([s for _, s in items], dtype=np.float64)
 
@@ -142,7 +142,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     Returns its timing (accumulated over resumes) and the view count. views == 0 calls today's
     `extract` unchanged; views > 0 needs an extractor that takes `views=`.
     """
-    from amnet.extract import extract
+    from amnet.extract.run import extract
 
     path = cache_path(work, backbone, views, layers)
     timing_path = path.with_suffix(".timing.json")
@@ -157,7 +157,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     if path.exists():
         # read-only check first: a complete cache is used without loading the backbone, and
         # without the writer's r+ open, which HDF5's locking refuses while another run reads it
-        from amnet.cache import FeatureCache
+        from amnet.extract.cache import FeatureCache
         with FeatureCache(path) as c:
             ready = (c.complete and c.has_flip and c.names == names and cache_views(c) == views
                      and c.attrs.get("layer", "layer3") == layers
@@ -197,8 +197,8 @@ def pooled(work: Path, backbone: str, names: list[str], views: int = 0,
     keeps it), then layer4's."""
     import numpy as np
 
-    from amnet.baselines import pooled_features
-    from amnet.cache import FeatureCache
+    from amnet.predict.baselines import pooled_features
+    from amnet.extract.cache import FeatureCache
 
     npy = cache_path(work, backbone, 0, layers).with_suffix(".gap.npy")
     meta = npy.with_suffix(".json")
@@ -217,7 +217,7 @@ def pooled(work: Path, backbone: str, names: list[str], views: int = 0,
 
 def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float], dict]:
     """`names` scored once each by the published ResMem model (CSV in work, resumable)."""
-    from amnet.baselines import ResMemScorer
+    from amnet.predict.baselines import ResMemScorer
 
     csv_path = work / f"resmem_scores_{args.resmem_precision}.csv"
     timing_path = csv_path.with_suffix(".timing.json")
@@ -247,8 +247,8 @@ def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float],
 
 
 def resolve_device_args(args) -> None:
-    """auto -> cuda when present (amnet.device); worker and batch defaults per device (in place)."""
-    from amnet.device import resolve_device
+    """auto -> cuda when present (amnet.core.device); worker and batch defaults per device (in place)."""
+    from amnet.core.device import resolve_device
 
     device = resolve_device(args.device)  # checks the name, and that a CUDA device exists
     if args.device == "auto":

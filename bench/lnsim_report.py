@@ -65,7 +65,7 @@ def make_row(model: str, backbone: str | None, results: dict[int, dict], **extra
 
 def summarize_row(row: dict) -> dict[str, dict]:
     """mean/sd/n over the splits of a row, per key (splits without a finite value left out)."""
-    from amnet.metrics import summarize
+    from amnet.core.metrics import summarize
 
     out: dict[str, dict] = {}
     for key in SUMMARY_KEYS:
@@ -414,7 +414,7 @@ def replace_block(text: str, block: str) -> str:
 
 def render(json_path: Path, md_path: Path, readme: Path | None, notes: Path | None) -> str:
     """Markdown (and README block, when a README is given) from the JSON; returns the markdown."""
-    from amnet.atomic import atomic_write_text
+    from amnet.core.atomic import atomic_write_text
 
     results = load_results(json_path)
     text = render_markdown(results, notes)

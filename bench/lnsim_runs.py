@@ -176,7 +176,7 @@ def recipe(base: str, overrides: dict[str, Any], tuned: dict | None,
 
 def train_config(args, **settings):
     """The one place a TrainConfig is built from the command line (then the recipe's settings)."""
-    from amnet.train import TrainConfig
+    from amnet.head.train import TrainConfig
 
     cli = dict(device=args.device, precision=args.precision)
     return TrainConfig(**cli, workers=0, progress=False, **settings)
@@ -184,16 +184,16 @@ def train_config(args, **settings):
 
 def amnet_configs(settings: dict[str, Any], args, train_mean: float):
     """(AMNetConfig, TrainConfig) for flat settings; target_mean=train resolved."""
-    from amnet.model import AMNetConfig
-    from amnet.settings import TRAIN_MEAN
-    from amnet.train import TrainConfig
+    from amnet.head.model import AMNetConfig
+    from amnet.core.settings import TRAIN_MEAN
+    from amnet.head.train import TrainConfig
 
     m_keys = {f.name for f in fields(AMNetConfig)}
     t_keys = {f.name for f in fields(TrainConfig)} - set(CLI_OWNED)
     model, train = {}, {}
     for k, v in settings.items():
         if k == "target_mean" and v == TRAIN_MEAN:
-            # what amnet.train.train_split would resolve it to, done here so that the run's
+            # what amnet.head.train.train_split would resolve it to, done here so that the run's
             # fingerprint (and result.json) records the number, not the word
             v = round(train_mean, 6)
         if k in m_keys:
@@ -210,8 +210,8 @@ def amnet_configs(settings: dict[str, Any], args, train_mean: float):
 # one split of one row
 
 def run_mean(work: Path, k: int) -> dict:
-    from amnet.baselines import TrainingMean
-    from amnet.metrics import mse
+    from amnet.predict.baselines import TrainingMean
+    from amnet.core.metrics import mse
 
     t0 = time.perf_counter()
     _, ytr = read_part(work, "train", k)
@@ -226,8 +226,8 @@ def run_mean(work: Path, k: int) -> dict:
 def run_ridge(work: Path, k: int, feats, channels: slice = slice(None)) -> dict:
     import numpy as np
 
-    from amnet.baselines import RidgeProbe
-    from amnet.metrics import mse, spearman
+    from amnet.predict.baselines import RidgeProbe
+    from amnet.core.metrics import mse, spearman
 
     index, x, _ = feats
     x = x[:, channels]
@@ -244,7 +244,7 @@ def run_ridge(work: Path, k: int, feats, channels: slice = slice(None)) -> dict:
 def run_resmem(work: Path, k: int, scores: dict[str, float]) -> dict:
     import numpy as np
 
-    from amnet.metrics import mse, spearman
+    from amnet.core.metrics import mse, spearman
     out = {}
     for part in ("val", "test"):
         names, gt = read_part(work, part, k)
@@ -258,7 +258,7 @@ def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
     """rho and MSE between the two observer halves on the test half (prepare.json has the rho)."""
     import numpy as np
 
-    from amnet.metrics import mse, spearman
+    from amnet.core.metrics import mse, spearman
     names, gt2 = read_part(work, "test", k)
     col = {n: j for j, n in enumerate(hrs[2])}
     idx = np.asarray([col[n] for n in names])
@@ -275,7 +275,7 @@ def run_human(work: Path, k: int, info: dict, hrs: tuple) -> dict:
 def _same_training(a: dict | None, b: dict) -> bool:
     """Fingerprints that train the same thing: equal, except that `views`/`tta` mean nothing on a
     cache without crop views (amnet-tuned-noviews on such a cache is amnet-tuned's run)."""
-    from amnet.settings import TrainConfig
+    from amnet.core.settings import TrainConfig
 
     if a is None:
         return False
@@ -301,8 +301,8 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
 
     test=False (the sweep) never reads the test half: the result holds validation numbers only.
     """
-    from amnet.datasets.splits import split_path
-    from amnet.train import train_split
+    from amnet.data.splits import split_path
+    from amnet.head.train import train_split
 
     out_root = out_root or work / "runs" / backbone
     out = out_root / slug / f"split_{k}"
@@ -359,8 +359,8 @@ def run_tta(work: Path, backbone: str, k: int, trained: str, layers: str, args) 
     """Flip TTA of the head row `trained` trained on split k (its run folder's head.pt): val and
     test predictions averaged over the plain and the mirrored image (`amnet evaluate --tta`).
     Validation is scored the same way, so choosing TTA looks at validation only."""
-    from amnet.datasets.splits import split_path
-    from amnet.evaluation import evaluate
+    from amnet.data.splits import split_path
+    from amnet.head.evaluation import evaluate
 
     run = work / "runs" / backbone / trained / f"split_{k}"
     ckpt = run / "head.pt"

@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def summary_rows(per: dict[str, dict[int, dict]], overrides: dict[str, dict]) -> list[dict]:
     """One row per config: its val numbers over splits, best val rho first."""
-    from amnet.metrics import summarize
+    from amnet.core.metrics import summarize
 
     rows = []
     for name, res in per.items():
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("amnet.train").setLevel(logging.INFO)
-    from amnet.datasets.isola_mat import list_images
+    from amnet.data.isola_mat import list_images
 
     D.resolve_device_args(args)
     splits = M.parse_splits(args.splits)

@@ -31,7 +31,7 @@ def path(name: str) -> Path:
 
 def machine() -> dict:
     """This host: `cpu_label()` (model name, cores, bf16 units, any oneDNN cap) and the flags."""
-    from amnet.device import available_cores, cpu_features, cpu_label, cpu_model, native_bf16
+    from amnet.core.device import available_cores, cpu_features, cpu_label, cpu_model, native_bf16
     feats = cpu_features()
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu_label(), "model": cpu_model(), "cores": available_cores(),
@@ -70,7 +70,7 @@ def label(argv: list[str] | None = None) -> dict:
 
 def save(name: str, result: dict, argv: list[str] | None = None) -> Path:
     """Write `result` + `label()` to docs/bench/<name>.json (atomically); returns the path."""
-    from amnet.atomic import atomic_write_text
+    from amnet.core.atomic import atomic_write_text
     out = path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({**label(argv), **result}, indent=1, default=str) + "\n")
@@ -80,7 +80,7 @@ def save(name: str, result: dict, argv: list[str] | None = None) -> Path:
 def save_run(name: str, run: dict, key: str = "cpu", argv: list[str] | None = None) -> Path:
     """Add one labelled run to docs/bench/<name>.json ({"runs": [...]}), replacing the run of the
     same machine[key] (e.g. the same CPU label, capped or not)."""
-    from amnet.atomic import atomic_write_text
+    from amnet.core.atomic import atomic_write_text
     run = {**label(argv), **run}
     runs = [r for r in load(name).get("runs", []) if r["machine"][key] != run["machine"][key]] \
         if path(name).is_file() else []
@@ -141,7 +141,7 @@ def for_page(body: str, page: Path) -> str:
 
 def publish(name: str, body: str) -> None:
     """Print `body` and put it in every page's `name` block (pages without one are left alone)."""
-    from amnet.atomic import atomic_write_text
+    from amnet.core.atomic import atomic_write_text
     print(body)
     for page in pages():
         text = page.read_text()

@@ -2,7 +2,7 @@
 
 The original ran the frozen ResNet50 (fp32) on every image in every epoch and the head on top;
 we run the head over cached layer3 features. Both are measured here in the same run, through the
-public code paths only (`amnet.train.train_split` / `evaluate` over a random feature cache), on
+public code paths only (`amnet.head.train.train_split` / `evaluate` over a random feature cache), on
 random data (throughput does not depend on values). Image decoding is NOT counted for the
 baseline, so the ratio is a lower bound.
 
@@ -18,7 +18,7 @@ Rows:
   * the original's way: torchvision ResNet50 (fp32, random weights) to layer3 + the head, every
     step, on random image tensors already on the device; train and eval.
 
-Which head precision `auto` picks on this host (amnet.device) is marked. Prints a markdown table
+Which head precision `auto` picks on this host (amnet.core.device) is marked. Prints a markdown table
 and writes docs/bench/train.json (labelled with the CPU, date, versions and this command:
 bench/record.py) after every row, so a killed run keeps the rows it finished; at the end renders
 the README's table (`bench:train` block) from it.
@@ -42,9 +42,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from amnet.device import cpu_label, resolve_device, resolve_head_precision
-from amnet.model import AMNet, AMNetConfig, amnet_loss, count_parameters
-from amnet.train import TrainConfig, evaluate, train_split
+from amnet.core.device import cpu_label, resolve_device, resolve_head_precision
+from amnet.head.model import AMNet, AMNetConfig, amnet_loss, count_parameters
+from amnet.head.train import TrainConfig, evaluate, train_split
 from bench import record
 
 LAMEM_TRAIN = 45_000
@@ -65,11 +65,11 @@ def _names(n: int) -> list[str]:
 
 
 def write_random_cache(path: Path, n: int, channels: int = 1024, grid: int = 14) -> Path:
-    """An `amnet.cache` file (format version 1: plain view, no flips) of `n` random float16
+    """An `amnet.extract.cache` file (format version 1: plain view, no flips) of `n` random float16
     feature maps named img000000.jpg, ...; written in blocks to bound memory."""
     import h5py
 
-    from amnet.cache import FORMAT
+    from amnet.extract.cache import FORMAT
 
     gen = torch.Generator().manual_seed(0)
     with h5py.File(path, "w") as f:

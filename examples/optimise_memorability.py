@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 import amnet
-from amnet.errors import AmnetError
+from amnet.core.errors import AmnetError
 
 DEMO_SIZE = 64  # the demo heads' input side (grid 4): quick on a CPU
 
@@ -39,10 +39,10 @@ def make_demo_head(path: Path, weights: str, seed: int) -> Path:
     x20 so that the scores move visibly; reused when `path` exists."""
     if path.is_file():
         return path
-    from amnet.backbone import grid_for, load_backbone
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet, AMNetConfig
-    from amnet.provenance import BackboneRecord
+    from amnet.extract.backbone import grid_for, load_backbone
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.core.provenance import BackboneRecord
 
     _, spec = load_backbone(weights, "fp32")
     torch.manual_seed(seed)
@@ -62,7 +62,7 @@ def load_image(path: str | None, max_side: int) -> torch.Tensor:
         yy, xx = np.mgrid[0:96, 0:128]
         a = np.stack([xx / 128, yy / 96, 0.5 + 0.3 * np.sin(xx / 9) * np.cos(yy / 7)], axis=-1)
         return torch.from_numpy(a).float().permute(2, 0, 1).unsqueeze(0).clamp(0, 1)
-    from amnet.images import open_image_rgb
+    from amnet.extract.images import open_image_rgb
     img = open_image_rgb(path)
     img.thumbnail((max_side, max_side))
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).unsqueeze(0).float() / 255
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", action="append", metavar="FILE",
                      help="head checkpoint(s) to optimise against (averaged); default: the demo's")
-    src.add_argument("--model", metavar="NAME", help="a published model (amnet.hub) instead")
+    src.add_argument("--model", metavar="NAME", help="a published model (amnet.predict.hub) instead")
     ap.add_argument("--independent", action="append", metavar="FILE",
                     help="checkpoint(s) of an independent predictor to report (another backbone "
                          "or training set); default in the demo: a head on another trunk")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixel-weight", type=float, default=10.0,
                     help="weight of the mean squared pixel change from the start")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    ap.add_argument("--precision", default="fp32", help="fp32 (default) or auto (amnet.device)")
+    ap.add_argument("--precision", default="fp32", help="fp32 (default) or auto (amnet.core.device)")
     ap.add_argument("--workdir", help="where the demo heads are written (default: a temp dir)")
     ap.add_argument("--out", default="optimised.png", help="PNG of the optimised image")
     args = ap.parse_args(argv)

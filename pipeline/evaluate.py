@@ -5,7 +5,7 @@ Usage: python pipeline/evaluate.py --data DIR --cache H5 --models DIR --runs DIR
        --history CSV --predictions CSV --summary JSON --attention DIR   (dvc.yaml passes the
        paths); settings: params.yaml `data.splits`, `evaluate`.
 
-Gathers the run record RUNS/<k>/ of each split k of `data.splits` (amnet/gather.py): its metrics
+Gathers the run record RUNS/<k>/ of each split k of `data.splits` (amnet/head/gather.py): its metrics
 to SPLITS_DIR/<k>.json, its history and test predictions into HISTORY and PREDICTIONS (one CSV
 each, a `split` column first). Writes SUMMARY (rho and MSE, mean +- sd over those splits, beside
 the human consistency where the data set records it) and ATTENTION/*.png (the first

@@ -11,7 +11,7 @@ model (not a DVC output, so it survives DVC deleting the stage's outputs before 
 .dvcignore keeps it out of the `models` dependency of `evaluate`). A `dvc repro` killed in this
 stage continues on the next one from the last finished epoch, with the same results; the state is
 removed once the outputs are written. The run holds the model's writer lock (<model>.lock,
-amnet/lockfile.py; .dvcignore keeps it out of `models` too): a `dvc repro` started while a
+amnet/core/lockfile.py; .dvcignore keeps it out of `models` too): a `dvc repro` started while a
 train@k orphaned by a killed `dvc` still runs stops with one line naming it (or waits, `--wait
 SECONDS`), instead of training into the same state and files.
 

@@ -15,7 +15,7 @@ from PIL import Image
 @pytest.fixture(autouse=True)
 def _restore_log_levels():
     """Put the root's and every amnet logger's level back after each test: code run in-process
-    (bench/lnsim.py's main sets amnet.train to INFO, the train CLI sets the root's level) would
+    (bench/lnsim.py's main sets amnet.head.train to INFO, the train CLI sets the root's level) would
     otherwise change what later tests' commands print."""
     import logging
 
@@ -128,8 +128,8 @@ def backbones():
     """`backbones(weights, precision="auto")` -> a loaded `(trunk, spec)`, built once per session
     per (weights, resolved precision), for `extract(..., backbone=...)` (pass the same `weights`
     and `precision` to extract, it records them)."""
-    from amnet.backbone import load_backbone
-    from amnet.device import resolve_trunk_precision
+    from amnet.extract.backbone import load_backbone
+    from amnet.core.device import resolve_trunk_precision
 
     loaded: dict = {}
 
@@ -145,8 +145,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a child python that must import this checkout's amnet."""
     import os
     path = os.environ.get("PYTHONPATH")
-    from amnet.device import available_cores
-    # the same thread count as this process's own extract() calls (amnet.device.
+    from amnet.core.device import available_cores
+    # the same thread count as this process's own extract() calls (amnet.core.device.
     # set_compute_threads): fp32 kernels sum in another order with another count, and the
     # byte-identity tests compare a child's rows with rows made here
     threads = os.environ.get("OMP_NUM_THREADS", str(available_cores()))
@@ -156,8 +156,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 _KILL_SCRIPT = """\
 import json, os, signal, sys
-from amnet.extract import extract
-from amnet.images import list_image_folder
+from amnet.extract.run import extract
+from amnet.extract.images import list_image_folder
 
 root, out, after, kw = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 
@@ -323,10 +323,10 @@ def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Pa
     `BackboneSpec`, its precision included) at `image_size`, for `amnet predict` tests."""
     import torch
 
-    from amnet.backbone import grid_for
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet, AMNetConfig
-    from amnet.provenance import BackboneRecord
+    from amnet.extract.backbone import grid_for
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.core.provenance import BackboneRecord
 
     torch.manual_seed(seed)
     model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=16, hidden_dim=16,
@@ -364,10 +364,10 @@ def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, s
     (fp32 provenance), its outputs spread x20 so that scores differ between images. `record`:
     what else the checkpoint records (`train_config`, `metrics`: make_checkpoint's keywords)."""
     import torch
-    from amnet.backbone import grid_for, load_backbone
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet, AMNetConfig
-    from amnet.provenance import BackboneRecord
+    from amnet.extract.backbone import grid_for, load_backbone
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.core.provenance import BackboneRecord
 
     _, spec = load_backbone(weights, "fp32")
     prov = BackboneRecord.from_spec(spec, image_size=size)
@@ -397,6 +397,6 @@ def sha256_of(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-# what `amnet train` records about the demo's data (amnet.train: the splits' paths, the cache)
+# what `amnet train` records about the demo's data (amnet.head.train: the splits' paths, the cache)
 DEMO_TRAIN_CONFIG = {"cache": "data/features/demo.h5",
                      "splits": {"train": {"path": "data/demo/splits/train_1.txt"}}}

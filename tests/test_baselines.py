@@ -1,4 +1,4 @@
-"""Baselines of the LNSIM benchmark (amnet/baselines.py; bench/lnsim*.py: test_bench_lnsim.py):
+"""Baselines of the LNSIM benchmark (amnet/predict/baselines.py; bench/lnsim*.py: test_bench_lnsim.py):
 synthetic data only, no backbone weights, a few seconds in all."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from amnet.baselines import DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean, pooled_features
-from amnet.metrics import mse, spearman
+from amnet.predict.baselines import DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean, pooled_features
+from amnet.core.metrics import mse, spearman
 
 
 

@@ -303,7 +303,7 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
                         ("ridge-layer34", "random:0"), ("human", None), (slug, "random:0"),
                         (multi, "random:0"), ("amnet-multi-tta", "random:0")}
     # the layer3,layer4 rows read their own cache, and the stage-one table names it
-    from amnet.cache import FeatureCache
+    from amnet.extract.cache import FeatureCache
     with FeatureCache(isola / "work" / "cache" / "random:0.layer3+layer4.h5") as c:
         assert c.attrs["layer"] == "layer3,layer4" and c.channels == 3072
     assert "extract random:0 layer3,layer4" in table.read_text()
@@ -376,7 +376,7 @@ def test_sweep_config_errors(tmp_path):
                     reason=f"LNSIM not found at {LNSIM.resolve()}")
 def test_real_lnsim_human_row(tmp_path):
     """Human consistency of split 1 from the real folder agrees with prepare.json (no model)."""
-    from amnet.datasets.isola_mat import list_images, load_scores
+    from amnet.data.isola_mat import list_images, load_scores
 
     info = D.prepare(tmp_path, LNSIM.resolve(), [1])
     assert info["splits"] == list(range(1, 26))

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet import lockfile
-from amnet.atomic import atomic_write_bytes, atomic_path
-from amnet.cache import FeatureCache
-from amnet.cache_ops import merge, relist
+from amnet.core import lockfile
+from amnet.core.atomic import atomic_write_bytes, atomic_path
+from amnet.extract.cache import FeatureCache
+from amnet.extract.cache_ops import merge, relist
 from amnet.cli import cache_cli
-from amnet.errors import CacheError, LockedError, LockLostError
-from amnet.extract import extract, shard_path
-from amnet.images import list_image_folder
+from amnet.core.errors import CacheError, LockedError, LockLostError
+from amnet.extract.run import extract, shard_path
+from amnet.extract.images import list_image_folder
 from conftest import subprocess_env, write_image
 
 NAMES = ["UPPER.JPEG"] + [f"img{i:02d}.jpg" for i in range(9)] + ["sub/deep.jpg"]
@@ -72,8 +72,8 @@ def lib(items, out, backbones, **kw):
 
 _PAUSED = """\
 import json, os, sys, time
-from amnet.extract import extract
-from amnet.images import list_image_folder
+from amnet.extract.run import extract
+from amnet.extract.images import list_image_folder
 root, out, ready, go, kw = sys.argv[1:5] + [json.loads(sys.argv[5])]
 
 
@@ -150,7 +150,7 @@ def test_a_dead_writers_lock_is_taken(image_dir, tmp_path, caplog):
     """A lock left by a process that died (killed: no release) is stale on this host: the next
     extract removes it, says so, and resumes."""
     out = tmp_path / "f.h5"
-    code = ("import os, sys; from amnet.lockfile import acquire; acquire(sys.argv[1]); "
+    code = ("import os, sys; from amnet.core.lockfile import acquire; acquire(sys.argv[1]); "
             "os._exit(0)")
     p = subprocess.run([sys.executable, "-c", code, str(out)], env=subprocess_env(),
                        capture_output=True, text=True, timeout=120)
@@ -277,7 +277,7 @@ def test_relist_keeps_the_file_when_it_fails(image_dir, tmp_path, backbones, mon
         lib(items, out, backbones,
             on_batch=lambda b, e: (_ for _ in ()).throw(KeyboardInterrupt) if b == 2 else None)
     before = out.read_bytes()
-    import amnet.cache_ops as ops
+    import amnet.extract.cache_ops as ops
 
     def broken(*a, **k):
         raise OSError("disk on fire")
@@ -324,7 +324,7 @@ def test_retry_failed(image_dir, tmp_path, backbones):
     with h5py.File(out, "r+") as f:  # as if img04b had failed before
         i = f["names"].asstr()[:].tolist().index("img04b.jpg")
         f["done"][i] = False
-        from amnet.cache import append_failed
+        from amnet.extract.cache import append_failed
         append_failed(f, [("img04b.jpg", "earlier failure")])
     s = lib(list_image_folder(image_dir), out, backbones, on_error="skip", retry_failed=True)
     assert s["retried"] == 1 and s["skipped"] == 1 and s["complete"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet.caveats import (MIN_TEST_IMAGES, constant_scores, null_rho_sd, precision_mismatch,
+from amnet.core.caveats import (MIN_TEST_IMAGES, constant_scores, null_rho_sd, precision_mismatch,
                            small_test)
 from amnet.cli import main
-from amnet.metrics import spearman
+from amnet.core.metrics import spearman
 from conftest import save_small_head, write_image
 from test_train import _one_thread, write_split  # noqa: F401 (_one_thread: an autouse fixture)
 
@@ -23,9 +23,9 @@ C, G = 8, 4
 
 def write_cache(path, feats, precision: str):
     """A complete cache of `feats` `[N, C, G, G]` (names img000.jpg...) recording a trunk of
-    `precision`, written through amnet.cache's own creator."""
-    from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
-    from amnet.cache import create, settings_attrs
+    `precision`, written through amnet.extract.cache's own creator."""
+    from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+    from amnet.extract.cache import create, settings_attrs
 
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, weights_sha256="ab" * 32, precision=precision)

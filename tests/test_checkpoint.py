@@ -1,4 +1,4 @@
-"""Head checkpoints (amnet/checkpoint.py): the round trip, and a newer format refused with one
+"""Head checkpoints (amnet/head/checkpoint.py): the round trip, and a newer format refused with one
 clear error by the library and by every command that reads checkpoints."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from amnet.checkpoint import FORMAT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint
+from amnet.head.checkpoint import FORMAT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint
 from amnet.cli import main
-from amnet.errors import AmnetError, WeightsError
-from amnet.model import AMNet, AMNetConfig
+from amnet.core.errors import AmnetError, WeightsError
+from amnet.head.model import AMNet, AMNetConfig
 
 TINY = dict(in_channels=8, feature_dim=12, hidden_dim=10, regressor_dim=6, grid=4)
 PROV = {"arch": "resnet50", "layer": "layer3", "weights_id": "random:0",
@@ -62,8 +62,8 @@ def _cache_and_split(tmp_path):
     them, the checkpoint is the only thing wrong."""
     import numpy as np
 
-    from amnet import cache as C
-    from amnet.backbone import BackboneSpec
+    from amnet.extract import cache as C
+    from amnet.extract.backbone import BackboneSpec
     names = [f"{i}.jpg" for i in range(4)]
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=tuple(PROV["mean"]),
                         std=tuple(PROV["std"]), weights_sha256=PROV["weights_sha256"])

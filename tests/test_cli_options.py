@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from amnet.cli import cache_cli, main
 from amnet.cli._options import AutoInt, NumberOrWord, SettingOption, options_from, settings_of
-from amnet.settings import (AMNetConfig, ExtractConfig, TrainConfig, dataclass_defaults,
+from amnet.core.settings import (AMNetConfig, ExtractConfig, TrainConfig, dataclass_defaults,
                             field_spec, setting_names)
 
 COMMANDS = {"train": main.commands["train"], "evaluate": main.commands["evaluate"],
@@ -129,10 +129,10 @@ def split_files(tmp_path: Path) -> dict[str, str]:
 
 
 def test_train_builds_its_settings_from_the_dataclasses(monkeypatch, split_files):
-    import amnet.train
+    import amnet.head.train
 
     calls = []
-    monkeypatch.setattr(amnet.train, "train_split",
+    monkeypatch.setattr(amnet.head.train, "train_split",
                         lambda *a, wait: calls.append(a) or {"rho": 0.5, "n": 1})
     f = split_files
     base = ["train", "--cache", f["cache"], "--train", f["split"], "--out", f["out"]]
@@ -156,10 +156,10 @@ def test_train_builds_its_settings_from_the_dataclasses(monkeypatch, split_files
 
 
 def test_evaluate_passes_the_dataclass_defaults(monkeypatch, split_files):
-    import amnet.train
+    import amnet.head.train
 
     calls = []
-    monkeypatch.setattr(amnet.train, "evaluate",
+    monkeypatch.setattr(amnet.head.train, "evaluate",
                         lambda *a, **kw: calls.append(kw) or ({"rho": 0.1}, None))
     f = split_files
     base = ["evaluate", f["cache"], "--cache", f["cache"], "--split", f["split"]]
@@ -175,13 +175,13 @@ def test_evaluate_passes_the_dataclass_defaults(monkeypatch, split_files):
 
 
 def test_extract_passes_the_dataclass_defaults(monkeypatch, tmp_path):
-    import amnet.extract
-    import amnet.images
-    from amnet.config import extract_options
+    import amnet.extract.run
+    import amnet.extract.images
+    from amnet.cli.params import extract_options
 
     calls = []
-    monkeypatch.setattr(amnet.images, "collect_images", lambda images, root, skipped=None: [])
-    monkeypatch.setattr(amnet.extract, "extract", lambda items, out, **kw: calls.append(kw) or {})
+    monkeypatch.setattr(amnet.extract.images, "collect_images", lambda images, root, skipped=None: [])
+    monkeypatch.setattr(amnet.extract.run, "extract", lambda items, out, **kw: calls.append(kw) or {})
     base = ["extract", str(tmp_path), "--out", str(tmp_path / "f.h5"), "-q", "--device", "cpu"]
     r = CliRunner().invoke(cache_cli, base)
     assert r.exit_code == 0, r.output

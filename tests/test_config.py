@@ -1,4 +1,4 @@
-"""params.yaml against the settings dataclasses (amnet.config, amnet.settings): every shipped
+"""params.yaml against the settings dataclasses (amnet.cli.params, amnet.core.settings): every shipped
 params file validates, a misspelt key is one line naming file, key and valid keys, defaults come
 from the dataclasses only, and dvc.yaml tracks exactly the settings that change results."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amnet.config import SECTIONS, Params, load_params, section_keys
-from amnet.errors import AmnetError, ParamsError
-from amnet.model import AMNetConfig
-from amnet.settings import (DataConfig, EvaluateConfig, ExtractConfig, dataclass_defaults,
+from amnet.cli.params import SECTIONS, Params, load_params, section_keys
+from amnet.core.errors import AmnetError, ParamsError
+from amnet.head.model import AMNetConfig
+from amnet.core.settings import (DataConfig, EvaluateConfig, ExtractConfig, dataclass_defaults,
                             field_help, field_spec, knob_names, setting_names)
-from amnet.train import NOT_FINGERPRINTED, TrainConfig
+from amnet.head.train import NOT_FINGERPRINTED, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # params files: params.yaml and every configs/*.yaml but the bench's sweep recipes
@@ -97,8 +97,8 @@ def test_defaults_are_fresh_copies():
 def test_extract_defaults_match_the_library_function():
     """ExtractConfig's defaults are extract()'s; where they differ, on purpose: weights (required
     there; the CLI's imagenet here) and workers (-1 = auto, the CLI's default; extract() takes a
-    resolved count, amnet.config.extract_options resolves it)."""
-    from amnet.extract import extract
+    resolved count, amnet.cli.params.extract_options resolves it)."""
+    from amnet.extract.run import extract
     sig = inspect.signature(extract).parameters
     for name, default in dataclass_defaults(ExtractConfig).items():
         if name in ("weights", "workers"):
@@ -109,8 +109,8 @@ def test_extract_defaults_match_the_library_function():
 
 
 def test_extract_options_resolve_auto_workers():
-    from amnet.config import extract_options
-    from amnet.extract import extract
+    from amnet.cli.params import extract_options
+    from amnet.extract.run import extract
     opts = extract_options(ExtractConfig(device="cpu"))
     assert opts["workers"] == 1  # auto on CPU
     assert set(opts) <= set(inspect.signature(extract).parameters)
@@ -137,7 +137,7 @@ def test_knobs_are_what_the_training_fingerprint_ignores():
 
 
 def test_dataset_kinds_are_prepares():
-    from amnet.datasets import KINDS
+    from amnet.data import KINDS
     assert sorted(field_spec(DataConfig)["dataset"].choices) == sorted(KINDS)
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from amnet.datasets import (available_splits, images_root, kind_options, load_prepare_info,
+from amnet.data import (available_splits, images_root, kind_options, load_prepare_info,
                             prepare_dataset, read_dataset_split, read_split, split_path)
-from amnet.errors import AmnetError, SplitError
+from amnet.core.errors import AmnetError, SplitError
 
 SMALL_DEMO = dict(n_images=60, image_size=48, splits=2)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import RangeServer as Server
 
-from amnet.datasets import prepare_dataset, read_split, split_path
-from amnet.datasets.lamem import fetch
-from amnet.errors import AmnetError
+from amnet.data import prepare_dataset, read_split, split_path
+from amnet.data.lamem import fetch
+from amnet.core.errors import AmnetError
 
 UNREACHABLE = "http://127.0.0.1:9/lamem.tar.gz"  # discard port: connection refused at once
 

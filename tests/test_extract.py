@@ -14,16 +14,16 @@ import h5py
 import pytest
 import torch
 
-from amnet.device import resolve_trunk_precision
+from amnet.core.device import resolve_trunk_precision
 from click.testing import CliRunner
 
-from amnet import backbone as B
-from amnet.cache import FeatureCache
-from amnet.cache_ops import merge
+from amnet.extract.run import backbone as B
+from amnet.extract.cache import FeatureCache
+from amnet.extract.cache_ops import merge
 from amnet.cli import cache_cli
-from amnet.errors import CacheError, ImageError, SplitError
-from amnet.extract import extract
-from amnet.images import collect_images, list_image_folder, load_resized_uint8
+from amnet.core.errors import CacheError, ImageError, SplitError
+from amnet.extract.run import extract
+from amnet.extract.images import collect_images, list_image_folder, load_resized_uint8
 from conftest import extract_killed_after, subprocess_env, write_image
 
 NAMES = ["UPPER.JPEG"] + [f"img{i:02d}.jpg" for i in range(9)] + ["sub/deep.jpg"]
@@ -102,7 +102,7 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, backbones):
 
 
 def test_complete_refusals_and_overwrite(image_dir, tmp_path):
-    from amnet.device import resolve_trunk_precision
+    from amnet.core.device import resolve_trunk_precision
     auto = resolve_trunk_precision("auto", "cpu")  # what this host's default resolves to
     other = "bf16" if auto != "bf16" else "fp32"
     out = str(tmp_path / "f.h5")

@@ -6,10 +6,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from amnet.cache import FeatureCache
+from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli
-from amnet.errors import ImageError
-from amnet.images import open_image_rgb
+from amnet.core.errors import ImageError
+from amnet.extract.images import open_image_rgb
 from conftest import BAD_KINDS, GOOD_KINDS, rgb_array, write_image
 
 SUFFIX = {"palette": "png", "rgba": "png", "png16": "png", "png16rgb": "png", "bmp": "bmp",

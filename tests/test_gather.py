@@ -1,4 +1,4 @@
-"""amnet.gather: the evaluate stage's report holds the configured splits' run records, only them."""
+"""amnet.head.gather: the evaluate stage's report holds the configured splits' run records, only them."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from amnet.errors import AmnetError
-from amnet.gather import gather_runs, merge_csvs
+from amnet.core.errors import AmnetError
+from amnet.head.gather import gather_runs, merge_csvs
 
 
 def record(runs: Path, k: int, rho: float, epochs: int = 2, header: str = "epoch,val_rho") -> None:
@@ -93,7 +93,7 @@ def test_split_files_keep_what_a_reader_compares_and_the_record_keeps_the_rest(t
     """issue 19: `dvc metrics show` printed ~50 columns (each split's whole record: backbone,
     split files and hashes, versions, ...). metrics/splits/<k>.json keeps SPLIT_KEYS; the whole
     record stays in train/<k>/metrics.json and is what gather_runs returns."""
-    from amnet.gather import SPLIT_KEYS
+    from amnet.head.gather import SPLIT_KEYS
     record(tmp_path / "train", 1, 0.5)
     full = {"rho": 0.5, "mse": 0.01, "n": 400, "best_epoch": 10, "val_rho": 0.4,
             "val_mse": 0.02, "n_train": 1400, "selection": "val", "precision": "bf16",
@@ -108,7 +108,7 @@ def test_split_files_keep_what_a_reader_compares_and_the_record_keeps_the_rest(t
 
 
 def test_summary_holds_rho_and_mse_over_the_splits_only():
-    from amnet.gather import summary_of
+    from amnet.head.gather import summary_of
     per = [{"rho": 0.5, "mse": 0.01, "val_rho": 0.4, "best_epoch": 3, "backbone": {"a": 1}},
            {"rho": 0.7, "mse": 0.03, "val_rho": 0.6, "best_epoch": 5, "backbone": {"a": 1}}]
     s = summary_of(per, [1, 2])

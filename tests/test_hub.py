@@ -1,4 +1,4 @@
-"""amnet.hub + `amnet models` + `amnet predict --model`: the published models by name.
+"""amnet.predict.hub + `amnet models` + `amnet predict --model`: the published models by name.
 
 A loopback HTTP server (127.0.0.1, conftest.RangeServer) serves a zip in the release's layout
 (`lamem_ResNet50FC_lstm3_train_<i>/weights_<e>.pkl`, the whole ResNet50 with per-split drifted BN
@@ -21,9 +21,9 @@ import torch
 from click.testing import CliRunner
 from conftest import RangeServer, release_state_dict, write_image
 
-from amnet import hub
+from amnet.predict import hub
 from amnet.cli import main
-from amnet.errors import WeightsError
+from amnet.core.errors import WeightsError
 
 NAME = "lamem-resnet50"
 EXP = "lamem_ResNet50FC_lstm3"
@@ -172,7 +172,7 @@ def test_sha256_recorded_and_splits_converted(downloaded, release, server):
     assert "holds 2 splits, the authors' README says 5" in out
     assert f"{NAME}: 2 split checkpoints in {folder}" in out
 
-    from amnet.checkpoint import load_checkpoint
+    from amnet.head.checkpoint import load_checkpoint
     for s, epoch in EPOCHS.items():
         model, ckpt = load_checkpoint(folder / f"split_{s}" / "head.pt")
         tc = ckpt["train_config"]
@@ -302,7 +302,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_predict_model_averages_the_splits(hub_env, server, photos, tmp_path):
-    from amnet.predictor import Predictor
+    from amnet.predict.predictor import Predictor
 
     n = len(server.ranges)
     out = tmp_path / "scores.csv"
@@ -336,7 +336,7 @@ def test_predict_model_averages_the_splits(hub_env, server, photos, tmp_path):
 
 
 def test_from_pretrained(hub_env, server, photos):
-    from amnet.predictor import Predictor
+    from amnet.predict.predictor import Predictor
 
     n = len(server.ranges)
     p = Predictor.from_pretrained(NAME, device="cpu", precision="fp32")
@@ -357,8 +357,8 @@ def test_from_pretrained(hub_env, server, photos):
 
 def test_identical_trunks_share_one_forward(hub_env, photos, tmp_path):
     """Had the release's splits kept one trunk, it would run once for all heads."""
-    from amnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-    from amnet.predictor import Predictor
+    from amnet.head.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from amnet.predict.predictor import Predictor
 
     h1, h2 = hub.checkpoints_for(NAME)
     _, meta1 = load_checkpoint(h1)

@@ -12,10 +12,10 @@ import torchvision
 from click.testing import CliRunner
 from conftest import RELEASE_PREFIX, release_state_dict
 
-from amnet.checkpoint import load_checkpoint
+from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import main
-from amnet.errors import WeightsError
-from amnet.published import import_weights
+from amnet.core.errors import WeightsError
+from amnet.predict.released_weights import import_weights
 
 P = RELEASE_PREFIX
 
@@ -104,7 +104,7 @@ def test_import_matches_reference_forward(tmp_path, published_sd):
     assert torch.allclose(our_alphas.double(), alphas, atol=1e-5, rtol=0)
 
     # the backbone file through stage one's loader (fp32) gives the same features and prediction
-    from amnet.backbone import load_backbone
+    from amnet.extract.backbone import load_backbone
 
     trunk, spec = load_backbone(f"file:{tmp_path / 'out' / 'backbone.pt'}", precision="fp32")
     assert spec.weights_sha256 == ckpt["backbone"]["weights_sha256"]
@@ -158,7 +158,7 @@ def test_import_resnet101_release(tmp_path):
     assert ckpt["backbone"]["arch"] == "resnet101"
     assert ckpt["model_config"]["feature_dim"] == 64 and ckpt["model_config"]["hidden_dim"] == 64
 
-    from amnet.backbone import load_backbone
+    from amnet.extract.backbone import load_backbone
     trunk, spec = load_backbone(f"file:{tmp_path / 'o' / 'backbone.pt'}", precision="fp32")
     assert spec.arch == "resnet101" and len(trunk.layer3) == 23
     img = _image(3)

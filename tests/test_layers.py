@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amnet.errors import AmnetError, CacheError, WeightsError
+from amnet.core.errors import AmnetError, CacheError, WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_TWO = ("amnet.train", "amnet.feeding", "amnet.model", "amnet.checkpoint", "amnet.metrics")
+STAGE_TWO = ("amnet.head.train", "amnet.head.feeding", "amnet.head.model", "amnet.head.checkpoint", "amnet.core.metrics")
 
 
 def _run(code: str) -> dict:
@@ -47,7 +47,7 @@ def test_version_without_torch_and_lazy_names():
     from amnet._version import __version__
     assert got["v"] == __version__
     assert got["before"] == {"torch": False, "numpy": False, "h5py": False}
-    assert got["predictor"] == "amnet.predictor" and got["cache"] == "FeatureCache"
+    assert got["predictor"] == "amnet.predict.predictor" and got["cache"] == "FeatureCache"
 
 
 def test_setup_cfg_reads_the_version_module():
@@ -59,13 +59,13 @@ def test_setup_cfg_reads_the_version_module():
 
 
 def test_no_cache_to_extract_shim():
-    import amnet.cache
-    assert not hasattr(amnet.cache, "extract")
+    import amnet.extract.cache
+    assert not hasattr(amnet.extract.cache, "extract")
 
 
 def test_list_files_live_at_the_bottom():
-    import amnet.datasets.splits as S
-    import amnet.listfiles as L
+    import amnet.data.splits as S
+    import amnet.data.listfiles as L
     for name in ("RootChecker", "check_name", "read_name_list", "read_split", "write_split"):
         assert getattr(S, name) is getattr(L, name)
 
@@ -73,7 +73,7 @@ def test_list_files_live_at_the_bottom():
 # ---- atomic writes -------------------------------------------------------------------------------
 
 def test_atomic_writes_and_cleanup(tmp_path):
-    from amnet.atomic import atomic_open, atomic_path, atomic_write_text, temp_path
+    from amnet.core.atomic import atomic_open, atomic_path, atomic_write_text, temp_path
 
     target = tmp_path / "sub" / "a.json"
     atomic_write_text(target, "one\n")
@@ -111,7 +111,7 @@ def _umask() -> int:
 # ---- the backbone record -------------------------------------------------------------------------
 
 def _record(**kw):
-    from amnet.provenance import BackboneRecord
+    from amnet.core.provenance import BackboneRecord
     base = dict(arch="resnet50", layer="layer3", weights_id="random:0", weights_sha256="ab" * 32,
                 image_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                 precision="mixed")
@@ -119,7 +119,7 @@ def _record(**kw):
 
 
 def test_backbone_record_round_trips_both_spellings():
-    from amnet.provenance import BackboneRecord
+    from amnet.core.provenance import BackboneRecord
     rec = _record()
     attrs = rec.to_attrs()
     assert attrs["backbone"] == "resnet50" and "arch" not in attrs
@@ -140,7 +140,7 @@ def test_backbone_record_round_trips_both_spellings():
 
 
 def test_check_compatible_one_line():
-    from amnet.provenance import check_compatible
+    from amnet.core.provenance import check_compatible
     rec = _record()
     check_compatible(rec, _record(weights_id="file:/x.pt", precision="fp32"), "a", "b")
     check_compatible(rec, _record(image_size=None, layer=None), "a", "b")  # unrecorded: skipped
@@ -161,8 +161,8 @@ def test_check_compatible_one_line():
 def test_old_checkpoint_backbone_dicts_still_load(tmp_path):
     """A checkpoint written before the record (no precision key, tuple/array stats) reads the
     same, and the cache -> checkpoint dict conversion keeps its historical keys."""
-    from amnet.checkpoint import BACKBONE_KEYS, backbone_from_attrs
-    from amnet.provenance import BackboneRecord
+    from amnet.head.checkpoint import BACKBONE_KEYS, backbone_from_attrs
+    from amnet.core.provenance import BackboneRecord
     assert BACKBONE_KEYS == ("arch", "layer", "weights_id", "weights_sha256", "image_size",
                              "mean", "std", "precision")
     old = {"arch": "resnet50", "layer": "layer3", "weights_id": "imagenet",

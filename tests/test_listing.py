@@ -13,14 +13,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from amnet.cache import FeatureCache
+from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli, main
-from amnet.errors import ImageError, SplitError
-from amnet.extract import extract
-from amnet.images import (collect_images, left_out_line, list_image_folder, open_image_rgb,
+from amnet.core.errors import ImageError, SplitError
+from amnet.extract.run import extract
+from amnet.extract.images import (collect_images, left_out_line, list_image_folder, open_image_rgb,
                           read_image_list)
-from amnet.listfiles import read_name_list, read_split
-from amnet.scoring import InputItem, collect_inputs
+from amnet.data.listfiles import read_name_list, read_split
+from amnet.predict.scoring import InputItem, collect_inputs
 from conftest import rgb_array, save_small_head, write_image
 
 SIZE = 32
@@ -389,7 +389,7 @@ def test_extract_and_predict_note_the_animated_files(tmp_path, backbones):
 def denied(monkeypatch):
     """`denied(path)`: opening `path` (or listing it, for a folder) raises PermissionError, as
     chmod 000 does for anyone but root."""
-    import amnet.images as I
+    import amnet.extract.images as I
     blocked: set[str] = set()
     real_open, real_scandir = os.open, os.scandir
 

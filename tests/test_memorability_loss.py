@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import amnet
-from amnet.backbone import normalize, resize_tensor
-from amnet.errors import AmnetError
-from amnet.predictor import Predictor
+from amnet.extract.backbone import normalize, resize_tensor
+from amnet.core.errors import AmnetError
+from amnet.predict.predictor import Predictor
 from conftest import REPO, save_tiny_head, subprocess_env
 
 SIZE = 64
@@ -167,10 +167,10 @@ def test_bad_inputs_are_one_line_errors(heads, predictor, monkeypatch):
         amnet.MemorabilityLoss([])
     with pytest.raises(AmnetError, match="missing.pt: checkpoint not found"):
         amnet.MemorabilityLoss("missing.pt")
-    # a published name: through amnet.hub; one line where this amnet has no hub
-    monkeypatch.setitem(sys.modules, "amnet.hub", None)  # import amnet.hub -> ImportError
+    # a published name: through amnet.predict.hub; one line where this amnet has no hub
+    monkeypatch.setitem(sys.modules, "amnet.predict.hub", None)  # import amnet.predict.hub -> ImportError
     with pytest.raises(AmnetError, match="model name 'lamem': published model names need "
-                                         "amnet.hub"):
+                                         "amnet.predict.hub"):
         amnet.MemorabilityLoss("lamem")
 
 
@@ -181,7 +181,7 @@ def test_published_name_resolves_through_the_hub(heads, monkeypatch):
         asked.append(name)
         return [str(h) for h in heads]
 
-    monkeypatch.setitem(sys.modules, "amnet.hub",
+    monkeypatch.setitem(sys.modules, "amnet.predict.hub",
                         types.SimpleNamespace(checkpoints_for=checkpoints_for))
     loss_fn = amnet.MemorabilityLoss("lamem", device="cpu")
     assert asked == ["lamem"] and loss_fn.predictor.checkpoints == list(heads)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from amnet import backbone as B
-from amnet.errors import WeightsError
+from amnet.extract import backbone as B
+from amnet.core.errors import WeightsError
 
 SIZE = 64
 
@@ -73,7 +73,7 @@ def test_weights_without_layer4_refuse_layer4(tmp_path):
 
 
 def test_cache_records_its_layers_and_refuses_another_set(images, tmp_path):
-    from amnet.cache import FeatureCache
+    from amnet.extract.cache import FeatureCache
     from amnet.cli import cache_cli
     out = tmp_path / "c.h5"
     run = CliRunner().invoke
@@ -102,10 +102,10 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     the same trunk, so end-to-end scores equal the cached features' scores."""
     from dataclasses import asdict
 
-    from amnet.cache import FeatureCache
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.extract import extract
-    from amnet.model import AMNet, AMNetConfig
+    from amnet.extract.cache import FeatureCache
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.extract.run import extract
+    from amnet.head.model import AMNet, AMNetConfig
     from amnet.predict import InputItem, Predictor, predict_cached
 
     names = sorted(p.name for p in images.iterdir())
@@ -131,7 +131,7 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     l3 = tmp_path / "l3.h5"
     extract([(n, images / n) for n in names], l3, weights="random:0", image_size=SIZE,
             device="cpu", batch_size=2, progress=False, precision="fp32")
-    from amnet.errors import AmnetError
+    from amnet.core.errors import AmnetError
     from amnet.predict import check_cache_provenance
     with FeatureCache(l3) as fc, pytest.raises(AmnetError, match="layer"):
         check_cache_provenance(dict(fc.attrs), dict(prov, image_size=SIZE), l3, ckpt)
@@ -142,8 +142,8 @@ def test_multilayer_cache_resumes_and_merges_byte_for_byte(images, tmp_path):
     shards merge to them too: the layer set travels with every operation on the file."""
     import h5py
 
-    from amnet.cache_ops import merge
-    from amnet.extract import extract
+    from amnet.extract.cache_ops import merge
+    from amnet.extract.run import extract
     items = [(n, images / n) for n in sorted(p.name for p in images.iterdir())]
     kw = dict(weights="random:0", image_size=SIZE, layers="layer3,layer4", flip=True,
               device="cpu", batch_size=2, progress=False, precision="fp32")
@@ -174,6 +174,6 @@ def test_multilayer_cache_resumes_and_merges_byte_for_byte(images, tmp_path):
     # shards of another layer set do not merge with these
     other = tmp_path / "l3.h5"
     extract(items[:1], other, **{**kw, "layers": "layer3"})
-    from amnet.errors import CacheError
+    from amnet.core.errors import CacheError
     with pytest.raises(CacheError, match="layer"):
         merge(tmp_path / "mixed.h5", [whole, other])

@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import amnet.fit
-from amnet.cache import finite_rows
+import amnet.head.fit
+from amnet.extract.cache import finite_rows
 from amnet.cli import main
-from amnet.errors import CacheError, TrainingError
-from amnet.model import AMNetConfig
-from amnet.train import train_split
-from amnet.train_state import state_path
+from amnet.core.errors import CacheError, TrainingError
+from amnet.head.model import AMNetConfig
+from amnet.head.train import train_split
+from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of
 from test_train import TINY, _one_thread, quick_cfg, synthetic  # noqa: F401 (fixture)
 
@@ -138,13 +138,13 @@ def test_evaluate_refuses_or_skips(tmp_path):
 def test_nonfinite_loss_stops_training_and_saves_nothing_of_that_epoch(tmp_path, monkeypatch):
     cache, files = synthetic(tmp_path, n=N)
     calls = {"n": 0}
-    real = amnet.fit.amnet_loss
+    real = amnet.head.fit.amnet_loss
 
     def loss(*args, **kwargs):          # 4 batches of 16 per epoch: epoch 2, batch 3 is call 7
         calls["n"] += 1
         out = real(*args, **kwargs)
         return out * float("nan") if calls["n"] == 7 else out
-    monkeypatch.setattr(amnet.fit, "amnet_loss", loss)
+    monkeypatch.setattr(amnet.head.fit, "amnet_loss", loss)
     out = tmp_path / "o"
     res = cli(*train_args(cache, files, out), "--epochs", "3")
     state = state_path(out / "head.pt")
@@ -179,8 +179,8 @@ def test_weights_that_turn_nonfinite_in_the_last_step_are_caught(tmp_path, monke
 
 
 def test_a_checkpoint_with_nonfinite_weights_is_never_made():
-    from amnet.checkpoint import make_checkpoint
-    from amnet.model import AMNet
+    from amnet.head.checkpoint import make_checkpoint
+    from amnet.head.model import AMNet
     model = AMNet(AMNetConfig(**TINY, grid=4, in_channels=8))
     with torch.no_grad():
         model.regnet4.weight[0, 0] = float("nan")
@@ -248,11 +248,11 @@ def test_predict_exits_nonzero_when_there_is_nothing_to_score(tmp_path, backbone
 def test_predict_from_images_scores_nothing_nonfinite(tmp_path, monkeypatch):
     """The image route: an input whose score comes out NaN is an error row (or, with on_error
     "fail", the error), never a blank score counted as scored."""
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.errors import AmnetError
-    from amnet.model import AMNet
-    from amnet.predictor import Predictor
-    from amnet.scoring import InputItem, predict_items
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.core.errors import AmnetError
+    from amnet.head.model import AMNet
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.scoring import InputItem, predict_items
     from conftest import write_image
     from test_predict import _backbone_prov
 

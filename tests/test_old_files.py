@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet.cache import FeatureCache
-from amnet.checkpoint import load_checkpoint
+from amnet.extract.cache import FeatureCache
+from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import cache_cli, main
 
 FIXTURES = Path(__file__).parent / "fixtures"

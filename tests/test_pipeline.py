@@ -94,8 +94,8 @@ def _copy(project: Path, tmp_path: Path) -> Path:
 
 def _items(proj: Path) -> list[tuple[str, Path]]:
     """The (name, path) list pipeline/extract.py extracts, built the same way."""
-    from amnet.datasets import images_root
-    from amnet.datasets.splits import read_name_list
+    from amnet.data import images_root
+    from amnet.data.splits import read_name_list
     dataset = proj / "data" / "demo"
     return [(n, images_root(dataset) / n) for n, _ in read_name_list(dataset / "images.txt")]
 
@@ -103,7 +103,7 @@ def _items(proj: Path) -> list[tuple[str, Path]]:
 # ---- prepare ---------------------------------------------------------------------------------
 
 def test_prepare_writes_splits_names_and_record(project):
-    from amnet.datasets.splits import read_split
+    from amnet.data.splits import read_split
     data = project / "data" / "demo"
     record = json.loads((data / "prepare.json").read_text())
     assert record["kind"] == "demo" and record["splits"] == [1, 2] and record["seed"] == 2018
@@ -136,7 +136,7 @@ def test_prepare_bad_params_is_one_line(project, tmp_path):
 def test_extract_writes_the_complete_cache(project):
     out = project / "data" / "features" / "demo.h5"
     assert out.is_file() and not (project / "data" / "features" / "demo.partial.h5").exists()
-    from amnet.cache import FeatureCache
+    from amnet.extract.cache import FeatureCache
     with FeatureCache(out) as c:
         assert c.complete and c.names == [n for n, _ in _items(project)]
         assert c.grid == (2, 2) and c.attrs["weights_id"] == "random:0"
@@ -146,7 +146,7 @@ def test_extract_writes_the_complete_cache(project):
 
 def _partial(proj: Path, batches: int, backbone, **settings) -> Path:
     """A left-over of a run stopped after `batches` batches: data/features/demo.partial.h5."""
-    from amnet.extract import extract
+    from amnet.extract.run import extract
     doc = yaml.safe_load((proj / "params.yaml").read_text())
     params = doc["backbone"]
     kw = dict(weights=params["weights"], image_size=params["image_size"], flip=params["flip"],
@@ -227,7 +227,7 @@ def test_extract_resumes_when_the_list_lost_names_not_yet_extracted(project, tmp
 
 _ORPHAN = """\
 import os, runpy, sys, time
-import amnet.extract as E
+import amnet.extract.run as E
 ready, go = sys.argv[1], sys.argv[2]
 extract = E.extract
 
@@ -364,8 +364,8 @@ def test_train_stage_computes_what_amnet_train_computes(trained, tmp_path):
     params.yaml) and `amnet train` given those settings as options train the same head: the same
     metrics, history (but the wall times) and predictions, and the same per-epoch log lines."""
     from amnet.cli.train import train_cmd
-    from amnet.config import load_params
-    from amnet.gather import SPLIT_KEYS
+    from amnet.cli.params import load_params
+    from amnet.head.gather import SPLIT_KEYS
 
     p = load_params(trained / "params.yaml")
     out = tmp_path / "cli"
@@ -467,7 +467,7 @@ def test_evaluate_reports_exactly_the_configured_splits(trained, tmp_path):
     metrics = proj / "metrics"
     assert sorted(p.name for p in (metrics / "splits").iterdir()) == ["1.json", "2.json"]
     for k in (1, 2):   # what a reader compares of train@k's record (the rest stays there)
-        from amnet.gather import SPLIT_KEYS
+        from amnet.head.gather import SPLIT_KEYS
         record = json.loads((proj / "train" / str(k) / "metrics.json").read_text())
         assert json.loads((metrics / "splits" / f"{k}.json").read_text()) == {
             key: record[key] for key in SPLIT_KEYS}
@@ -508,8 +508,8 @@ def test_evaluate_names_a_split_that_was_not_trained(trained, tmp_path):
 
 def test_train_and_evaluate_warn_about_small_test_sets(trained, tmp_path):
     """40 images give 8-image test splits: their rho means little, and the stages say so
-    (amnet.caveats), without failing."""
-    from amnet.caveats import small_test
+    (amnet.core.caveats), without failing."""
+    from amnet.core.caveats import small_test
 
     proj = _copy(trained, tmp_path)
     sizes = [(json.loads((proj / "train" / str(k) / "metrics.json").read_text())["n"],
@@ -529,7 +529,7 @@ def test_train_and_evaluate_warn_about_small_test_sets(trained, tmp_path):
 ])
 def test_unknown_params_key_stops_the_stage_with_one_line(project, tmp_path, script, args,
                                                           section, key):
-    from amnet.config import section_keys
+    from amnet.cli.params import section_keys
     proj = _copy(project, tmp_path)
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params[section][key] = 3

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from amnet.cli import main
-from amnet.errors import AmnetError, CacheError, ImageError, WeightsError
+from amnet.core.errors import AmnetError, CacheError, ImageError, WeightsError
 
 SIZE, GRID, STEPS = 64, 4, 3
 # exact fp32 route (the `predictor` fixture, --precision fp32): the same image in another batch
@@ -24,7 +24,7 @@ TOL = 5e-4
 
 
 def _backbone_prov(weights: str) -> dict:
-    from amnet.backbone import load_backbone
+    from amnet.extract.backbone import load_backbone
     _, spec = load_backbone(weights)
     d = asdict(spec)
     return {"arch": d["arch"], "layer": d.get("layer", "layer3"), "weights_id": d["weights_id"],
@@ -36,8 +36,8 @@ def _backbone_prov(weights: str) -> dict:
 
 
 def _save_head(path: Path, prov: dict, seed: int) -> Path:
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet, AMNetConfig
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet, AMNetConfig
     torch.manual_seed(seed)
     model = AMNet(AMNetConfig(grid=GRID, feature_dim=32, hidden_dim=32, regressor_dim=16,
                               lstm_steps=STEPS))
@@ -128,7 +128,7 @@ def test_checkpoint_from_another_backbone_is_refused(env, predictor):
     with pytest.raises(WeightsError, match="does not match"):
         Predictor.from_checkpoint(h["h1"], device="cpu", weights="random:1")
     # a checkpoint claiming random:0 with another trunk's hash
-    from amnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from amnet.head.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
     model, meta = load_checkpoint(h["h1"])
     forged = dict(meta["backbone"], weights_sha256="0" * 64)
     bad = save_checkpoint(make_checkpoint(model, backbone=forged), env["root"] / "forged.pt")
@@ -175,7 +175,7 @@ def test_cli_csv_one_row_per_input_and_figures(env, predictor, tmp_path):
 
 
 def test_figure_axes_one_panel_per_step(env, predictor):
-    from amnet import viz
+    from amnet.predict import viz
     r = predictor.predict(env["images"] / "b.png")
     fig = viz.attention_figure(Image.open(env["images"] / "b.png"), r.attention, r.step_scores,
                                r.score, gt=0.5, size=predictor.image_size)
@@ -205,7 +205,7 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
     res = CliRunner().invoke(main, ["predict", "--checkpoint", h1, str(env["images"]),
                                     "--out", str(out2), "--on-error", "fail"])
     assert res.exit_code == 1 and "bad.jpg" in res.output
-    # nothing left behind: no CSV, no temp file of amnet.atomic (".fail.partial-<pid>.csv")
+    # nothing left behind: no CSV, no temp file of amnet.core.atomic (".fail.partial-<pid>.csv")
     assert not out2.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     lst.unlink()
 
@@ -213,8 +213,8 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
 # ---- cached path -------------------------------------------------------------------------------
 
 def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
-    from amnet.cache import FeatureCache
-    from amnet.extract import extract
+    from amnet.extract.cache import FeatureCache
+    from amnet.extract.run import extract
     from amnet.predict import InputItem, predict_cached
     good = ["a.jpg", "b.png", "d.jpg", "sub/c.jpg"]
     cache = tmp_path / "feat.h5"
@@ -285,8 +285,8 @@ def test_cache_provenance_check_unit(env):
 
 def test_cache_of_another_input_size_is_one_line_error(env, tmp_path):
     """A cache made at another --image-size (same trunk) is refused by the API and the CLI."""
-    from amnet import cache as C
-    from amnet.backbone import load_backbone
+    from amnet.extract import cache as C
+    from amnet.extract.backbone import load_backbone
     from amnet.predict import check_cache_provenance
     _, spec = load_backbone("random:0")
     path = tmp_path / "c32.h5"
@@ -298,7 +298,7 @@ def test_cache_of_another_input_size_is_one_line_error(env, tmp_path):
     with C.FeatureCache(path) as fc, pytest.raises(AmnetError) as e:  # what the CLIs catch
         check_cache_provenance(dict(fc.attrs), env["prov0"], path, h1)
     assert type(e.value) is CacheError
-    # the one compatibility check (amnet.provenance.check_compatible) names both files
+    # the one compatibility check (amnet.core.provenance.check_compatible) names both files
     assert str(e.value).startswith(f"feature cache {path} vs checkpoint {h1}: different backbone "
                                    "image_size 32 vs 64")
     res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h1), "--cache", str(path),
@@ -319,8 +319,8 @@ DEFAULT_TOL = 0.02
 
 def _reference(env, x: torch.Tensor, precision: str) -> np.ndarray:
     """Scores composed from the parts: the trunk loaded at `precision`, each head, their mean."""
-    from amnet.backbone import features, load_backbone
-    from amnet.checkpoint import load_checkpoint
+    from amnet.extract.backbone import features, load_backbone
+    from amnet.head.checkpoint import load_checkpoint
     trunk, _ = load_backbone("random:0", precision, "cpu")
     f = features(trunk, x, "cpu")
     heads = [load_checkpoint(env["heads"][k])[0] for k in ("h1", "h2")]
@@ -328,8 +328,8 @@ def _reference(env, x: torch.Tensor, precision: str) -> np.ndarray:
 
 
 def test_default_precision_api(env, predictor):
-    from amnet.backbone import image_transform, open_image_rgb
-    from amnet.device import resolve_trunk_precision
+    from amnet.extract.backbone import image_transform, open_image_rgb
+    from amnet.core.device import resolve_trunk_precision
     from amnet.predict import Predictor
     auto = resolve_trunk_precision("auto", "cpu")
     default = Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu")
@@ -353,9 +353,9 @@ def test_default_precision_api(env, predictor):
 
 
 def test_default_precision_cli(env, tmp_path):
-    from amnet.backbone import normalize_uint8
-    from amnet.device import resolve_trunk_precision
-    from amnet.images import load_resized_uint8
+    from amnet.extract.backbone import normalize_uint8
+    from amnet.core.device import resolve_trunk_precision
+    from amnet.extract.images import load_resized_uint8
     h = env["heads"]
     common = ["predict", "--checkpoint", str(h["h1"]), "--checkpoint", str(h["h2"]),
               str(env["images"]), "--device", "cpu"]
@@ -381,7 +381,7 @@ def test_default_precision_cli(env, tmp_path):
 # ---- the synthetic demo's checkpoints say so ------------------------------------------------------
 
 def test_demo_checkpoint_warns_once_and_points_to_the_published_model(env, tmp_path):
-    from amnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from amnet.head.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
     from amnet.predict import Predictor
 
     h1 = env["heads"]["h1"]                               # trained on a random:0 trunk

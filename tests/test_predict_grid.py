@@ -1,4 +1,4 @@
-"""The head grid vs the input size: the trunk's grid is ceil(S / 16) (amnet.backbone.grid_for), so
+"""The head grid vs the input size: the trunk's grid is ceil(S / 16) (amnet.extract.backbone.grid_for), so
 a 72-px cache (grid 5) is extracted and trained on -- and its heads must load for prediction.
 
 Predictor.from_checkpoint checks the head's grid against grid_for(image_size), as extract does
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from amnet.backbone import grid_for
-from amnet.errors import WeightsError
+from amnet.extract.backbone import grid_for
+from amnet.core.errors import WeightsError
 
 
 def _head(path: Path, image_size: int, grid: int) -> Path:
-    from amnet.backbone import load_backbone
-    from amnet.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.model import AMNet, AMNetConfig
+    from amnet.extract.backbone import load_backbone
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet, AMNetConfig
     _, spec = load_backbone("random:0")
     d = asdict(spec)
     prov = {"arch": d["arch"], "layer": d.get("layer", "layer3"), "weights_id": d["weights_id"],

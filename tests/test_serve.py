@@ -1,6 +1,6 @@
-"""amnet.serve without a browser: the model card (provenance, the demo warning), scoring dropped
+"""amnet.predict.serve without a browser: the model card (provenance, the demo warning), scoring dropped
 files into `amnet predict`'s CSV and the page's list, the Gradio page's event function,
---model through amnet.hub, and the CLI's one-line errors. The page in a real browser:
+--model through amnet.predict.hub, and the CLI's one-line errors. The page in a real browser:
 tests/test_serve_browser.py."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from amnet.cli import main
-from amnet.errors import AmnetError
+from amnet.core.errors import AmnetError
 from conftest import DEMO_TRAIN_CONFIG, save_tiny_head, write_image
 
 pytest.importorskip("gradio", reason="gradio is not installed (pip install 'amnet[serve]')")
@@ -42,7 +42,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(env):
-    from amnet.predictor import Predictor
+    from amnet.predict.predictor import Predictor
     return Predictor.from_checkpoint(env["heads"], device="cpu")
 
 
@@ -54,7 +54,7 @@ def _read_csv(path: Path) -> list[list[str]]:
 # ---- the model card ------------------------------------------------------------------------------
 
 def test_model_card_of_the_demo_warns(env, predictor):
-    from amnet.serve import describe_model
+    from amnet.predict.serve import describe_model
 
     card = describe_model(predictor)
     assert card.synthetic
@@ -83,9 +83,9 @@ def test_model_card_of_the_demo_warns(env, predictor):
 def test_model_card_of_imported_weights_has_no_warning(env, tmp_path):
     """A published model's head (import-weights records the data set it guessed from the file
     name) on an ImageNet trunk: no warning. The trunk is never loaded (backbone=False)."""
-    from amnet.checkpoint import load_checkpoint, save_checkpoint
-    from amnet.predictor import Predictor
-    from amnet.serve import describe_model
+    from amnet.head.checkpoint import load_checkpoint, save_checkpoint
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.serve import describe_model
 
     _, ckpt = load_checkpoint(env["heads"][0])
     ckpt["backbone"] = {**ckpt["backbone"], "weights_id": "imagenet", "weights_sha256": None}
@@ -111,7 +111,7 @@ def test_model_card_of_imported_weights_has_no_warning(env, tmp_path):
 def test_score_images_matches_amnet_predict(env, predictor, tmp_path):
     """Same files, same order, same defaults: the CSV is `amnet predict`'s but for the path
     column (the file's name: the page never shows where gradio keeps uploads)."""
-    from amnet.serve import score_images
+    from amnet.predict.serve import score_images
 
     files = env["files"]
     scored = score_images(predictor, files, tmp_path / "out")
@@ -147,7 +147,7 @@ def test_score_images_matches_amnet_predict(env, predictor, tmp_path):
 
 
 def test_results_html_lists_scores_and_figures(env, predictor, tmp_path):
-    from amnet.serve import file_url, results_html, score_images
+    from amnet.predict.serve import file_url, results_html, score_images
 
     scored = score_images(predictor, env["files"][:3], tmp_path / "out")
     page = results_html(scored)
@@ -168,7 +168,7 @@ def test_results_html_lists_scores_and_figures(env, predictor, tmp_path):
 # ---- the page ------------------------------------------------------------------------------------
 
 def test_build_app_is_offline_and_its_event_scores(env, predictor, tmp_path):
-    from amnet.serve import OFFLINE_ENV, build_app, describe_model
+    from amnet.predict.serve import OFFLINE_ENV, build_app, describe_model
 
     app = build_app(predictor, describe_model(predictor), workdir=tmp_path / "work")
     for key, value in OFFLINE_ENV.items():
@@ -189,7 +189,7 @@ def test_build_app_is_offline_and_its_event_scores(env, predictor, tmp_path):
 
 
 def test_import_gradio_missing_is_one_line(monkeypatch):
-    from amnet import serve
+    from amnet.predict import serve
 
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(AmnetError,
@@ -207,15 +207,15 @@ def test_cli_needs_exactly_one_model_source(env):
 
 
 def test_cli_model_comes_from_the_hub(monkeypatch, env):
-    """--model NAME: the published model's checkpoints through amnet.hub (here two demo heads
+    """--model NAME: the published model's checkpoints through amnet.predict.hub (here two demo heads
     standing in for a downloaded release), served under its name."""
-    import amnet.hub
-    import amnet.serve
+    import amnet.predict.hub
+    import amnet.predict.serve
 
     asked, served = [], []
-    monkeypatch.setattr(amnet.hub, "checkpoints_for",
+    monkeypatch.setattr(amnet.predict.hub, "checkpoints_for",
                         lambda name: asked.append(name) or list(env["heads"]))
-    monkeypatch.setattr(amnet.serve, "serve", lambda predictor, card, **kw: served.append(
+    monkeypatch.setattr(amnet.predict.serve, "serve", lambda predictor, card, **kw: served.append(
         (predictor, card, kw)))
     res = CliRunner().invoke(main, ["serve", "--model", "lamem-resnet50", "--port", "7999",
                                     "--device", "cpu", "--precision", "fp32"])

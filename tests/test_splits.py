@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from amnet.datasets.splits import (RootChecker, read_name_list, read_split, split_path,
+from amnet.data.splits import (RootChecker, read_name_list, read_split, split_path,
                                    write_split)
-from amnet.errors import AmnetError, SplitError
+from amnet.core.errors import AmnetError, SplitError
 
 
 def _write(path: Path, text: str) -> Path:

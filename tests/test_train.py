@@ -8,12 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from amnet.checkpoint import load_checkpoint
+from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import main
-from amnet.errors import CacheError
-from amnet.metrics import mse, spearman, summarize
-from amnet.model import AMNetConfig
-from amnet.train import TrainConfig, evaluate, train_split
+from amnet.core.errors import CacheError
+from amnet.core.metrics import mse, spearman, summarize
+from amnet.head.model import AMNetConfig
+from amnet.head.train import TrainConfig, evaluate, train_split
 
 C, G = 8, 4                     # tiny features: 8 channels on a 4x4 grid (L = 16)
 L0 = 2 * G + 1                  # the informative location (y=2, x=1), row-major
@@ -30,9 +30,9 @@ def _one_thread():
 
 
 def write_cache(path, names, feats, feats_flip=None, sha="ab" * 32):
-    """A cache in amnet's HDF5 schema, written through amnet.cache's own creator."""
-    from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
-    from amnet.cache import create, settings_attrs
+    """A cache in amnet's HDF5 schema, written through amnet.extract.cache's own creator."""
+    from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+    from amnet.extract.cache import create, settings_attrs
 
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, weights_sha256=sha)
@@ -95,7 +95,7 @@ def test_learns_a_localized_feature_and_attends_to_it(tmp_path):
     assert m["n"] == 100 and 1 <= m["best_epoch"] <= 25
 
     model, _ = load_checkpoint(tmp_path / "out" / "head.pt")
-    from amnet.cache import FeatureCache
+    from amnet.extract.cache import FeatureCache
 
     names = pd.read_csv(files["test"], sep=" ", header=None)[0].tolist()
     with FeatureCache(cache) as fc:
@@ -115,8 +115,8 @@ def test_no_attention_ablation_trains(tmp_path):
     pred = pd.read_csv(tmp_path / "o" / "predictions.csv")
     assert math.isfinite(m["mse"]) and m["mse"] == mse(pred["gt"], pred["pred"])
     assert m["rho"] == spearman(pred["gt"], pred["pred"]) and m["n"] == len(pred) == 32
-    from amnet.cache import FeatureCache
-    from amnet.device import autocast
+    from amnet.extract.cache import FeatureCache
+    from amnet.core.device import autocast
 
     with FeatureCache(cache) as fc, torch.no_grad(), autocast(torch.device("cpu"), m["precision"]):
         scores, _, alphas = model.predict(fc.load(pred["name"].tolist()))
@@ -285,8 +285,8 @@ def test_progress_shows_epochs_loss_val_rho_and_eta(tmp_path, monkeypatch, caplo
     import logging
     import re
 
-    import amnet.fit
-    from amnet.progress import duration
+    import amnet.head.fit
+    from amnet.core.progress import duration
 
     bars = []
 
@@ -304,7 +304,7 @@ def test_progress_shows_epochs_loss_val_rho_and_eta(tmp_path, monkeypatch, caplo
         def close(self):
             pass
 
-    monkeypatch.setattr(amnet.fit, "progress_bar", Bar)
+    monkeypatch.setattr(amnet.head.fit, "progress_bar", Bar)
     cache, files = synthetic(tmp_path, n=(64, 16, 16))
     with caplog.at_level(logging.INFO, logger="amnet.train"):
         run(tmp_path, "o", cache, files, epochs=3, batch_size=16, progress=None)

@@ -1,5 +1,5 @@
-"""Resumable stage-two training and outputs published together (amnet.fit, amnet.train_state,
-amnet.publish): a run killed at any point, rerun, ends exactly like one never interrupted."""
+"""Resumable stage-two training and outputs published together (amnet.head.fit, amnet.head.train_state,
+amnet.head.publish): a run killed at any point, rerun, ends exactly like one never interrupted."""
 from __future__ import annotations
 
 import json
@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from amnet.atomic import temp_path
+from amnet.core.atomic import temp_path
 
-import amnet.fit
-import amnet.publish
-from amnet.model import AMNetConfig
-from amnet.train import train_split
+import amnet.head.fit
+import amnet.head.publish
+from amnet.head.model import AMNetConfig
+from amnet.head.train import train_split
 from test_train import TINY, _one_thread, quick_cfg, run, synthetic  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +33,8 @@ CHILD = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from amnet.model import AMNetConfig
-from amnet.train import TrainConfig, train_split
+from amnet.head.model import AMNetConfig
+from amnet.head.train import TrainConfig, train_split
 a = json.loads(sys.argv[1])
 train_split(a["cache"], a["train"], a["val"], a["test"], a["out"], AMNetConfig(**a["model"]),
             TrainConfig(**a["cfg"]))
@@ -48,14 +48,14 @@ class Interrupted(Exception):
 def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     """Make the next run fail as its `epoch`-th epoch starts (the state of epoch - 1 is saved)."""
     calls = {"n": 0}
-    real = amnet.fit.train_epoch
+    real = amnet.head.fit.train_epoch
 
     def train_epoch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == epoch:
             raise Interrupted(f"stopped at epoch {epoch}")
         return real(*args, **kwargs)
-    monkeypatch.setattr(amnet.fit, "train_epoch", train_epoch)
+    monkeypatch.setattr(amnet.head.fit, "train_epoch", train_epoch)
 
 
 def resume_lines(caplog) -> list[str]:
@@ -142,7 +142,7 @@ def test_a_crash_while_publishing_is_redone(tmp_path, monkeypatch, caplog):
         if Path(dst).name == "history.csv":
             raise OSError("disk gone")
         return real(src, dst)
-    monkeypatch.setattr(amnet.publish.os, "replace", replace)
+    monkeypatch.setattr(amnet.head.publish.os, "replace", replace)
     with pytest.raises(OSError, match="disk gone"):
         run(tmp_path, "o", cache, files)
     monkeypatch.undo()
@@ -210,10 +210,10 @@ def test_state_lives_beside_the_checkpoint_and_nothing_is_left(tmp_path, monkeyp
                  predictions_path=tmp_path / "train" / "1" / "predictions.csv",
                  metrics_path=tmp_path / "train" / "1" / "metrics.json")
     state = tmp_path / "models" / ".train-state" / "1.pt.state"
-    for p in paths.values():  # staged outputs of amnet.publish
+    for p in paths.values():  # staged outputs of amnet.head.publish
         p.parent.mkdir(parents=True, exist_ok=True)
         p.with_name(p.name + ".tmp").write_bytes(b"left by a killed run")
-    state.parent.mkdir(parents=True)  # a state write (amnet.atomic) of a killed process 99999
+    state.parent.mkdir(parents=True)  # a state write (amnet.core.atomic) of a killed process 99999
     stale_state = state.with_name(temp_path(state).name.replace(f"-{os.getpid()}", "-99999"))
     stale_state.write_bytes(b"left by a killed run")
 

@@ -2,7 +2,7 @@
 seeding, resume / merge / info / verify, version-1 files, and training / TTA over them.
 
 Stage one: CPU, `random:0` weights, tiny images at --image-size 64 (grid 4). Stage two: small
-synthetic caches written through amnet.cache's own creator."""
+synthetic caches written through amnet.extract.cache's own creator."""
 from __future__ import annotations
 
 import json
@@ -16,18 +16,18 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from amnet import cache as C
-from amnet.cache import FeatureCache
-from amnet.cache_ops import info, merge, verify
-from amnet.checkpoint import load_checkpoint
+from amnet.extract import cache as C
+from amnet.extract.cache import FeatureCache
+from amnet.extract.cache_ops import info, merge, verify
+from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import cache_cli, main
-from amnet.errors import CacheError
-from amnet.extract import extract
-from amnet.image_loading import ImageRows
-from amnet.images import (list_image_folder, load_views_uint8, random_resized_crop_params,
+from amnet.core.errors import CacheError
+from amnet.extract.run import extract
+from amnet.extract.image_loading import ImageRows
+from amnet.extract.images import (list_image_folder, load_views_uint8, random_resized_crop_params,
                           view_generator, view_pre_size)
-from amnet.model import AMNetConfig
-from amnet.train import TrainConfig, evaluate, train_split
+from amnet.head.model import AMNetConfig
+from amnet.head.train import TrainConfig, evaluate, train_split
 from conftest import extract_killed_after
 from test_extract import _arrays, _cli_subprocess
 
@@ -243,7 +243,7 @@ def one_thread():
 def synthetic_views(tmp_path, n=(128, 40, 40), flip=True):
     """Scores follow channel 0 at one location; each crop view is the plain view plus noise and
     a shift of that value (a crop sees the image differently)."""
-    from amnet.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+    from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 
     rng = np.random.default_rng(0)
     total = sum(n)

@@ -1,4 +1,4 @@
-"""amnet.viz: overlay maths, Fig. 2 layout (one panel per step), contact sheet ordering/pages."""
+"""amnet.predict.viz: overlay maths, Fig. 2 layout (one panel per step), contact sheet ordering/pages."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amnet import viz
+from amnet.predict import viz
 
 
 def _maps(steps: int = 3, grid: int = 4, seed: int = 0) -> np.ndarray:
@@ -75,10 +75,10 @@ def test_attention_figure_colour_bar_and_step_sum_caption():
 
 
 def test_step_sum_caption_is_what_the_head_computes():
-    """The caption's claim, checked on amnet.model: score = sum of the step scores, where the
+    """The caption's claim, checked on amnet.head.model: score = sum of the step scores, where the
     score is the mean of the step outputs de-normalised (not their sum, unlike the paper's word)."""
     import torch
-    from amnet.model import AMNet, AMNetConfig
+    from amnet.head.model import AMNet, AMNetConfig
 
     torch.manual_seed(0)
     cfg = AMNetConfig(grid=4, in_channels=8, feature_dim=8, hidden_dim=8, regressor_dim=4,

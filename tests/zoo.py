@@ -52,7 +52,7 @@ TRAIN = ["--epochs", "1", "--batch-size", "4", "--eval-batch-size", "8", "--feat
 PREDICT = ["--device", "cpu", "--precision", "fp32", "--batch-size", "1"]
 # what `amnet predict` prints besides an error for a head trained on random:* weights
 DEMO_WARNING = r"scores mean nothing for real photos|--model lamem-resnet50"
-# temp files of amnet.atomic (.<stem>.<tag>-<pid><ext>, any tag), older <name>.tmp ones, locks
+# temp files of amnet.core.atomic (.<stem>.<tag>-<pid><ext>, any tag), older <name>.tmp ones, locks
 DEBRIS = re.compile(r"^\..+\.[a-z]+-\d+(\.\w+)*$|\.tmp$|\.lock$|\.lock\.break$")
 
 
@@ -67,9 +67,9 @@ def cli(name: str):
 def shared_trunks() -> Iterator[None]:
     """Load each `random:*` trunk once for every command run in this process (building ResNet50's
     random weights takes seconds; the trunk is frozen, so sharing it changes no result)."""
-    import amnet.backbone
-    import amnet.extract
-    real = amnet.backbone.load_backbone
+    import amnet.extract.backbone
+    import amnet.extract.run
+    real = amnet.extract.backbone.load_backbone
     loaded: dict = {}
 
     def load_backbone(weights, precision="auto", device="cpu"):
@@ -79,11 +79,11 @@ def shared_trunks() -> Iterator[None]:
         if key not in loaded:
             loaded[key] = real(weights, precision, device)
         return loaded[key]
-    amnet.backbone.load_backbone = amnet.extract.load_backbone = load_backbone
+    amnet.extract.backbone.load_backbone = amnet.extract.load_backbone = load_backbone
     try:
         yield
     finally:
-        amnet.backbone.load_backbone = amnet.extract.load_backbone = real
+        amnet.extract.backbone.load_backbone = amnet.extract.load_backbone = real
 
 
 # ---- running a command ------------------------------------------------------------------------
@@ -233,11 +233,11 @@ def build_world(root: Path) -> World:
     """Make the shared inputs under `root` (within `shared_trunks()`)."""
     import torch
 
-    from amnet.checkpoint import backbone_from_attrs, make_checkpoint, save_checkpoint
-    from amnet.extract import extract
-    from amnet.images import list_image_folder
-    from amnet.model import AMNet, AMNetConfig
-    from amnet.cache import FeatureCache
+    from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_checkpoint
+    from amnet.extract.run import extract
+    from amnet.extract.images import list_image_folder
+    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.extract.cache import FeatureCache
 
     root.mkdir(parents=True, exist_ok=True)
     images = root / "images"
@@ -411,7 +411,7 @@ class Outcome:
 
 
 def _judge_line(call: Call, run: Run, ws: Workspace) -> list[str]:
-    # warnings (amnet.caveats: a small test set, ...) are no error lines
+    # warnings (amnet.core.caveats: a small test set, ...) are no error lines
     allow = call.allow + (r"^warning: ",) + (
         (DEMO_WARNING,) if call.args[:1] == ["predict"] else ())
     lines = [ln for ln in run.lines if not any(re.search(a, ln) for a in allow)]

@@ -1,6 +1,6 @@
 """The one way the CLIs report an error the user can fix: an `AmnetError` becomes click's one line
 `Error: <message>` and exit code 1, and so does a full disk (an OSError ENOSPC/EDQUOT that no
-writer's `disk_full_guard` caught, amnet.diskspace); anything else is a bug and keeps its
+writer's `disk_full_guard` caught, amnet.core.diskspace); anything else is a bug and keeps its
 traceback."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Callable
 
 import click
 
-from amnet.diskspace import disk_full_cause, disk_full_error
-from amnet.errors import AmnetError
+from amnet.core.diskspace import disk_full_cause, disk_full_error
+from amnet.core.errors import AmnetError
 
 
 def amnet_errors(func: Callable | None = None, *,

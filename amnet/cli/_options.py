@@ -1,4 +1,4 @@
-"""Click options generated from the settings dataclasses (amnet.settings), so that a default, a
+"""Click options generated from the settings dataclasses (amnet.core.settings), so that a default, a
 help text, the choices or the range of a setting are written once, in its dataclass field.
 
     @options_from(TrainConfig, exclude=("progress",))
@@ -23,11 +23,11 @@ from typing import Any, Callable, Collection, Mapping
 
 import click
 
-from amnet.settings import FieldSpec, field_spec
+from amnet.core.settings import FieldSpec, field_spec
 
 __all__ = ["options_from", "settings_of", "SettingOption", "AutoInt", "WAIT"]
 
-# a writer lock's patience (amnet.lockfile), for the commands that write OUT under one
+# a writer lock's patience (amnet.core.lockfile), for the commands that write OUT under one
 WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True,
                     metavar="SECONDS",
                     help="If another live process writes OUT, wait up to this long for it "

@@ -1,6 +1,6 @@
 """`amnet-cache extract | merge | info | verify | repair`: stage one's feature cache.
 
-extract's settings options come from `ExtractConfig` (amnet.settings; amnet/cli/_options.py):
+extract's settings options come from `ExtractConfig` (amnet.core.settings; amnet/cli/_options.py):
 their defaults, help, choices and ranges are written there only."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import click
 
 from amnet.cli._errors import amnet_errors
 from amnet.cli._options import WAIT, options_from, settings_of
-from amnet.errors import ImageError
-from amnet.settings import ExtractConfig
+from amnet.core.errors import ImageError
+from amnet.core.settings import ExtractConfig
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | str | None:
@@ -47,9 +47,9 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
                   **settings) -> None:
     """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
-    from amnet.config import extract_options
-    from amnet.extract import extract
-    from amnet.images import collect_images, left_out_line
+    from amnet.cli.params import extract_options
+    from amnet.extract.run import extract
+    from amnet.extract.images import collect_images, left_out_line
 
     skipped: list[tuple[str, str]] = []
     items = collect_images(images, images_root, skipped)
@@ -95,7 +95,7 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
 def cache_merge(out, shards, overwrite, allow_partial, wait) -> None:
     """Join complete shard files (same settings, disjoint names) into OUT: all N shards of a
     --shard I/N run (in the single run's order), or other caches (concatenated)."""
-    from amnet.cache_ops import merge
+    from amnet.extract.cache_ops import merge
 
     s = merge(out, shards, overwrite=overwrite, allow_partial=allow_partial, wait=wait)
     held = ""
@@ -113,7 +113,7 @@ def cache_merge(out, shards, overwrite, allow_partial, wait) -> None:
 @amnet_errors
 def cache_info(file, as_json) -> None:
     """Print a cache's provenance (backbone, weights, preprocessing, versions) and counts."""
-    from amnet.cache_ops import info
+    from amnet.extract.cache_ops import info
 
     d = info(file)
     if as_json:
@@ -130,7 +130,7 @@ def cache_info(file, as_json) -> None:
 @amnet_errors
 def cache_verify(file) -> None:
     """Check completeness, shapes, dtypes, NaN/Inf and unique names; exit 1 on any problem."""
-    from amnet.cache_ops import verify
+    from amnet.extract.cache_ops import verify
 
     problems = verify(file, progress=True)
     if problems:
@@ -154,7 +154,7 @@ def cache_repair(src, out, lost, overwrite, wait) -> None:
     a new cache OUT with the same names and settings; IN is left as it is."""
     from pathlib import Path
 
-    from amnet.cache_repair import repair
+    from amnet.extract.cache_repair import repair
 
     if Path(out).resolve() == Path(src).resolve():
         raise click.UsageError("OUT must differ from IN: the damaged file stays until you "

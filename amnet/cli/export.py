@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from amnet.cli._errors import amnet_errors
-from amnet.errors import AmnetError
+from amnet.core.errors import AmnetError
 
 _EXPORT_HELP = """Write the whole model -- frozen backbone plus the head(s), averaged when several
 -- to OUT as one ONNX or TorchScript graph that needs neither amnet nor the checkpoints.
@@ -35,7 +35,7 @@ record, library versions and the checkpoints' sha256 are stored in the file's me
               help="Run the written file on 2 generated images and compare with torch.")
 @amnet_errors
 def export_cmd(out, checkpoints, model_name, fmt, weights, check) -> None:
-    from amnet.export import export_model
+    from amnet.predict.export import export_model
 
     if bool(checkpoints) == (model_name is not None):
         raise click.UsageError("give either --checkpoint FILE (repeatable) or --model NAME")
@@ -46,12 +46,12 @@ def export_cmd(out, checkpoints, model_name, fmt, weights, check) -> None:
 
 
 def _published(name: str) -> list[Path]:
-    """The checkpoints of a published model (amnet.hub, imported only when asked for)."""
+    """The checkpoints of a published model (amnet.predict.hub, imported only when asked for)."""
     try:
-        from amnet.hub import checkpoints_for
+        from amnet.predict.hub import checkpoints_for
     except ModuleNotFoundError as e:
-        if e.name not in ("amnet.hub", "amnet"):
+        if e.name not in ("amnet.predict.hub", "amnet"):
             raise
         raise AmnetError(f"--model {name}: this amnet has no published-model registry "
-                         "(amnet.hub); pass --checkpoint FILE instead") from None
+                         "(amnet.predict.hub); pass --checkpoint FILE instead") from None
     return list(checkpoints_for(name))

@@ -1,4 +1,4 @@
-"""`amnet models list` and `amnet models download NAME`: the authors' published models (amnet.hub)."""
+"""`amnet models list` and `amnet models download NAME`: the authors' published models (amnet.predict.hub)."""
 from __future__ import annotations
 
 import click
@@ -19,7 +19,7 @@ def models_group() -> None:
 @amnet_errors
 def models_list() -> None:
     """The catalogue: name, data set, backbone, splits, size, downloaded?"""
-    from amnet import hub
+    from amnet.predict import hub
 
     rows = [("name", "data set", "backbone", "splits", "size", "downloaded")]
     for e in hub.catalogue():
@@ -48,7 +48,7 @@ def models_download(name, force, trust_pickle) -> None:
 
     Run again to resume an interrupted download or to re-check the zip's sha256.
     """
-    from amnet import hub
+    from amnet.predict import hub
 
     heads = hub.download(name, force=force, trust_pickle=trust_pickle,
                          log=lambda line: click.echo(line, err=True))

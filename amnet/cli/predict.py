@@ -62,7 +62,7 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 @amnet_errors
 def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
                 on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
-    from amnet.images import left_out_line
+    from amnet.extract.images import left_out_line
     from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, nothing_scored,
                                summary_line, write_predictions)
 
@@ -76,7 +76,7 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
         if images:
             items = collect_inputs(images, images_root)
         else:
-            from amnet.cache import FeatureCache
+            from amnet.extract.cache import FeatureCache
             fc = FeatureCache(cache)
             names = list(fc.names)
             fc.close()
@@ -88,7 +88,7 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
     if skipped:
         click.echo(f"warning: {left_out_line('IMAGES', skipped)}", err=True)
     if model_name:
-        from amnet.hub import checkpoints_for
+        from amnet.predict.hub import checkpoints_for
         checkpoints = checkpoints_for(model_name)
     predictor = Predictor.from_checkpoint(list(checkpoints), device, weights=weights,
                                           backbone=cache is None, batch_size=batch_size,

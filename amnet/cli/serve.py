@@ -1,4 +1,4 @@
-"""`amnet serve`: the local web demo (amnet/serve.py) on a Predictor from checkpoints or a
+"""`amnet serve`: the local web demo (amnet/predict/serve.py) on a Predictor from checkpoints or a
 published model's name."""
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def serve_cmd(model_name, checkpoints, port, host, device, batch_size, precision
     if bool(model_name) == bool(checkpoints):
         raise click.UsageError("give --model NAME (`amnet models list`) or --checkpoint FILE "
                                "(repeatable), not both")
-    from amnet.predictor import Predictor
-    from amnet.serve import describe_model, serve
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.serve import describe_model, serve
 
-    if model_name:  # downloaded and converted on first use (amnet.hub)
+    if model_name:  # downloaded and converted on first use (amnet.predict.hub)
         predictor = Predictor.from_pretrained(model_name, device, batch_size=batch_size,
                                               precision=precision)
     else:

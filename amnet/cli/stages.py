@@ -2,12 +2,12 @@
 
 One path per operation: each stage parses its arguments once, here, with the options the CLI
 verbs share (`--cache` of `amnet train`, `--wait`), reads its settings from the params file
-(amnet/config.py), and calls what the CLI verb calls:
+(amnet/cli/params.py), and calls what the CLI verb calls:
 
-  prepare   amnet.datasets.prepare_dataset
-  extract   amnet.extract.extract, as `amnet-cache extract` (into a partial file renamed when done)
+  prepare   amnet.data.prepare_dataset
+  extract   amnet.extract.run.extract, as `amnet-cache extract` (into a partial file renamed when done)
   train@k   `run_train` of `amnet train` (amnet/cli/train.py): the same log and progress
-  evaluate  amnet.gather / amnet.metrics (the report), the figures as `amnet predict` draws them
+  evaluate  amnet.head.gather / amnet.core.metrics (the report), the figures as `amnet predict` draws them
 
 An error the user can fix is one line led by the stage's name (`train@1: ...`), exit 1; the
 paths come from dvc.yaml only (tests/test_config.py checks that no script builds one).
@@ -73,8 +73,8 @@ def stage_errors(stage: str) -> Callable:
 @stage_errors("prepare")
 def prepare_stage(out: Path, params: Path) -> None:
     """DVC stage `prepare`: convert the data set named in the params' `data` to OUT."""
-    from amnet.config import load_params, prepare_options
-    from amnet.datasets import image_names, prepare_dataset
+    from amnet.cli.params import load_params, prepare_options
+    from amnet.data import image_names, prepare_dataset
 
     p = load_params(params)
     data = p.data
@@ -96,13 +96,13 @@ def extract_stage(data: Path, out: Path, params: Path, wait: float) -> None:
     """DVC stage `extract`: features of every image in DATA/images.txt into OUT."""
     import os
 
-    from amnet.cache_repair import repair
-    from amnet.config import extract_options, load_params
-    from amnet.datasets import images_root
-    from amnet.datasets.splits import read_name_list
-    from amnet.errors import CacheError, DamagedCacheError
-    from amnet.extract import extract
-    from amnet.lockfile import hold
+    from amnet.extract.cache_repair import repair
+    from amnet.cli.params import extract_options, load_params
+    from amnet.data import images_root
+    from amnet.data.splits import read_name_list
+    from amnet.core.errors import CacheError, DamagedCacheError
+    from amnet.extract.run import extract
+    from amnet.core.lockfile import hold
 
     partial = out.with_name(f"{out.stem}.partial{out.suffix}")
     options = extract_options(load_params(params).extract)
@@ -156,8 +156,8 @@ def train_stage(split: int, data: Path, cache: Path, model: Path, history: Path,
                 predictions: Path, metrics: Path, params: Path, wait: float) -> None:
     """DVC stage `train@<k>`: train the head on split SPLIT, as `amnet train` does."""
     from amnet.cli.train import run_train
-    from amnet.config import load_params
-    from amnet.datasets.splits import split_path
+    from amnet.cli.params import load_params
+    from amnet.data.splits import split_path
 
     p = load_params(params)
     m = run_train(cache, split_path(data, "train", split), split_path(data, "val", split),
@@ -187,10 +187,10 @@ def evaluate_stage(data: Path, cache: Path, models: Path, runs: Path, splits_dir
     import json
     import shutil
 
-    from amnet.caveats import small_test
-    from amnet.config import load_params
-    from amnet.datasets import load_prepare_info
-    from amnet.gather import gather_runs, summary_of
+    from amnet.core.caveats import small_test
+    from amnet.cli.params import load_params
+    from amnet.data import load_prepare_info
+    from amnet.head.gather import gather_runs, summary_of
 
     p = load_params(params)
     dataset, splits = p.data.dataset, list(p.data.splits)
@@ -219,10 +219,10 @@ def evaluate_stage(data: Path, cache: Path, models: Path, runs: Path, splits_dir
 def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
                            count: int, out_dir: Path) -> None:
     """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
-    from amnet import viz
-    from amnet.cache import FeatureCache
-    from amnet.datasets import images_root
-    from amnet.datasets.splits import read_split, split_path
+    from amnet.predict import viz
+    from amnet.extract.cache import FeatureCache
+    from amnet.data import images_root
+    from amnet.data.splits import read_split, split_path
     from amnet.predict import InputItem, Predictor, figure_path, predict_cached
 
     test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]

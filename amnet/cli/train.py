@@ -1,7 +1,7 @@
 """`amnet train` and `amnet evaluate`: stage two over a feature cache.
 
 Their settings' options come from the dataclasses (amnet/cli/_options.py): every default, help,
-choice and range is the one of `TrainConfig` / `AMNetConfig` (amnet.settings)."""
+choice and range is the one of `TrainConfig` / `AMNetConfig` (amnet.core.settings)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ import click
 
 from amnet.cli._errors import amnet_errors
 from amnet.cli._options import WAIT, options_from, settings_of
-from amnet.settings import AMNetConfig, TrainConfig
+from amnet.core.settings import AMNetConfig, TrainConfig
 
 
 def _stage2_logging(quiet: bool) -> None:
@@ -27,7 +27,7 @@ def run_train(cache, train_file, val_file, test_file, out, model_config: AMNetCo
     and the run's ETA; the bar within an epoch on a terminal; only warnings with `quiet`), then
     `amnet.train.train_split` (`paths`: its checkpoint_path, history_path, ... keywords)."""
     _stage2_logging(quiet)
-    from amnet.train import train_split
+    from amnet.head.train import train_split
 
     return train_split(cache, train_file, val_file, test_file, out, model_config, cfg, wait=wait,
                        **paths)
@@ -84,7 +84,7 @@ def evaluate_cmd(checkpoint, cache, split_file, out, **settings) -> None:
     import json
 
     _stage2_logging(True)
-    from amnet.train import evaluate
+    from amnet.head.train import evaluate
 
     tc = TrainConfig(**settings_of(TrainConfig, settings))
     m, _ = evaluate(checkpoint, cache, split_file, device=tc.device, batch_size=tc.eval_batch_size,

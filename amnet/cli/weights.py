@@ -27,7 +27,7 @@ def import_weights_cmd(src, outdir, lstm_steps, attention, target_mean, target_s
     Extract features with `amnet-cache extract --weights file:OUTDIR/backbone.pt`, then use
     head.pt with `amnet evaluate` / `amnet predict`.
     """
-    from amnet.published import import_weights
+    from amnet.predict.released_weights import import_weights
 
     rec = import_weights(src, outdir, lstm_steps=lstm_steps, use_attention=attention,
                          target_mean=target_mean, target_scale=target_scale,

@@ -1,0 +1,466 @@
+"""The HDF5 feature cache: schema, settings, creation for the writer, and the lazy reader.
+
+Schema (docs/cache-format.md, format version 2): `features` float16 `[N, C, h, w]` (one chunk
+per image, uncompressed, all chunks allocated at creation), optional `features_flip` (same),
+optional `views` / `views_flip` float16 `[N, K, C, h, w]` (K seeded random-resized-crop views per
+image, one chunk per view), `names` utf-8 `[N]`, `done` bool `[N]`, group `failed` with
+`names`/`reasons` of skipped images, and attributes recording how the features were made
+(SETTINGS decide whether two files are compatible). Version-1 files (no views) read as K = 0.
+
+Crash safety: all chunks are allocated when the file is created, so the writer only overwrites
+raw data in place afterwards and the HDF5 metadata never changes mid-run; `done[i]` is set only
+after image i's features were written. A process killed at any point leaves a readable file whose
+`done` rows are all valid (with every view: `done[i]` follows the last of row i's datasets).
+
+Layout: `names`, `done` and `failed` are created (and allocated) before the feature datasets, so
+they sit at the front of the file and a truncated copy keeps them: `amnet-cache repair`
+(amnet.extract.cache_repair) salvages every row whose chunks survived. Files made before this order
+keep `names`/`done` at the end, where a truncation loses them.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from amnet.core.errors import CacheError, DamagedCacheError
+from amnet.core.provenance import BackboneRecord, versions
+from amnet.data.views import view_transform_description
+
+FORMAT = "amnet-feature-cache"
+FORMAT_VERSION = 2  # 1: no views; 2: optional `views`/`views_flip` and their attributes
+# attributes that must match for two files (or a file and a command) to be compatible
+SETTINGS = ("backbone", "layer", "weights_sha256", "image_size", "mean", "std", "flip",
+            "precision", "channels", "grid", "views", "view_seed")
+# what a file without the attribute (format version 1) means
+_SETTING_DEFAULTS = {"views": 0, "view_seed": 0}
+
+
+def settings_attrs(spec, image_size: int, flip: bool, channels: int,
+                   grid: tuple[int, int], views: int = 0, view_seed: int = 0) -> dict[str, Any]:
+    """The attributes describing features made with backbone `spec` (an
+    `amnet.extract.backbone.BackboneSpec`, or a `BackboneRecord`) at `image_size`, with `views` seeded
+    crop views per image (0: the plain view only)."""
+    record = spec if isinstance(spec, BackboneRecord) else BackboneRecord.from_spec(spec)
+    record = replace(record, image_size=int(image_size))
+    extra: dict[str, Any] = {"views": int(views), "view_seed": int(view_seed)}
+    if views:
+        extra["view_transform"] = view_transform_description(image_size)
+    v = versions()
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, **record.to_attrs(),
+        "flip": bool(flip), "dtype": "float16", "channels": int(channels),
+        "grid": np.asarray(grid, dtype=np.int64), "resize": "squash, PIL bilinear (antialiased)",
+        "torch_version": v["torch"], "torchvision_version": v["torchvision"],
+        "amnet_version": v["amnet"], **extra,
+    }
+
+
+def _stats_attr(v) -> Any:
+    return "none" if v is None else np.asarray(v, dtype=np.float64)
+
+
+def _plain(v: Any) -> Any:
+    """An h5py attribute value as plain Python (str, bool, int, float, list, None for 'none')."""
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v == "none":
+        return None
+    return v
+
+
+def read_attrs(f: h5py.File) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        if a is None or b is None or np.shape(a) != np.shape(b):
+            return False
+        return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0, atol=1e-9))
+    return a == b
+
+
+def settings_differences(have: dict, want: dict) -> list[str]:
+    """Human-readable differences between two attribute dicts over SETTINGS."""
+    diffs = []
+    views = [int(_plain(d.get("views")) or 0) for d in (have, want)]
+    for key in SETTINGS:
+        a, b = (_plain(d.get(key, _SETTING_DEFAULTS.get(key))) for d in (have, want))
+        if key == "view_seed" and not any(views):
+            continue  # no views: the seed is irrelevant
+        if _same(a, b):
+            continue
+        if key == "weights_sha256":
+            diffs.append(f"weights {have.get('weights_id')} (sha256 {str(a)[:12]}) vs "
+                         f"{want.get('weights_id')} (sha256 {str(b)[:12]})")
+        else:
+            diffs.append(f"{key} {a} vs {b}")
+    return diffs
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def feature_datasets(n: int, c: int, grid: tuple[int, int], flip: bool, views: int
+                     ) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(name, shape, chunks) of every float16 dataset of a cache: `features` [N, C, h, w],
+    `features_flip` (flip), `views` [N, K, C, h, w] (views > 0), `views_flip` (both)."""
+    h, w = grid
+    out = [("features", (n, c, h, w), (1, c, h, w))]
+    if flip:
+        out.append(("features_flip", (n, c, h, w), (1, c, h, w)))
+    if views:
+        out.append(("views", (n, views, c, h, w), (1, 1, c, h, w)))
+        if flip:
+            out.append(("views_flip", (n, views, c, h, w), (1, 1, c, h, w)))
+    return out
+
+
+def row_bytes(attrs: dict[str, Any]) -> int:
+    """Bytes one image takes over every feature dataset of a cache with these attributes
+    (float16; its flip and crop views included): what a row still to write needs on disk."""
+    grid = tuple(int(g) for g in (_plain(attrs.get("grid")) or (0, 0)))
+    layout = feature_datasets(1, int(_plain(attrs.get("channels")) or 0), grid,
+                              bool(_plain(attrs.get("flip"))), int(_plain(attrs.get("views")) or 0))
+    return sum(2 * int(np.prod(shape)) for _, shape, _ in layout)
+
+
+def _early() -> h5py.h5p.PropDCID:
+    """Dataset creation properties allocating all storage when the dataset is created."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
+def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File:
+    """Create an empty cache for `names` (open for writing; the caller closes it)."""
+    n, c, (h, w) = len(names), int(attrs["channels"]), [int(x) for x in attrs["grid"]]
+    f = h5py.File(path, "w", rdcc_nbytes=0)  # no chunk cache: a write goes straight to the file
+    try:
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else value  # TorchVersion -> str
+        f.attrs["created"] = now()
+        f.attrs["complete"] = False
+        # attributes the writer sets later exist from the start: rewriting one reuses its space
+        # in the root's header, where a new one would add a block at the end of the file (lost
+        # with the rest of the root when a copy is truncated)
+        for key, placeholder in (("updated", f.attrs["created"]), ("device", "")):
+            if key not in attrs:
+                f.attrs[key] = placeholder
+        # names, done and failed first: at the front of the file, a truncated copy keeps them
+        f.create_dataset("names", data=np.array(list(names), dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False, dcpl=_early())
+        g = f.create_group("failed")
+        for name in ("names", "reasons"):
+            g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,),
+                             dtype=h5py.string_dtype("utf-8"))
+        k = int(attrs.get("views", 0) or 0)
+        for name, shape, chunks in feature_datasets(n, c, (h, w), bool(attrs["flip"]), k):
+            # metadata final from here on (all chunks allocated), and no fill: sparse until written
+            f.create_dataset(name, shape=shape, dtype=np.float16, chunks=chunks,
+                             dcpl=_early(), fill_time="never")
+        f.flush()
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def row_runs(idx: Sequence[int]):
+    """Consecutive runs of sorted row indices -> (start, stop, offset into idx)."""
+    k = 0
+    while k < len(idx):
+        j = k
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        yield idx[k], idx[j] + 1, k
+        k = j + 1
+
+
+def write_rows(ds: h5py.Dataset, idx: Sequence[int], arr: np.ndarray) -> None:
+    """`ds[idx[k]] = arr[k]` for sorted row indices `idx`, one slice write per consecutive run."""
+    for start, stop, k in row_runs(idx):
+        ds[start:stop] = arr[k:k + stop - start]
+
+
+_FP16_EXPONENT = 0x7C00  # float16: all exponent bits set = Inf or NaN
+
+
+def finite_rows(x: torch.Tensor | np.ndarray, block: int = 64) -> np.ndarray:
+    """bool `[N]`: whether row n of `x` (`[N, ...]`, e.g. float16 features `[N, C, h, w]` or
+    views `[N, K, C, h, w]`) holds only finite values. Vectorised, `block` rows at a time (the
+    temporaries stay ~25 MB); float16 on the CPU by its exponent bits (bench/nonfinite.py)."""
+    n = int(x.shape[0])
+    out = np.ones(n, dtype=bool)
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        for s in range(0, n, block):
+            out[s:s + block] = torch.isfinite(x[s:s + block].flatten(1)).all(1).cpu().numpy()
+        return out
+    a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = a.reshape(n, -1)
+    for s in range(0, n, block):
+        part = a[s:s + block]
+        if part.dtype == np.float16:
+            out[s:s + block] = (part.view(np.uint16) & _FP16_EXPONENT).max(axis=1) != _FP16_EXPONENT
+        else:
+            out[s:s + block] = np.isfinite(part).all(axis=1)
+    return out
+
+
+def read_failed(f: h5py.File) -> dict[str, str]:
+    if "failed" not in f:
+        return {}
+    g = f["failed"]
+    return dict(zip(g["names"].asstr()[:].tolist(), g["reasons"].asstr()[:].tolist()))
+
+
+def append_failed(f: h5py.File, items: Sequence[tuple[str, str]]) -> None:
+    g = f["failed"]
+    n = g["names"].shape[0]
+    for key, col in (("names", 0), ("reasons", 1)):
+        g[key].resize((n + len(items),))
+        g[key][n:] = np.array([it[col] for it in items], dtype=object)
+
+
+def clear_failed(f: h5py.File) -> int:
+    """Forget every recorded failure (`--retry-failed`: those images are extracted again);
+    returns how many there were. Both datasets shrink to 0, so a kill in between leaves no
+    name paired with another's reason."""
+    if "failed" not in f:
+        return 0
+    g = f["failed"]
+    n = int(g["names"].shape[0])
+    for key in ("names", "reasons"):
+        g[key].resize((0,))
+    f.flush()
+    return n
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
+
+
+def open_error(path: str | os.PathLike, e: OSError) -> CacheError:
+    """The one-line CacheError for HDF5's error opening `path`: in use by another process (a
+    lock), truncated, not HDF5 at all, or otherwise damaged (DamagedCacheError for the last
+    three). HDF5's "truncated file" message names `sblock`, which holds "lock": a lock is told by
+    its errno (EAGAIN) or HDF5's "unable to lock file", never by the word alone."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    low = msg.lower()
+    if (isinstance(e, BlockingIOError) or e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+            or "unable to lock file" in low):
+        return CacheError(f"{path}: in use by another process (an extraction still running?); "
+                          f"wait for it or stop it ({msg})")
+    repair = f"salvage its complete rows with `amnet-cache repair {path} FIXED.h5`"
+    m = _TRUNCATED.search(msg)
+    if m:
+        have, want = int(m.group(1)), int(m.group(2))
+        return DamagedCacheError(f"{path}: truncated: {have:,} of {want:,} bytes (an interrupted "
+                                 f"copy or download, or a full disk?); {repair}, or extract it "
+                                 "again")
+    if "signature not found" in low:
+        return DamagedCacheError(f"{path}: not an HDF5 file (no HDF5 signature; damaged, or "
+                                 "another kind of file); extract it again")
+    return DamagedCacheError(f"{path}: damaged HDF5 file ({msg}); {repair}, or extract it again")
+
+
+def open_h5(path: str | os.PathLike, mode: str = "r", **kwargs) -> h5py.File:
+    """`h5py.File(path, mode)`, its errors turned into one CacheError line (`open_error`)."""
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise CacheError(f"{path}: feature cache not found") from None
+    except OSError as e:
+        raise open_error(path, e) from None
+
+
+def open_existing(path: Path, mode: str = "r") -> h5py.File:
+    """Open a cache file, turning HDF5's errors into one CacheError line."""
+    f = open_h5(path, mode, **({"rdcc_nbytes": 0} if mode != "r" else {}))
+    if f.attrs.get("format") not in (FORMAT, FORMAT.encode()) or "features" not in f:
+        f.close()
+        raise CacheError(f"{path}: not an amnet feature cache (no '{FORMAT}' format attribute)")
+    version = int(f.attrs.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        f.close()
+        raise CacheError(f"{path}: feature cache format version {version} is newer than this amnet "
+                         f"reads (up to {FORMAT_VERSION}); upgrade amnet")
+    return f
+
+
+class FeatureCache:
+    """Read-only access to a feature cache, by image name or index.
+
+    h5py handles do not survive fork: the file is opened lazily and re-opened whenever the
+    process id changes, so one instance can be handed to DataLoader workers (fork or spawn).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open_existing(self.path) as f:
+            try:
+                self.attrs: dict[str, Any] = read_attrs(f)
+                self.names: list[str] = f["names"].asstr()[:].tolist()
+                self._done = f["done"][:].astype(bool)
+                self.has_flip: bool = "features_flip" in f
+                # crop views per image besides the plain one (0 for version-1 files)
+                self.views: int = int(f["views"].shape[1]) if "views" in f else 0
+                shape = f["features"].shape
+                self.failed: dict[str, str] = read_failed(f)
+            except (OSError, KeyError, ValueError, RuntimeError) as e:  # HDF5 raises any of these
+                raise DamagedCacheError(
+                    f"{self.path}: damaged feature cache (reading its names and flags: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); salvage its "
+                    f"complete rows with `amnet-cache repair {self.path} FIXED.h5`") from None
+        self.channels: int = int(shape[1])
+        self.grid: tuple[int, int] = (int(shape[2]), int(shape[3]))
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    # pickling (spawned DataLoader workers): never ship the handle
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, None
+        return state
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = open_h5(self.path, "r")  # the parent's handle (if any) stays untouched
+            self._pid = os.getpid()
+        return self._file
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        i = self._index.get(name)  # type: ignore[arg-type]
+        return i is not None and bool(self._done[i])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def backbone(self) -> BackboneRecord:
+        """The backbone these features come from (from the attributes; old files included)."""
+        return BackboneRecord.from_attrs(self.attrs)
+
+    def index(self, name: str) -> int:
+        """Row of `name`; CacheError when the cache lacks it or holds no features for it."""
+        i = self._index.get(name)
+        if i is None:
+            raise CacheError(f"{self.path}: no image {name!r} in this cache ({len(self)} names); "
+                             "extract it first")
+        if not self._done[i]:
+            why = self.failed.get(name, "not extracted yet (unfinished cache)")
+            raise CacheError(f"{self.path}: image {name!r} has no features: {why}")
+        return i
+
+    def _row(self, key: int | str) -> int:
+        if isinstance(key, str):
+            return self.index(key)
+        i = int(key)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a cache of {len(self)} images")
+        i %= len(self)
+        if not self._done[i]:
+            return self.index(self.names[i])  # raises with the reason
+        return i
+
+    def _dataset(self, flip: bool, view: int) -> h5py.Dataset:
+        """The dataset holding view `view` (0 = plain, 1..K = crops), flipped or not."""
+        if flip and not self.has_flip:
+            raise CacheError(f"{self.path}: no flipped features; re-extract with --flip")
+        if not 0 <= view <= self.views:
+            raise CacheError(f"{self.path}: no view {view}: this cache holds "
+                             + (f"views 0 (plain) to {self.views} (crops)" if self.views else
+                                "only the plain view 0; re-extract with --views K"))
+        if view == 0:
+            return self._h5()["features_flip" if flip else "features"]
+        return self._h5()["views_flip" if flip else "views"]
+
+    def get(self, key: int | str, flip: bool = False, view: int = 0) -> torch.Tensor:
+        """Features of one image: `[C, h, w]` float16 (`[1024, 14, 14]` at 224). `view` 0 is
+        the plain (test-transform) view, 1..`views` the stored crops; `flip` its mirror image."""
+        ds = self._dataset(flip, view)
+        row = self._row(key)
+        try:
+            return torch.from_numpy(ds[row] if view == 0 else ds[row, view - 1])
+        except (OSError, RuntimeError) as e:
+            raise self._damaged(self.names[row], e) from None
+
+    def __getitem__(self, key: int | str) -> torch.Tensor:
+        return self.get(key)
+
+    def load(self, names: Sequence[str], flip: bool = False, view: int = 0) -> torch.Tensor:
+        """Features of `names` in the given order: `[N, C, h, w]` float16 (view and flip as in
+        `get`)."""
+        rows = [self.index(n) for n in names]
+        ds = self._dataset(flip, view)
+        out = np.empty((len(rows), self.channels, *self.grid), dtype=np.float16)
+        order = np.argsort(rows, kind="stable")  # ascending file order reads faster
+        for k in order:
+            src = np.s_[rows[k]] if view == 0 else np.s_[rows[k], view - 1]
+            try:
+                ds.read_direct(out, source_sel=src, dest_sel=np.s_[k])
+            except (OSError, RuntimeError) as e:
+                raise self._damaged(names[k], e) from None
+        return torch.from_numpy(out)
+
+    def _damaged(self, name: str, e: Exception) -> DamagedCacheError:
+        """A row that does not read back (a damaged chunk index or header)."""
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return DamagedCacheError(f"{self.path}: damaged: the features of {name!r} do not read "
+                                 f"back ({msg}); salvage its complete rows with `amnet-cache "
+                                 f"repair {self.path} FIXED.h5`")
+
+    def nonfinite(self, names: Sequence[str], flip: bool = False, views: int = 0,
+                  block: int = 64) -> list[str]:
+        """Those of `names` whose features hold NaN or Inf: the plain view, its flip (`flip`)
+        and crop views 1..`views` (and their flips), read from the file `block` rows at a time
+        in file order -- one pass, for data that is not held in memory."""
+        bad: set[str] = set()
+        order = sorted(names, key=self.index)
+        for start in range(0, len(order), block):
+            part = order[start:start + block]
+            for f in (False, True) if flip else (False,):
+                for v in range(views + 1):
+                    ok = finite_rows(self.load(part, flip=f, view=v))
+                    bad.update(n for n, good in zip(part, ok) if not good)
+        return [n for n in names if n in bad]
+
+    def missing(self, names: Sequence[str]) -> list[str]:
+        """Names without features in this cache (absent, failed or not yet extracted)."""
+        return [n for n in names if n not in self]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"FeatureCache({str(self.path)!r}, {len(self)} images, "
+                f"{self.attrs.get('weights_id')}, {self.channels}x{self.grid[0]}x{self.grid[1]}, "
+                f"{self.views} views)")
+
