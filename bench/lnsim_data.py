@@ -154,7 +154,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     if path.exists():
         # read-only check first: a complete cache is used without loading the backbone, and
         # without the writer's r+ open, which HDF5's locking refuses while another run reads it
-        from amnet.extract.cache import FeatureCache
+        from amnet.extract.feature_cache import FeatureCache
         with FeatureCache(path) as c:
             ready = (c.complete and c.has_flip and c.names == names and cache_views(c) == views
                      and c.attrs.get("weights_id") == backbone
@@ -189,8 +189,8 @@ def pooled(work: Path, backbone: str, names: list[str],
     """(name -> row, [N, C] average-pooled features, seconds to pool), saved next to the cache."""
     import numpy as np
 
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.predict.baselines import pooled_features
-    from amnet.extract.cache import FeatureCache
 
     npy = work / "cache" / f"{backbone}.gap.npy"
     meta = npy.with_suffix(".json")

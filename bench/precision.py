@@ -37,7 +37,7 @@ TOLERANCE = 1e-2
 def stage_one(items, weights: str, size: int, batch: int, workers: int, device, tmp: Path) -> list[dict]:
     """extract() with each trunk precision: img/s and relative error against the fp32 run."""
     from amnet.extract.backbone import features, load_backbone
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.extract.run import extract
 
     rows, ref = [], None
@@ -63,9 +63,9 @@ def stage_two(n: int, epochs: int, head: dict, batch: int, device, tmp: Path) ->
     """train_split() on random features, head in fp32 and bf16: train / eval samples/s."""
     import h5py
 
+    from amnet.core.settings import AMNetConfig, TrainConfig
     from amnet.extract.cache import FORMAT
-    from amnet.head.model import AMNetConfig
-    from amnet.head.train import TrainConfig, train_split
+    from amnet.head.train import train_split
 
     names = [f"img{i:05d}.jpg" for i in range(n)]
     gen = torch.Generator().manual_seed(0)
@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from amnet.core.device import (cpu_label, resolve_device, resolve_head_precision,
-                              resolve_trunk_precision)
+                                   resolve_trunk_precision)
     from amnet.extract.images import list_image_folder
 
     device = resolve_device(args.device)

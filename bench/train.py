@@ -42,8 +42,10 @@ import torch
 
 from amnet.core.atomic import atomic_write_text
 from amnet.core.device import cpu_label, resolve_device, resolve_head_precision
-from amnet.head.model import AMNet, AMNetConfig, amnet_loss, count_parameters
-from amnet.head.train import TrainConfig, evaluate, train_split
+from amnet.core.settings import AMNetConfig, TrainConfig
+from amnet.head.evaluation import evaluate
+from amnet.head.model import AMNet, amnet_loss, count_parameters
+from amnet.head.train import train_split
 
 LAMEM_TRAIN = 45_000
 N_VAL = 8   # validation images per epoch in the train rows (kept tiny: the epoch is ~all training)

@@ -19,13 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from amnet.core.caveats import small_test
 from amnet.cli.params import load_params
-from amnet.data import images_root, load_prepare_info
-from amnet.data.splits import read_split, split_path
+from amnet.core.caveats import small_test
 from amnet.core.errors import AmnetError
-from amnet.head.gather import gather_runs
 from amnet.core.metrics import summarize
+from amnet.data import images_root, load_prepare_info
+from amnet.data.listfiles import read_split, split_path
+from amnet.head.gather import gather_runs
 
 
 def main() -> None:
@@ -80,9 +80,11 @@ def evaluate(args: argparse.Namespace, params) -> None:
 def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
                            count: int, out_dir: Path) -> None:
     """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.predict import viz
-    from amnet.extract.cache import FeatureCache
-    from amnet.predict import InputItem, Predictor, figure_path, predict_cached
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.report import figure_path
+    from amnet.predict.scoring import InputItem, predict_cached
 
     test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]
     images = images_root(dataset_dir)

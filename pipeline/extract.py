@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 from amnet.cli.params import extract_options, load_params
-from amnet.data import images_root
-from amnet.data.splits import read_name_list
-from amnet.extract.cache_repair import repair
 from amnet.core.errors import AmnetError, CacheError, DamagedCacheError
-from amnet.extract.run import extract
 from amnet.core.lockfile import hold
+from amnet.data import images_root
+from amnet.data.listfiles import read_name_list
+from amnet.extract.cache_repair import repair
+from amnet.extract.run import extract
 
 
 def main() -> None:

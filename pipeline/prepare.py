@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from amnet.cli.params import load_params, prepare_options
-from amnet.data import image_names, prepare_dataset
 from amnet.core.errors import AmnetError
+from amnet.data import image_names, prepare_dataset
 
 
 def main() -> None:

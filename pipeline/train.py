@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from amnet.cli.params import load_params
-from amnet.data.splits import split_path
 from amnet.core.errors import AmnetError
+from amnet.data.listfiles import split_path
 from amnet.head.train import train_split
 
 

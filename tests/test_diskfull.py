@@ -25,11 +25,11 @@ from click.testing import CliRunner
 import amnet.core.diskspace
 import amnet.extract.run
 import amnet.head.train_state
-from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
-from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli, main
 from amnet.cli._errors import amnet_errors
+from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
 from amnet.core.diskspace import disk_full_cause, human_bytes
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.images import list_image_folder
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of

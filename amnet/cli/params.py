@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from amnet.core.errors import AmnetError, ParamsError
-from amnet.core.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig, TrainConfig,
-                            setting_names, validate)
+from amnet.core.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig,
+                                 TrainConfig, setting_names, validate)
 
 __all__ = ["Params", "load_params", "SECTIONS", "extract_options", "prepare_options"]
 
