@@ -15,7 +15,7 @@ from PIL import Image
 @pytest.fixture(autouse=True)
 def _restore_log_levels():
     """Put the root's and every amnet logger's level back after each test: code run in-process
-    (bench/lnsim.py's main sets amnet.head.train to INFO, the train CLI sets the root's level) would
+    (bench/lnsim.py's main sets the amnet.train logger to INFO, the train CLI sets the root's level) would
     otherwise change what later tests' commands print."""
     import logging
 
