@@ -45,10 +45,10 @@ from bench import record  # noqa: E402
 
 def random_checkpoint(weights: str, folder: Path) -> Path:
     """A paper-size head (random init, seed 0) recorded on `weights` at 224, via the writer."""
+    from amnet.core.provenance import BackboneRecord
     from amnet.extract.backbone import load_backbone
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.head.model import AMNet
-    from amnet.core.provenance import BackboneRecord
 
     _, spec = load_backbone(weights, "fp32")
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def main() -> None:
 
     from amnet.core.device import available_cores
     from amnet.predict.export import (export_model, image_model, load_predictor, load_torchscript,
-                              onnx_session)
+                                      onnx_session)
     from amnet.predict.predictor import Predictor
 
     threads = args.threads or available_cores()

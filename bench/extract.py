@@ -1,6 +1,6 @@
 """Benchmark stage one: `amnet-cache extract`'s path against a naive loop, in the same run.
 
-Real path: `amnet.extract.extract` (DataLoader decoding, uint8 to the device, BN folded,
+Real path: `amnet.extract.run.extract` (DataLoader decoding, uint8 to the device, BN folded,
 channels-last, bf16 where the precision policy says, float16 HDF5 rows). Naive loop: per-image
 PIL decode + torchvision transform in the main process, the plain torchvision trunk in fp32,
 batch 32, features kept in memory (no file: flattering the naive side).
@@ -38,7 +38,8 @@ TARGET = {"cpu": 35, "cuda": 2500}
 
 def naive(items, weights: str, size: int, device: torch.device, batch: int = 32):
     """Per-image PIL decode, fp32 torchvision trunk, batch 32, no workers. -> ([N,C,h,w], s)."""
-    from amnet.extract.backbone import image_transform, load_network, open_image_rgb
+    from amnet.extract.backbone import image_transform, load_network
+    from amnet.extract.images import open_image_rgb
     net, _, mean, std = load_network(weights)
     trunk = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
                                 net.layer2, net.layer3).to(device).eval()
@@ -58,7 +59,7 @@ def naive(items, weights: str, size: int, device: torch.device, batch: int = 32)
 def real(items, weights: str, size: int, device: torch.device, batch: int, workers: int,
          precision: str, tmp: Path):
     from amnet.extract.backbone import features, load_backbone
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.extract.run import extract
     trunk, spec = load_backbone(weights, precision, device)  # loaded once, outside the timing
     features(trunk, torch.zeros(batch, 3, size, size), device)  # warm-up, not timed
@@ -95,8 +96,8 @@ def main() -> None:
         return
 
     from amnet.core.device import resolve_device
-    from amnet.extract.run import auto_workers
     from amnet.extract.images import list_image_folder
+    from amnet.extract.run import auto_workers
     if not args.images.is_dir():
         sys.exit(f"{args.images}: no such folder (LNSIM lives in ../shared/data)")
     items = list_image_folder(args.images)[: args.n]

@@ -176,7 +176,7 @@ def recipe(base: str, overrides: dict[str, Any], tuned: dict | None,
 
 def train_config(args, **settings):
     """The one place a TrainConfig is built from the command line (then the recipe's settings)."""
-    from amnet.head.train import TrainConfig
+    from amnet.core.settings import TrainConfig
 
     cli = dict(device=args.device, precision=args.precision)
     return TrainConfig(**cli, workers=0, progress=False, **settings)
@@ -184,9 +184,7 @@ def train_config(args, **settings):
 
 def amnet_configs(settings: dict[str, Any], args, train_mean: float):
     """(AMNetConfig, TrainConfig) for flat settings; target_mean=train resolved."""
-    from amnet.head.model import AMNetConfig
-    from amnet.core.settings import TRAIN_MEAN
-    from amnet.head.train import TrainConfig
+    from amnet.core.settings import AMNetConfig, TRAIN_MEAN, TrainConfig
 
     m_keys = {f.name for f in fields(AMNetConfig)}
     t_keys = {f.name for f in fields(TrainConfig)} - set(CLI_OWNED)
@@ -210,8 +208,8 @@ def amnet_configs(settings: dict[str, Any], args, train_mean: float):
 # one split of one row
 
 def run_mean(work: Path, k: int) -> dict:
-    from amnet.predict.baselines import TrainingMean
     from amnet.core.metrics import mse
+    from amnet.predict.baselines import TrainingMean
 
     t0 = time.perf_counter()
     _, ytr = read_part(work, "train", k)
@@ -226,8 +224,8 @@ def run_mean(work: Path, k: int) -> dict:
 def run_ridge(work: Path, k: int, feats, channels: slice = slice(None)) -> dict:
     import numpy as np
 
-    from amnet.predict.baselines import RidgeProbe
     from amnet.core.metrics import mse, spearman
+    from amnet.predict.baselines import RidgeProbe
 
     index, x, _ = feats
     x = x[:, channels]
@@ -301,7 +299,7 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
 
     test=False (the sweep) never reads the test half: the result holds validation numbers only.
     """
-    from amnet.data.splits import split_path
+    from amnet.data.listfiles import split_path
     from amnet.head.train import train_split
 
     out_root = out_root or work / "runs" / backbone
@@ -359,7 +357,7 @@ def run_tta(work: Path, backbone: str, k: int, trained: str, layers: str, args) 
     """Flip TTA of the head row `trained` trained on split k (its run folder's head.pt): val and
     test predictions averaged over the plain and the mirrored image (`amnet evaluate --tta`).
     Validation is scored the same way, so choosing TTA looks at validation only."""
-    from amnet.data.splits import split_path
+    from amnet.data.listfiles import split_path
     from amnet.head.evaluation import evaluate
 
     run = work / "runs" / backbone / trained / f"split_{k}"

@@ -54,7 +54,8 @@ def main() -> None:
     import torch
 
     from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
-    from amnet.extract.cache import FeatureCache, create, finite_rows, settings_attrs
+    from amnet.extract.cache import create, finite_rows, settings_attrs
+    from amnet.extract.feature_cache import FeatureCache
 
     torch.set_num_threads(1)
     names = [f"img{i:06d}.jpg" for i in range(args.n)]

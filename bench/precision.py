@@ -1,6 +1,6 @@
 """Every precision side by side on this host, and what `--precision auto` picks here.
 
-Stage one: `amnet.extract.extract` over the same LNSIM photos with the trunk in fp32, mixed
+Stage one: `amnet.extract.run.extract` over the same LNSIM photos with the trunk in fp32, mixed
 (layer3 in bf16) and bf16, each compared with the fp32 run (norm-wise relative error of the stored
 float16 features; the target is < 1e-2). Stage two: `amnet.head.train.train_split` over a random
 feature cache, the head in fp32 and in bf16 autocast (train and eval samples/s, from the epoch
@@ -42,7 +42,7 @@ TOLERANCE = 1e-2
 def stage_one(items, weights: str, size: int, batch: int, workers: int, device, tmp: Path) -> list[dict]:
     """extract() with each trunk precision: img/s and relative error against the fp32 run."""
     from amnet.extract.backbone import features, load_backbone
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.extract.run import extract
 
     rows, ref = [], None
@@ -68,9 +68,9 @@ def stage_two(n: int, epochs: int, head: dict, batch: int, device, tmp: Path) ->
     """train_split() on random features, head in fp32 and bf16: train / eval samples/s."""
     import h5py
 
+    from amnet.core.settings import AMNetConfig, TrainConfig
     from amnet.extract.cache import FORMAT
-    from amnet.head.model import AMNetConfig
-    from amnet.head.train import TrainConfig, train_split
+    from amnet.head.train import train_split
 
     names = [f"img{i:05d}.jpg" for i in range(n)]
     gen = torch.Generator().manual_seed(0)
@@ -133,7 +133,7 @@ def main() -> None:
         return
 
     from amnet.core.device import (cpu_label, resolve_device, resolve_head_precision,
-                              resolve_trunk_precision)
+                                   resolve_trunk_precision)
     from amnet.extract.images import list_image_folder
 
     device = resolve_device(args.device)

@@ -43,8 +43,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from amnet.core.device import cpu_label, resolve_device, resolve_head_precision
-from amnet.head.model import AMNet, AMNetConfig, amnet_loss, count_parameters
-from amnet.head.train import TrainConfig, evaluate, train_split
+from amnet.core.settings import AMNetConfig, TrainConfig
+from amnet.head.evaluation import evaluate
+from amnet.head.model import AMNet, amnet_loss, count_parameters
+from amnet.head.train import train_split
 from bench import record
 
 LAMEM_TRAIN = 45_000

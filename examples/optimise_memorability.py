@@ -39,10 +39,11 @@ def make_demo_head(path: Path, weights: str, seed: int) -> Path:
     x20 so that the scores move visibly; reused when `path` exists."""
     if path.is_file():
         return path
+    from amnet.core.provenance import BackboneRecord
+    from amnet.core.settings import AMNetConfig
     from amnet.extract.backbone import grid_for, load_backbone
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.head.model import AMNet, AMNetConfig
-    from amnet.core.provenance import BackboneRecord
+    from amnet.head.model import AMNet
 
     _, spec = load_backbone(weights, "fp32")
     torch.manual_seed(seed)

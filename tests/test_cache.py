@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 from torch.utils.data import DataLoader, Dataset
 
-from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError
-from amnet.extract.run import extract
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.images import list_image_folder
+from amnet.extract.run import extract
 
 
 @pytest.fixture

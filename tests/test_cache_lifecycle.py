@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from amnet.cli import cache_cli
 from amnet.core import lockfile
 from amnet.core.atomic import atomic_write_bytes, atomic_path
-from amnet.extract.cache import FeatureCache
-from amnet.extract.cache_ops import merge, relist
-from amnet.cli import cache_cli
 from amnet.core.errors import CacheError, LockedError, LockLostError
-from amnet.extract.run import extract, shard_path
+from amnet.extract.cache_ops import merge, relist
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.images import list_image_folder
+from amnet.extract.run import extract, shard_path
 from conftest import subprocess_env, write_image
 
 NAMES = ["UPPER.JPEG"] + [f"img{i:02d}.jpg" for i in range(9)] + ["sub/deep.jpg"]

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet.extract.cache import FeatureCache
-from amnet.extract.cache_repair import repair, superblock_eof
 from amnet.cli import cache_cli, main
 from amnet.core.errors import DamagedCacheError
-from amnet.extract.run import extract
+from amnet.extract.cache_repair import repair, superblock_eof
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.images import list_image_folder
+from amnet.extract.run import extract
 from conftest import error_line, sha256_of, subprocess_env
 from test_train import _one_thread, synthetic, write_cache  # noqa: F401 (fixture)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet.core.caveats import (MIN_TEST_IMAGES, constant_scores, null_rho_sd, precision_mismatch,
-                           small_test)
 from amnet.cli import main
+from amnet.core.caveats import (MIN_TEST_IMAGES, constant_scores, null_rho_sd, precision_mismatch,
+                                small_test)
 from amnet.core.metrics import spearman
 from conftest import save_small_head, write_image
 from test_train import _one_thread, write_split  # noqa: F401 (_one_thread: an autouse fixture)

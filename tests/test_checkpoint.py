@@ -2,14 +2,16 @@
 clear error by the library and by every command that reads checkpoints."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from amnet.head.checkpoint import FORMAT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint
 from amnet.cli import main
 from amnet.core.errors import AmnetError, WeightsError
-from amnet.head.model import AMNet, AMNetConfig
+from amnet.core.settings import AMNetConfig
+from amnet.head.checkpoint import FORMAT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint
+from amnet.head.model import AMNet
 
 TINY = dict(in_channels=8, feature_dim=12, hidden_dim=10, regressor_dim=6, grid=4)
 PROV = {"arch": "resnet50", "layer": "layer3", "weights_id": "random:0",
@@ -98,6 +100,25 @@ def test_newer_format_refused_by_the_commands(tmp_path):
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(want), (args[0], res.output)
         assert "upgrade amnet" in lines[0]
-    from amnet.predict import Predictor
+    from amnet.predict.predictor import Predictor
     with pytest.raises(WeightsError, match="newer than this amnet"):
         Predictor.from_checkpoint(path, device="cpu", backbone=False)
+
+
+def test_old_checkpoint_backbone_dicts_still_load(tmp_path):
+    """A checkpoint written before the record (no precision key, tuple/array stats) reads the
+    same, and the cache -> checkpoint dict conversion keeps its historical keys."""
+    from amnet.core.provenance import BackboneRecord
+    from amnet.head.checkpoint import BACKBONE_KEYS, backbone_from_attrs
+    assert BACKBONE_KEYS == ("arch", "layer", "weights_id", "weights_sha256", "image_size",
+                             "mean", "std", "precision")
+    old = {"arch": "resnet50", "layer": "layer3", "weights_id": "imagenet",
+           "weights_sha256": "ef" * 32, "image_size": 224, "mean": [0.485, 0.456, 0.406],
+           "std": [0.229, 0.224, 0.225]}
+    rec = BackboneRecord.from_dict(old)
+    assert rec.precision is None and rec.to_dict() == {**old, "precision": None}
+    attrs = {"backbone": "resnet50", "layer": "layer3", "weights_id": "imagenet",
+             "weights_sha256": "ef" * 32, "image_size": np.int64(224),
+             "mean": np.array(old["mean"]), "std": np.array(old["std"]), "precision": "fp32",
+             "flip": True}
+    assert backbone_from_attrs(attrs) == {**old, "precision": "fp32"}

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from amnet.cli import cache_cli, main
 from amnet.cli._options import AutoInt, NumberOrWord, SettingOption, options_from, settings_of
 from amnet.core.settings import (AMNetConfig, ExtractConfig, TrainConfig, dataclass_defaults,
-                            field_spec, setting_names)
+                                 field_spec, setting_names)
 
 COMMANDS = {"train": main.commands["train"], "evaluate": main.commands["evaluate"],
             "extract": cache_cli.commands["extract"]}
@@ -156,10 +156,10 @@ def test_train_builds_its_settings_from_the_dataclasses(monkeypatch, split_files
 
 
 def test_evaluate_passes_the_dataclass_defaults(monkeypatch, split_files):
-    import amnet.head.train
+    import amnet.head.evaluation
 
     calls = []
-    monkeypatch.setattr(amnet.head.train, "evaluate",
+    monkeypatch.setattr(amnet.head.evaluation, "evaluate",
                         lambda *a, **kw: calls.append(kw) or ({"rho": 0.1}, None))
     f = split_files
     base = ["evaluate", f["cache"], "--cache", f["cache"], "--split", f["split"]]

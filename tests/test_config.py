@@ -12,10 +12,10 @@ import yaml
 
 from amnet.cli.params import SECTIONS, Params, load_params, section_keys
 from amnet.core.errors import AmnetError, ParamsError
-from amnet.head.model import AMNetConfig
-from amnet.core.settings import (DataConfig, EvaluateConfig, ExtractConfig, dataclass_defaults,
-                            field_help, field_spec, knob_names, setting_names)
-from amnet.head.train import NOT_FINGERPRINTED, TrainConfig
+from amnet.core.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig,
+                                 dataclass_defaults, field_help, field_spec, knob_names,
+                                 setting_names, TrainConfig)
+from amnet.head.train import NOT_FINGERPRINTED
 
 REPO = Path(__file__).resolve().parents[1]
 # params files: params.yaml and every configs/*.yaml but the bench's sweep recipes

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from amnet.data import (available_splits, images_root, kind_options, load_prepare_info,
-                            prepare_dataset, read_dataset_split, read_split, split_path)
 from amnet.core.errors import AmnetError, SplitError
+from amnet.data import (available_splits, images_root, kind_options, load_prepare_info,
+                        prepare_dataset, read_dataset_split)
+from amnet.data.listfiles import read_split, split_path
 
 SMALL_DEMO = dict(n_images=60, image_size=48, splits=2)
 

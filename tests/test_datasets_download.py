@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import RangeServer as Server
 
-from amnet.data import prepare_dataset, read_split, split_path
-from amnet.data.lamem import fetch
 from amnet.core.errors import AmnetError
+from amnet.data import prepare_dataset
+from amnet.data.lamem import fetch
+from amnet.data.listfiles import read_split, split_path
 
 UNREACHABLE = "http://127.0.0.1:9/lamem.tar.gz"  # discard port: connection refused at once
 

@@ -11,8 +11,9 @@ import pytest
 import scipy.io
 from scipy.stats import spearmanr
 
-from amnet.data import prepare_dataset, read_dataset_split, read_split, split_path
 from amnet.core.errors import AmnetError
+from amnet.data import prepare_dataset, read_dataset_split
+from amnet.data.listfiles import read_split, split_path
 
 LNSIM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lnsim"
 

@@ -88,8 +88,18 @@ def test_compute_threads(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_available_ram_is_positive():
-    assert D.available_ram() > 0
+def test_available_ram_is_what_psutil_reports_and_zero_when_unknown(monkeypatch):
+    """Zero (unknown) makes `--preload auto` read lazily instead of filling RAM it cannot see."""
+    import types
+
+    import psutil
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=123456789))
+    assert D.available_ram() == 123456789
+
+    def unreadable():
+        raise OSError("/proc/meminfo: permission denied")
+    monkeypatch.setattr(psutil, "virtual_memory", unreadable)
+    assert D.available_ram() == 0
 
 
 def test_head_and_trunk_record_the_resolved_precision(cpu_reports):

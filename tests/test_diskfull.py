@@ -25,11 +25,11 @@ from click.testing import CliRunner
 import amnet.core.diskspace
 import amnet.extract.run
 import amnet.head.train_state
-from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
-from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli, main
 from amnet.cli._errors import amnet_errors
+from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
 from amnet.core.diskspace import disk_full_cause, human_bytes
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.images import list_image_folder
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of
@@ -152,7 +152,7 @@ def test_extract_cleans_a_killed_creation(tmp_path, image_dir, backbones):
     out = tmp_path / "c.h5"
     stale = temp_path(out, "creating").with_name(f".c.creating-{dead_pid()}.h5")
     stale.write_bytes(b"half a file")
-    amnet.extract.extract(list_image_folder(image_dir), out, weights="random:0", image_size=32,
+    amnet.extract.run.extract(list_image_folder(image_dir), out, weights="random:0", image_size=32,
                           device="cpu", progress=False, backbone=backbones("random:0"))
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "images"]
 

@@ -28,8 +28,8 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def _record(weights: str, size: int):
-    from amnet.extract.backbone import load_backbone
     from amnet.core.provenance import BackboneRecord
+    from amnet.extract.backbone import load_backbone
     _, spec = load_backbone(weights, "fp32")
     return BackboneRecord.from_spec(spec, size)
 
@@ -37,8 +37,9 @@ def _record(weights: str, size: int):
 def _save_head(path: Path, record, seed: int, grid: int = GRID, width: int = 32) -> Path:
     """A random-init head written by the checkpoint writer; outputs spread x5 so that scores
     and attention differ between images (a plain random head is nearly constant)."""
+    from amnet.core.settings import AMNetConfig
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.head.model import AMNet
     torch.manual_seed(seed)
     model = AMNet(AMNetConfig(grid=grid, feature_dim=width, hidden_dim=width,
                               regressor_dim=width // 2, lstm_steps=STEPS))
@@ -135,8 +136,8 @@ def test_onnx_resizes_other_sizes_inside(env, predictor, onnx_file):
 def test_onnx_metadata_records_provenance(env, onnx_file):
     import onnx
 
-    from amnet.predict.export import METADATA_KEYS, read_metadata
     from amnet.core.provenance import file_sha256, package_version
+    from amnet.predict.export import METADATA_KEYS, read_metadata
     path, _ = onnx_file
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}

@@ -17,13 +17,13 @@ import torch
 from amnet.core.device import resolve_trunk_precision
 from click.testing import CliRunner
 
-from amnet.extract.run import backbone as B
-from amnet.extract.cache import FeatureCache
-from amnet.extract.cache_ops import merge
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError, ImageError, SplitError
-from amnet.extract.run import extract
+from amnet.extract import backbone as B
+from amnet.extract.cache_ops import merge
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.images import collect_images, list_image_folder, load_resized_uint8
+from amnet.extract.run import extract
 from conftest import extract_killed_after, subprocess_env, write_image
 
 NAMES = ["UPPER.JPEG"] + [f"img{i:02d}.jpg" for i in range(9)] + ["sub/deep.jpg"]

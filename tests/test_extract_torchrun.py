@@ -15,12 +15,12 @@ from click.testing import CliRunner
 
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError
-from amnet.extract.run import auto_shard, extract
 from amnet.extract.images import list_image_folder
+from amnet.extract.run import auto_shard, extract
 from conftest import subprocess_env, write_image
 
 # batch 3 over 16 images: the single run's last batch holds 1 image, each shard's (8 images)
-# holds 2 -- both padded to 3 (amnet.extract._forward), else their rows would round differently
+# holds 2 -- both padded to 3 (amnet.extract.run._forward), else their rows would round differently
 # (oneDNN's fp32 kernels for 1 image differ from those for 2-15; without the padding this test
 # fails; --flip would double every forward and hide that)
 SETTINGS = ["--weights", "random:0", "--image-size", "64", "--precision", "fp32",

@@ -21,9 +21,9 @@ import torch
 from click.testing import CliRunner
 from conftest import RangeServer, release_state_dict, write_image
 
-from amnet.predict import hub
 from amnet.cli import main
 from amnet.core.errors import WeightsError
+from amnet.predict import hub
 
 NAME = "lamem-resnet50"
 EXP = "lamem_ResNet50FC_lstm3"

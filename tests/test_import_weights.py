@@ -12,9 +12,9 @@ import torchvision
 from click.testing import CliRunner
 from conftest import RELEASE_PREFIX, release_state_dict
 
-from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import main
 from amnet.core.errors import WeightsError
+from amnet.head.checkpoint import load_checkpoint
 from amnet.predict.released_weights import import_weights
 
 P = RELEASE_PREFIX

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from amnet.extract.cache import FeatureCache
 from amnet.cli import cache_cli, main
 from amnet.core.errors import ImageError, SplitError
-from amnet.extract.run import extract
-from amnet.extract.images import (collect_images, left_out_line, list_image_folder, open_image_rgb,
-                          read_image_list)
 from amnet.data.listfiles import read_name_list, read_split
+from amnet.extract.feature_cache import FeatureCache
+from amnet.extract.images import (collect_images, left_out_line, list_image_folder, open_image_rgb,
+                                  read_image_list)
+from amnet.extract.run import extract
 from amnet.predict.scoring import InputItem, collect_inputs
 from conftest import rgb_array, save_small_head, write_image
 
@@ -425,7 +425,8 @@ def test_unreadable_image_is_a_clean_recorded_failure(tmp_path, backbones, denie
 
 
 def test_unreadable_image_in_predict_is_an_error_row(tmp_path, backbones, denied):
-    from amnet.predict import Predictor, predict_items
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.scoring import predict_items
     root = _tree(tmp_path / "images")
     denied(root / "a.jpg")
     head = save_small_head(tmp_path / "head.pt", backbones("random:0", "fp32")[1], SIZE)

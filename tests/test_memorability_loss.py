@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import amnet
-from amnet.extract.backbone import normalize, resize_tensor
 from amnet.core.errors import AmnetError
+from amnet.extract.backbone import normalize, resize_tensor
 from amnet.predict.predictor import Predictor
 from conftest import REPO, save_tiny_head, subprocess_env
 

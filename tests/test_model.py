@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from amnet.head.model import AMNet, AMNetConfig, amnet_loss, attention_loss, count_parameters, parameter_breakdown
+from amnet.core.settings import AMNetConfig
+from amnet.head.model import (AMNet, amnet_loss, attention_loss, count_parameters,
+                              parameter_breakdown)
 
 SMALL = dict(in_channels=8, feature_dim=12, hidden_dim=10, regressor_dim=6, grid=4)
 

@@ -73,7 +73,7 @@ def test_weights_without_layer4_refuse_layer4(tmp_path):
 
 
 def test_cache_records_its_layers_and_refuses_another_set(images, tmp_path):
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.cli import cache_cli
     out = tmp_path / "c.h5"
     run = CliRunner().invoke
@@ -102,11 +102,13 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     the same trunk, so end-to-end scores equal the cached features' scores."""
     from dataclasses import asdict
 
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.extract.run import extract
-    from amnet.head.model import AMNet, AMNetConfig
-    from amnet.predict import InputItem, Predictor, predict_cached
+    from amnet.core.settings import AMNetConfig
+    from amnet.head.model import AMNet
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.scoring import InputItem, predict_cached
 
     names = sorted(p.name for p in images.iterdir())
     cache = tmp_path / "c.h5"
@@ -132,7 +134,7 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     extract([(n, images / n) for n in names], l3, weights="random:0", image_size=SIZE,
             device="cpu", batch_size=2, progress=False, precision="fp32")
     from amnet.core.errors import AmnetError
-    from amnet.predict import check_cache_provenance
+    from amnet.predict.head_provenance import check_cache_provenance
     with FeatureCache(l3) as fc, pytest.raises(AmnetError, match="layer"):
         check_cache_provenance(dict(fc.attrs), dict(prov, image_size=SIZE), l3, ckpt)
 

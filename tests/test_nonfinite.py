@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 
 import amnet.head.fit
-from amnet.extract.cache import finite_rows
 from amnet.cli import main
 from amnet.core.errors import CacheError, TrainingError
-from amnet.head.model import AMNetConfig
+from amnet.core.settings import AMNetConfig
+from amnet.extract.cache import finite_rows
 from amnet.head.train import train_split
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of
@@ -248,8 +248,8 @@ def test_predict_exits_nonzero_when_there_is_nothing_to_score(tmp_path, backbone
 def test_predict_from_images_scores_nothing_nonfinite(tmp_path, monkeypatch):
     """The image route: an input whose score comes out NaN is an error row (or, with on_error
     "fail", the error), never a blank score counted as scored."""
-    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.core.errors import AmnetError
+    from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.head.model import AMNet
     from amnet.predict.predictor import Predictor
     from amnet.predict.scoring import InputItem, predict_items

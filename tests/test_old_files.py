@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet.extract.cache import FeatureCache
-from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import cache_cli, main
+from amnet.extract.feature_cache import FeatureCache
+from amnet.head.checkpoint import load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = [f"im{i}.png" for i in range(8)]

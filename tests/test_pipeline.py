@@ -95,7 +95,7 @@ def _copy(project: Path, tmp_path: Path) -> Path:
 def _items(proj: Path) -> list[tuple[str, Path]]:
     """The (name, path) list pipeline/extract.py extracts, built the same way."""
     from amnet.data import images_root
-    from amnet.data.splits import read_name_list
+    from amnet.data.listfiles import read_name_list
     dataset = proj / "data" / "demo"
     return [(n, images_root(dataset) / n) for n, _ in read_name_list(dataset / "images.txt")]
 
@@ -103,7 +103,7 @@ def _items(proj: Path) -> list[tuple[str, Path]]:
 # ---- prepare ---------------------------------------------------------------------------------
 
 def test_prepare_writes_splits_names_and_record(project):
-    from amnet.data.splits import read_split
+    from amnet.data.listfiles import read_split
     data = project / "data" / "demo"
     record = json.loads((data / "prepare.json").read_text())
     assert record["kind"] == "demo" and record["splits"] == [1, 2] and record["seed"] == 2018
@@ -136,7 +136,7 @@ def test_prepare_bad_params_is_one_line(project, tmp_path):
 def test_extract_writes_the_complete_cache(project):
     out = project / "data" / "features" / "demo.h5"
     assert out.is_file() and not (project / "data" / "features" / "demo.partial.h5").exists()
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     with FeatureCache(out) as c:
         assert c.complete and c.names == [n for n, _ in _items(project)]
         assert c.grid == (2, 2) and c.attrs["weights_id"] == "random:0"

@@ -36,8 +36,9 @@ def _backbone_prov(weights: str) -> dict:
 
 
 def _save_head(path: Path, prov: dict, seed: int) -> Path:
+    from amnet.core.settings import AMNetConfig
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
-    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.head.model import AMNet
     torch.manual_seed(seed)
     model = AMNet(AMNetConfig(grid=GRID, feature_dim=32, hidden_dim=32, regressor_dim=16,
                               lstm_steps=STEPS))
@@ -72,7 +73,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(env):
-    from amnet.predict import Predictor
+    from amnet.predict.predictor import Predictor
     # the exact fp32 route: the x20 test heads would turn bf16 rounding into visible score noise
     return Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu",
                                      precision="fp32")
@@ -121,7 +122,7 @@ def test_api_accepts_each_input_kind(env, predictor):
 
 
 def test_checkpoint_from_another_backbone_is_refused(env, predictor):
-    from amnet.predict import Predictor
+    from amnet.predict.predictor import Predictor
     h = env["heads"]
     with pytest.raises(WeightsError, match="weights_sha256"):
         Predictor.from_checkpoint([h["h1"], h["other"]], device="cpu")
@@ -213,9 +214,9 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
 # ---- cached path -------------------------------------------------------------------------------
 
 def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.extract.run import extract
-    from amnet.predict import InputItem, predict_cached
+    from amnet.predict.scoring import InputItem, predict_cached
     good = ["a.jpg", "b.png", "d.jpg", "sub/c.jpg"]
     cache = tmp_path / "feat.h5"
     extract([(n, env["images"] / n) for n in good], cache, weights="random:0", image_size=SIZE,
@@ -230,7 +231,7 @@ def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
     assert cached[-1].error and cached[-1].score is None
     got = np.array([c.score for c in cached[:-1]])
     # --match-cache: the cache's precision and float16 rounding -> the cached scores themselves
-    from amnet.predict import Predictor
+    from amnet.predict.predictor import Predictor
     matching = Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu",
                                          match_cache=True, batch_size=2)
     assert matching.round_fp16 and not predictor.round_fp16
@@ -273,7 +274,7 @@ def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
 
 
 def test_cache_provenance_check_unit(env):
-    from amnet.predict import check_cache_provenance
+    from amnet.predict.head_provenance import check_cache_provenance
     prov = env["prov0"]
     attrs = {"backbone": prov["arch"], "layer": "layer3", "weights_sha256": prov["weights_sha256"],
              "image_size": np.int64(SIZE), "mean": np.array(prov["mean"] or []),
@@ -287,7 +288,8 @@ def test_cache_of_another_input_size_is_one_line_error(env, tmp_path):
     """A cache made at another --image-size (same trunk) is refused by the API and the CLI."""
     from amnet.extract import cache as C
     from amnet.extract.backbone import load_backbone
-    from amnet.predict import check_cache_provenance
+    from amnet.extract.feature_cache import FeatureCache
+    from amnet.predict.head_provenance import check_cache_provenance
     _, spec = load_backbone("random:0")
     path = tmp_path / "c32.h5"
     with C.create(path, ["d.jpg"], C.settings_attrs(spec, 32, False, 1024, (2, 2))) as f:
@@ -295,7 +297,7 @@ def test_cache_of_another_input_size_is_one_line_error(env, tmp_path):
         f["done"][:] = True
         f.attrs["complete"] = True
     h1 = env["heads"]["h1"]
-    with C.FeatureCache(path) as fc, pytest.raises(AmnetError) as e:  # what the CLIs catch
+    with FeatureCache(path) as fc, pytest.raises(AmnetError) as e:  # what the CLIs catch
         check_cache_provenance(dict(fc.attrs), env["prov0"], path, h1)
     assert type(e.value) is CacheError
     # the one compatibility check (amnet.core.provenance.check_compatible) names both files
@@ -328,9 +330,10 @@ def _reference(env, x: torch.Tensor, precision: str) -> np.ndarray:
 
 
 def test_default_precision_api(env, predictor):
-    from amnet.extract.backbone import image_transform, open_image_rgb
     from amnet.core.device import resolve_trunk_precision
-    from amnet.predict import Predictor
+    from amnet.extract.backbone import image_transform
+    from amnet.extract.images import open_image_rgb
+    from amnet.predict.predictor import Predictor
     auto = resolve_trunk_precision("auto", "cpu")
     default = Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu")
     assert default.spec.precision == auto and not default.round_fp16
@@ -353,8 +356,8 @@ def test_default_precision_api(env, predictor):
 
 
 def test_default_precision_cli(env, tmp_path):
-    from amnet.extract.backbone import normalize_uint8
     from amnet.core.device import resolve_trunk_precision
+    from amnet.extract.backbone import normalize_uint8
     from amnet.extract.images import load_resized_uint8
     h = env["heads"]
     common = ["predict", "--checkpoint", str(h["h1"]), "--checkpoint", str(h["h2"]),
@@ -382,7 +385,7 @@ def test_default_precision_cli(env, tmp_path):
 
 def test_demo_checkpoint_warns_once_and_points_to_the_published_model(env, tmp_path):
     from amnet.head.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-    from amnet.predict import Predictor
+    from amnet.predict.predictor import Predictor
 
     h1 = env["heads"]["h1"]                               # trained on a random:0 trunk
     r = CliRunner().invoke(main, ["predict", "--checkpoint", str(h1), str(env["images"] / "a.jpg"),

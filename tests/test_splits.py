@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from amnet.data.splits import (RootChecker, read_name_list, read_split, split_path,
-                                   write_split)
 from amnet.core.errors import AmnetError, SplitError
+from amnet.data.listfiles import RootChecker, read_name_list, read_split, split_path, write_split
 
 
 def _write(path: Path, text: str) -> Path:

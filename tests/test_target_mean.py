@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import main
 from amnet.core.errors import ParamsError
-from amnet.head.model import AMNet, AMNetConfig
-from amnet.core.settings import validate
+from amnet.core.settings import AMNetConfig, validate
+from amnet.head.checkpoint import load_checkpoint
+from amnet.head.model import AMNet
 from test_train import TINY, _one_thread, run, synthetic  # noqa: F401 (fixture)
 
 

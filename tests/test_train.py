@@ -8,12 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import main
 from amnet.core.errors import CacheError
 from amnet.core.metrics import mse, spearman, summarize
-from amnet.head.model import AMNetConfig
-from amnet.head.train import TrainConfig, evaluate, train_split
+from amnet.core.settings import AMNetConfig, TrainConfig
+from amnet.head.checkpoint import load_checkpoint
+from amnet.head.evaluation import evaluate
+from amnet.head.train import train_split
 
 C, G = 8, 4                     # tiny features: 8 channels on a 4x4 grid (L = 16)
 L0 = 2 * G + 1                  # the informative location (y=2, x=1), row-major
@@ -95,7 +96,7 @@ def test_learns_a_localized_feature_and_attends_to_it(tmp_path):
     assert m["n"] == 100 and 1 <= m["best_epoch"] <= 25
 
     model, _ = load_checkpoint(tmp_path / "out" / "head.pt")
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
 
     names = pd.read_csv(files["test"], sep=" ", header=None)[0].tolist()
     with FeatureCache(cache) as fc:
@@ -115,8 +116,8 @@ def test_no_attention_ablation_trains(tmp_path):
     pred = pd.read_csv(tmp_path / "o" / "predictions.csv")
     assert math.isfinite(m["mse"]) and m["mse"] == mse(pred["gt"], pred["pred"])
     assert m["rho"] == spearman(pred["gt"], pred["pred"]) and m["n"] == len(pred) == 32
-    from amnet.extract.cache import FeatureCache
     from amnet.core.device import autocast
+    from amnet.extract.feature_cache import FeatureCache
 
     with FeatureCache(cache) as fc, torch.no_grad(), autocast(torch.device("cpu"), m["precision"]):
         scores, _, alphas = model.predict(fc.load(pred["name"].tolist()))

@@ -21,7 +21,7 @@ from amnet.core.atomic import temp_path
 
 import amnet.head.fit
 import amnet.head.publish
-from amnet.head.model import AMNetConfig
+from amnet.core.settings import AMNetConfig
 from amnet.head.train import train_split
 from test_train import TINY, _one_thread, quick_cfg, run, synthetic  # noqa: F401 (fixture)
 

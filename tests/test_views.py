@@ -16,18 +16,19 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from amnet.extract import cache as C
-from amnet.extract.cache import FeatureCache
-from amnet.extract.cache_ops import info, merge, verify
-from amnet.head.checkpoint import load_checkpoint
 from amnet.cli import cache_cli, main
 from amnet.core.errors import CacheError
-from amnet.extract.run import extract
+from amnet.core.settings import AMNetConfig, TrainConfig
+from amnet.data.views import random_resized_crop_params, view_generator, view_pre_size
+from amnet.extract import cache as C
+from amnet.extract.cache_ops import info, merge, verify
+from amnet.extract.feature_cache import FeatureCache
 from amnet.extract.image_loading import ImageRows
-from amnet.extract.images import (list_image_folder, load_views_uint8, random_resized_crop_params,
-                          view_generator, view_pre_size)
-from amnet.head.model import AMNetConfig
-from amnet.head.train import TrainConfig, evaluate, train_split
+from amnet.extract.images import list_image_folder, load_views_uint8
+from amnet.extract.run import extract
+from amnet.head.checkpoint import load_checkpoint
+from amnet.head.evaluation import evaluate
+from amnet.head.train import train_split
 from conftest import extract_killed_after
 from test_extract import _arrays, _cli_subprocess
 

@@ -78,7 +78,8 @@ def test_step_sum_caption_is_what_the_head_computes():
     """The caption's claim, checked on amnet.head.model: score = sum of the step scores, where the
     score is the mean of the step outputs de-normalised (not their sum, unlike the paper's word)."""
     import torch
-    from amnet.head.model import AMNet, AMNetConfig
+    from amnet.core.settings import AMNetConfig
+    from amnet.head.model import AMNet
 
     torch.manual_seed(0)
     cfg = AMNetConfig(grid=4, in_channels=8, feature_dim=8, hidden_dim=8, regressor_dim=4,

@@ -79,11 +79,11 @@ def shared_trunks() -> Iterator[None]:
         if key not in loaded:
             loaded[key] = real(weights, precision, device)
         return loaded[key]
-    amnet.extract.backbone.load_backbone = amnet.extract.load_backbone = load_backbone
+    amnet.extract.backbone.load_backbone = amnet.extract.run.load_backbone = load_backbone
     try:
         yield
     finally:
-        amnet.extract.backbone.load_backbone = amnet.extract.load_backbone = real
+        amnet.extract.backbone.load_backbone = amnet.extract.run.load_backbone = real
 
 
 # ---- running a command ------------------------------------------------------------------------
@@ -233,11 +233,12 @@ def build_world(root: Path) -> World:
     """Make the shared inputs under `root` (within `shared_trunks()`)."""
     import torch
 
-    from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_checkpoint
-    from amnet.extract.run import extract
+    from amnet.core.settings import AMNetConfig
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.extract.images import list_image_folder
-    from amnet.head.model import AMNet, AMNetConfig
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.run import extract
+    from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_checkpoint
+    from amnet.head.model import AMNet
 
     root.mkdir(parents=True, exist_ok=True)
     images = root / "images"

@@ -50,7 +50,7 @@ def _published(name: str) -> list[Path]:
     try:
         from amnet.predict.hub import checkpoints_for
     except ModuleNotFoundError as e:
-        if e.name not in ("amnet.predict.hub", "amnet"):
+        if e.name not in ("amnet.predict.hub", "amnet.predict", "amnet"):
             raise
         raise AmnetError(f"--model {name}: this amnet has no published-model registry "
                          "(amnet.predict.hub); pass --checkpoint FILE instead") from None

@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from amnet.core.errors import AmnetError, ParamsError
-from amnet.core.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig, TrainConfig,
-                            setting_names, validate)
+from amnet.core.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig,
+                                 TrainConfig, setting_names, validate)
 
 __all__ = ["Params", "load_params", "SECTIONS", "extract_options", "prepare_options"]
 
@@ -122,7 +122,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 # ---- settings -> library calls ---------------------------------------------------------------
 
 def extract_options(cfg: ExtractConfig) -> dict[str, Any]:
-    """The keyword arguments of `amnet.extract.extract` for `cfg` (workers -1 resolved: auto)."""
+    """The keyword arguments of `amnet.extract.run.extract` for `cfg` (workers -1 resolved: auto)."""
     from amnet.core.device import resolve_device
     from amnet.extract.run import auto_workers
 

@@ -63,8 +63,9 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
                 on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
     from amnet.extract.images import left_out_line
-    from amnet.predict import (LIST_EXTS, InputItem, Predictor, collect_inputs, nothing_scored,
-                               summary_line, write_predictions)
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.report import nothing_scored, summary_line, write_predictions
+    from amnet.predict.scoring import LIST_EXTS, InputItem, collect_inputs
 
     if bool(checkpoints) == bool(model_name):
         raise click.UsageError("give --checkpoint (one or more) or --model NAME, not both")
@@ -76,7 +77,7 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
         if images:
             items = collect_inputs(images, images_root)
         else:
-            from amnet.extract.cache import FeatureCache
+            from amnet.extract.feature_cache import FeatureCache
             fc = FeatureCache(cache)
             names = list(fc.names)
             fc.close()

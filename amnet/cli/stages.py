@@ -99,7 +99,7 @@ def extract_stage(data: Path, out: Path, params: Path, wait: float) -> None:
     from amnet.extract.cache_repair import repair
     from amnet.cli.params import extract_options, load_params
     from amnet.data import images_root
-    from amnet.data.splits import read_name_list
+    from amnet.data.listfiles import read_name_list
     from amnet.core.errors import CacheError, DamagedCacheError
     from amnet.extract.run import extract
     from amnet.core.lockfile import hold
@@ -157,7 +157,7 @@ def train_stage(split: int, data: Path, cache: Path, model: Path, history: Path,
     """DVC stage `train@<k>`: train the head on split SPLIT, as `amnet train` does."""
     from amnet.cli.train import run_train
     from amnet.cli.params import load_params
-    from amnet.data.splits import split_path
+    from amnet.data.listfiles import split_path
 
     p = load_params(params)
     m = run_train(cache, split_path(data, "train", split), split_path(data, "val", split),
@@ -220,10 +220,12 @@ def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path
                            count: int, out_dir: Path) -> None:
     """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
     from amnet.predict import viz
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
     from amnet.data import images_root
-    from amnet.data.splits import read_split, split_path
-    from amnet.predict import InputItem, Predictor, figure_path, predict_cached
+    from amnet.data.listfiles import read_split, split_path
+    from amnet.predict.predictor import Predictor
+    from amnet.predict.report import figure_path
+    from amnet.predict.scoring import InputItem, predict_cached
 
     test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]
     images = images_root(dataset_dir)

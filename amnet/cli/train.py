@@ -84,7 +84,7 @@ def evaluate_cmd(checkpoint, cache, split_file, out, **settings) -> None:
     import json
 
     _stage2_logging(True)
-    from amnet.head.train import evaluate
+    from amnet.head.evaluation import evaluate
 
     tc = TrainConfig(**settings_of(TrainConfig, settings))
     m, _ = evaluate(checkpoint, cache, split_file, device=tc.device, batch_size=tc.eval_batch_size,

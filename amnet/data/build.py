@@ -18,7 +18,7 @@ import numpy as np
 
 from amnet.core.atomic import pid_alive
 from amnet.core.errors import AmnetError
-from amnet.data.splits import PARTS, split_path, write_split
+from amnet.data.listfiles import PARTS, split_path, write_split
 
 Items = list[tuple[str, float]]
 LINK_MODES = ("symlink", "hardlink", "copy")

@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from amnet.data import build
-from amnet.data.splits import RootChecker, check_name, normalize_name
 from amnet.core.errors import AmnetError, SplitError
 from amnet.core.provenance import file_sha256
+from amnet.data import build
+from amnet.data.listfiles import RootChecker, check_name, normalize_name
 
 PATH_COLUMNS = ("path", "image", "file", "filename", "name")
 SCORE_COLUMNS = ("score", "label", "target", "value")

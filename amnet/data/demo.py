@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from amnet.data import build
 from amnet.core.errors import AmnetError
+from amnet.data import build
 
 RULE = "score = clip(0.45 + 0.5*(0.6*s + 0.4*c) + N(0, noise), 0, 1); s: object size, c: contrast"
 

@@ -23,11 +23,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from amnet.data import build
-from amnet.data.splits import RootChecker
 from amnet.core.errors import AmnetError
 from amnet.core.metrics import spearman
 from amnet.core.provenance import file_sha256
+from amnet.data import build
+from amnet.data.listfiles import RootChecker
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 

@@ -25,11 +25,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from amnet.data import build
-from amnet.data.splits import RootChecker, read_split
 from amnet.core.errors import AmnetError
 from amnet.core.progress import progress_bar
 from amnet.core.provenance import file_sha256
+from amnet.data import build
+from amnet.data.listfiles import RootChecker, read_split
 
 LAMEM_URL = "http://memorability.csail.mit.edu/lamem.tar.gz"
 DOWNLOAD_PAGE = "http://memorability.csail.mit.edu/download.html"

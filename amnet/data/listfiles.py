@@ -21,9 +21,10 @@ A data set's `images` may itself be a symlink to an external folder (`data/lamem
 /datasets/lamem/images`): the root is resolved first, so only links *inside* it that point
 elsewhere are rejected, never the root link that `prepare` makes.
 
-Bottom layer (setup.cfg's import contracts): used by stage one (`amnet.extract.images`), stage two
-(`amnet.head.train`), `amnet.predict` and `amnet.data` (whose `splits` module re-exports these
-names); imports only `amnet.core.errors` and `amnet.core.atomic`.
+In `amnet.data`, below both stages (setup.cfg's import contracts): used by stage one (`amnet.extract.images`), stage two
+(`amnet.head.train`), `amnet.predict` and `amnet.data`; imports only `amnet.core.errors` and
+`amnet.core.atomic`. `split_path` names a split file of the canonical layout,
+`<dataset>/splits/{train,val,test}_<k>.txt`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ from typing import Iterable, Iterator
 
 from amnet.core.atomic import atomic_write_text
 from amnet.core.errors import SplitError
+
+PARTS = ("train", "val", "test")
+
+
+def split_path(dataset_dir: str | Path, part: str, k: int) -> Path:
+    """`<dataset_dir>/splits/<part>_<k>.txt` (part in train/val/test, k counted from 1)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+    return Path(dataset_dir) / "splits" / f"{part}_{int(k)}.txt"
 
 
 def normalize_name(name: str) -> str:

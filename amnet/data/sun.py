@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from amnet.data.lamem import convert_lamem_format, find_layout
 from amnet.core.errors import AmnetError
+from amnet.data.lamem import convert_lamem_format, find_layout
 
 SUN_URL = "https://drive.google.com/file/d/1cLtjeQF949n0-Hm8WR3uzOcEo6hQcbC4/view"
 

@@ -36,7 +36,6 @@ from torch import nn
 
 from amnet.core.device import resolve_trunk_precision
 from amnet.core.errors import AmnetError, WeightsError, load_failure
-from amnet.extract.images import open_image_rgb  # noqa: F401  (re-exported: part of this module's API)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

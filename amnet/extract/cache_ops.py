@@ -9,11 +9,11 @@ from typing import Callable, Sequence
 import h5py
 import numpy as np
 
-from amnet.extract import cache as C
 from amnet.core.atomic import atomic_path, remove_stale_temps
 from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import CacheError
 from amnet.core.lockfile import hold
+from amnet.extract import cache as C
 
 _BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224); / K for views
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_total")

@@ -24,11 +24,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from amnet.extract import cache as C
 from amnet.core.atomic import atomic_path, remove_stale_temps
 from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import CacheError, DamagedCacheError
 from amnet.core.lockfile import Lock, hold
+from amnet.extract import cache as C
 
 LOST = ("fail", "resume")
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"

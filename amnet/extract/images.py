@@ -29,9 +29,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from amnet.core.errors import ImageError, SplitError
 from amnet.data.listfiles import RootChecker, file_kind, read_name_list
-# the view recipe, re-exported: part of this module's API since views were added
-from amnet.data.views import (VIEW_PRE_RESIZE, VIEW_RATIO, VIEW_SCALE, random_resized_crop_params,  # noqa: F401
-                         view_generator, view_pre_size, view_transform_description)
+from amnet.data.views import random_resized_crop_params, view_generator, view_pre_size
 
 # The suffixes a folder listing takes (any case). A fixed list, not "whatever this PIL reads":
 # the listing decides a cache's names, so it must not change with the PIL build. Still images

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from amnet.extract import cache, cache_ops
 from amnet.core.atomic import atomic_path, remove_stale_temps
+from amnet.core.device import resolve_device, set_compute_threads
 from amnet.core.diskspace import disk_full_guard
+from amnet.core.errors import CacheError, DamagedCacheError, ImageError
 from amnet.core.lockfile import Lock, hold
 from amnet.core.progress import progress_bar
+from amnet.extract import cache, cache_ops
 from amnet.extract.backbone import (channels_for, features, grid_for, layer_attrs, load_backbone,
-                            normalize_uint8)
-from amnet.core.device import resolve_device, set_compute_threads
-from amnet.core.errors import CacheError, DamagedCacheError, ImageError
+                                    normalize_uint8)
 from amnet.extract.image_loading import ImageRows, collate_rows
 
 FLUSH_EVERY_BATCHES = 4

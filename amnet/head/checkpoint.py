@@ -25,8 +25,9 @@ import torch
 
 from amnet.core.atomic import atomic_path
 from amnet.core.errors import TrainingError, WeightsError, load_failure
-from amnet.head.model import AMNet, AMNetConfig
-from amnet.core.provenance import BackboneRecord, versions  # noqa: F401  (versions: re-exported)
+from amnet.core.provenance import BackboneRecord, versions
+from amnet.core.settings import AMNetConfig
+from amnet.head.model import AMNet
 
 FORMAT_VERSION = 1
 # the `backbone` dict's keys (precision: the trunk's bf16 policy, so predict matches the cache)

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from amnet.core.caveats import precision_mismatch, small_test
-from amnet.head.checkpoint import load_checkpoint, versions
 from amnet.core.device import autocast, resolve_device, resolve_head_precision
 from amnet.core.errors import CacheError
-from amnet.head.feeding import SplitPart, attach_sources, open_cache
 from amnet.core.metrics import finite_or_none, mse, spearman
+from amnet.core.provenance import BackboneRecord, check_compatible, file_sha256, versions
+from amnet.head.checkpoint import load_checkpoint
+from amnet.head.feeding import SplitPart, attach_sources, open_cache
 from amnet.head.model import AMNet
-from amnet.core.provenance import BackboneRecord, check_compatible, file_sha256
 from amnet.head.publish import Outputs
 
 log = logging.getLogger("amnet.evaluation")

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 
 from amnet.core.device import available_ram
-from amnet.extract.cache import finite_rows
 from amnet.core.errors import CacheError
+from amnet.extract.cache import finite_rows
 
 log = logging.getLogger("amnet.train")
 
 
 def open_cache(path: str | os.PathLike):
     """`FeatureCache(path)`, with a hint on how to build a missing one."""
-    from amnet.extract.cache import FeatureCache
+    from amnet.extract.feature_cache import FeatureCache
 
     if not Path(path).exists():
         raise CacheError(f"{path}: no such feature cache; build it with `amnet-cache extract`")

@@ -24,11 +24,11 @@ import torch
 
 from amnet.core.device import autocast
 from amnet.core.errors import TrainingError
+from amnet.core.metrics import mse, spearman
+from amnet.core.progress import duration, progress_bar
 from amnet.head.evaluation import predict_split
 from amnet.head.feeding import SplitPart
-from amnet.core.metrics import mse, spearman
 from amnet.head.model import AMNet, amnet_loss
-from amnet.core.progress import duration, progress_bar
 from amnet.head.train_state import STATE_VERSION, load_state, restore_rng, rng_states, save_state
 
 log = logging.getLogger("amnet.train")

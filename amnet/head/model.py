@@ -1,7 +1,7 @@
 """The AMNet head: a soft-attention LSTM over cached ResNet layer3 feature maps.
 
-Its settings, `AMNetConfig`, are defined in amnet/core/settings.py (torch-free: the CLI builds its
-options from them) and re-exported here.
+Its settings, `AMNetConfig`, live in amnet/core/settings.py (torch-free: the CLI builds its
+options from them).
 
 Follows `spec/amnet.md` section 2 (the official `AMemNetModel`) by default: `AMNet()` is the
 paper's LaMem/SUN configuration with exactly 13,323,461 trainable parameters, and its attribute
@@ -169,5 +169,5 @@ def amnet_loss(outputs: Tensor, alphas: Tensor, targets: Tensor, config: AMNetCo
     return reg + gamma * attention_loss(alphas.float())
 
 
-__all__ = ["AMNetConfig", "AMNet", "attention_loss", "amnet_loss", "count_parameters",
+__all__ = ["AMNet", "attention_loss", "amnet_loss", "count_parameters",
            "parameter_breakdown"]

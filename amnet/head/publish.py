@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from amnet.core.atomic import fsync_dir, fsync_file, remove_stale_temps, temp_path
-from amnet.head.checkpoint import plain
 from amnet.core.diskspace import disk_full_guard
+from amnet.head.checkpoint import plain
 
 
 STAGED = "staged"  # the temp files' tag

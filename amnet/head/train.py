@@ -40,8 +40,8 @@ A run is resumable and publishes its files together:
 The parts: amnet/head/feeding.py (cached features to batches), amnet/head/fit.py (the epoch loop, the
 best epoch), amnet/head/train_state.py (the resumable state), amnet/head/evaluation.py (`predict_split`,
 `tta_views`, `evaluate`), amnet/head/publish.py (the files); this module holds `train_split`, which
-ties them together. Its settings, `TrainConfig`, are defined in amnet/core/settings.py (torch-free, so
-the CLI builds its options from them without importing torch) and re-exported here.
+ties them together. Its settings, `TrainConfig`, live in amnet/core/settings.py (torch-free, so
+the CLI builds its options from them without importing torch).
 """
 from __future__ import annotations
 
@@ -56,20 +56,19 @@ import numpy as np
 import torch
 
 from amnet.core.caveats import constant_scores, small_test
-from amnet.head.checkpoint import (backbone_from_attrs, make_checkpoint, save_size, torch_save,
-                              versions)
 from amnet.core.device import resolve_device, resolve_head_precision, seed_everything
 from amnet.core.errors import CacheError
-from amnet.head.evaluation import (check_names, evaluate, predict_split, predictions_frame, read_part,
-                              safe_metrics, tta_views)
-from amnet.head.feeding import SplitPart, attach_sources, open_cache
-from amnet.head.fit import FitProgress, fit
 from amnet.core.lockfile import hold
 from amnet.core.metrics import mse, spearman
-from amnet.head.model import AMNet
-from amnet.core.provenance import file_sha256
-from amnet.head.publish import Outputs
+from amnet.core.provenance import versions, file_sha256
 from amnet.core.settings import TRAIN_MEAN, AMNetConfig, TrainConfig, knob_names  # torch-free
+from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_size, torch_save
+from amnet.head.evaluation import (check_names, predict_split, predictions_frame, read_part,
+                                   safe_metrics, tta_views)
+from amnet.head.feeding import SplitPart, attach_sources, open_cache
+from amnet.head.fit import FitProgress, fit
+from amnet.head.model import AMNet
+from amnet.head.publish import Outputs
 from amnet.head.train_state import fingerprint, remove_state, state_path
 
 log = logging.getLogger("amnet.train")
@@ -272,4 +271,4 @@ def _publish(files: Outputs, model: AMNet, run: FitProgress, metrics: dict[str, 
         files.stage_json("metrics", full)
 
 
-__all__ = ["TrainConfig", "train_split", "evaluate", "predict_split", "tta_views"]
+__all__ = ["train_split"]

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from amnet.core.atomic import atomic_path, remove_stale_temps
-from amnet.head.checkpoint import save_size, torch_save
 from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import load_failure
+from amnet.head.checkpoint import save_size, torch_save
 
 log = logging.getLogger("amnet.train")
 

@@ -56,7 +56,7 @@ def pooled_features(cache: Any, names: Sequence[str], *, flip: bool = False,
                     block: int = 256) -> np.ndarray:
     """Global average pool of cached layer3 maps: `[N, C, h, w]` float16 -> `[N, C]` float32.
 
-    `cache` is an `amnet.extract.cache.FeatureCache` (anything with `load(names, flip)`); read in blocks
+    `cache` is an `amnet.extract.feature_cache.FeatureCache` (anything with `load(names, flip)`); read in blocks
     of `block` images so memory stays at one block (~100 MB at 224 x 224).
     """
     out = []

@@ -40,8 +40,8 @@ from torch import nn
 
 from amnet.core.atomic import atomic_path, atomic_write_bytes
 from amnet.core.errors import ExportError
-from amnet.predict.predictor import Predictor
 from amnet.core.provenance import file_sha256, package_version, versions
+from amnet.predict.predictor import Predictor
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "images"
@@ -342,7 +342,7 @@ def export_model(checkpoints: Sequence[str | Path], out: str | Path, fmt: str | 
                         predictor.steps, f"{prov.weights_id} {prov.arch} {prov.layer}", diff)
 
 
-__all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAMES", "METADATA_KEYS", "ExportError", "ImageModel",
+__all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAMES", "METADATA_KEYS", "ImageModel",
            "image_model", "load_predictor", "export_metadata", "read_metadata", "format_for",
            "sample_images", "run_exported", "load_torchscript", "onnx_session", "max_differences",
            "ExportResult", "export_model"]

@@ -18,12 +18,12 @@ distinct trunk runs once per batch (identical trunks would share one forward).
     s = p.score_tensor(x)             # x [B, 3, H, W] in [0, 1], any size -> [B], differentiable
 
 The batch loops over many inputs are amnet.predict.scoring; `amnet predict`'s CSV and figures,
-amnet.predict.report (amnet.predict gathers the three).
+amnet.predict.report. Which backbone the checkpoints need: amnet.predict.head_provenance.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -32,8 +32,10 @@ import torch
 from PIL import Image
 
 from amnet.core.caveats import precision_mismatch
-from amnet.core.errors import AmnetError, CacheError, WeightsError
-from amnet.core.provenance import BackboneRecord, as_record, check_compatible
+from amnet.core.errors import AmnetError, WeightsError
+from amnet.core.provenance import BackboneRecord, as_record
+from amnet.predict.head_provenance import (checkpoint_backbone, demo_reasons_for, group_by_backbone,
+                                           load_trunk)
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -58,99 +60,6 @@ class Prediction:
     def _single(self) -> "Prediction":
         return Prediction(float(self.score[0]), self.step_scores[0], self.attention[0],
                           self.per_checkpoint[0])
-
-
-# ---- provenance ----------------------------------------------------------------------------------
-
-def _provenance(meta: dict, path: Path) -> BackboneRecord:
-    """The backbone a checkpoint's head expects (layer3 and 224 where older files omit them)."""
-    b = meta.get("backbone")
-    if not isinstance(b, dict) or "weights_id" not in b:
-        raise WeightsError(f"{path}: checkpoint has no backbone provenance; re-save it with amnet")
-    rec = BackboneRecord.from_dict(b)
-    return replace(rec, layer=rec.layer or "layer3", image_size=rec.image_size or 224)
-
-
-def _check_same_backbone(provs: list[BackboneRecord], paths: list[Path]) -> BackboneRecord:
-    # weights_id may differ when the sha256 agrees: the same file: weights at two paths
-    for prov, path in zip(provs[1:], paths[1:]):
-        check_compatible(prov, provs[0], f"checkpoint {path}", f"checkpoint {paths[0]}",
-                         error=WeightsError, hint="checkpoints averaged together must come from "
-                         "one feature cache/backbone")
-    return provs[0]
-
-
-def _owns_backbone(meta: dict) -> bool:
-    """An imported release checkpoint (amnet.predict.released_weights) is one whole model whose trunk belongs to
-    that head alone (its drifted BatchNorm statistics); an amnet-trained head is not."""
-    tc = meta.get("train_config")
-    return isinstance(tc, dict) and bool(tc.get("imported_from"))
-
-
-def _group_by_backbone(provs: list[BackboneRecord], metas: list[dict], paths: list[Path]
-                       ) -> list[list[int]]:
-    """Checkpoint indices grouped by trunk (sha256, else weights id), in first-seen order.
-
-    More than one group only when every checkpoint owns its backbone (imported release splits);
-    they must still agree on everything but the weights (one preprocessing for all)."""
-    groups: dict[str, list[int]] = {}
-    for i, prov in enumerate(provs):
-        groups.setdefault(prov.weights_sha256 or prov.weights_id or "", []).append(i)
-    if len(groups) > 1 and not all(_owns_backbone(m) for m in metas):
-        _check_same_backbone(provs, paths)          # raises: the heads need one feature space
-    for prov, path in zip(provs[1:], paths[1:]):
-        check_compatible(replace(prov, weights_sha256=None), replace(provs[0], weights_sha256=None),
-                         f"checkpoint {path}", f"checkpoint {paths[0]}", error=WeightsError,
-                         hint="checkpoints averaged together must share the input preprocessing")
-    return list(groups.values())
-
-
-def _demo_reasons(prov: BackboneRecord, train_config: dict) -> list[str]:
-    """Why a checkpoint's scores say nothing about real photos: a random-weight trunk, or the
-    synthetic demo data set (data/demo/..., data/features/demo.h5) in its training record."""
-    why = []
-    paths = [train_config.get("cache")] + [v.get("path") for v in
-                                           (train_config.get("splits") or {}).values()
-                                           if isinstance(v, dict)]
-    if any(isinstance(p, str) and p and ("demo" in Path(p).parts or Path(p).stem == "demo")
-           for p in paths):
-        why.append("on the synthetic demo data set")
-    if (prov.weights_id or "").startswith("random:"):
-        why.append(f"with a random-weight backbone ({prov.weights_id})")
-    return why
-
-
-def check_cache_provenance(attrs: dict, prov: BackboneRecord | dict, cache_path: Path,
-                           ckpt: Path) -> None:
-    """Refuse a cache whose features were made with another backbone than the checkpoint's.
-    `prov`: the checkpoint's BackboneRecord (or its `backbone` dict)."""
-    check_compatible(BackboneRecord.from_attrs(attrs), as_record(prov),
-                     f"feature cache {cache_path}", f"checkpoint {ckpt}", error=CacheError,
-                     hint="score it with a head trained on this cache")
-
-
-def _load_trunk(prov: BackboneRecord, weights: str | None, ckpt: Path, precision: str = "auto",
-                device: torch.device | str = "cpu"):
-    """Build the backbone the checkpoint was trained on; `weights` (user's) must be the same.
-    `precision`: a trunk precision ("auto" resolved for `device`)."""
-    from amnet.extract.backbone import load_backbone
-
-    wanted = prov.weights_id
-    if weights is not None and weights != wanted and not weights.startswith("file:"):
-        raise WeightsError(f"--weights {weights} does not match {ckpt}, trained on backbone weights "
-                           f"{wanted}; drop --weights or pass those weights")
-    source = weights or wanted
-    try:
-        trunk, spec = load_backbone(source, precision, device, prov.layer or "layer3")
-    except WeightsError as e:
-        hint = (f"; pass --weights file:<local copy of {wanted[5:]}>" if weights is None
-                and wanted.startswith("file:") else "")
-        raise WeightsError(f"{e} (backbone of {ckpt}){hint}") from e
-    # normalisation belongs to the weight source; it must be what the head was trained on
-    check_compatible(BackboneRecord.from_spec(spec), prov, f"backbone weights {source}",
-                     f"checkpoint {ckpt}", error=WeightsError,
-                     hint="pass the weights the head was trained on")
-    return trunk, spec
 
 
 # ---- frozen, eval-mode calls (score_tensor) ------------------------------------------------------
@@ -233,10 +142,10 @@ class Predictor:
                 raise WeightsError(f"{p}: checkpoint not found")
             model, meta = load_checkpoint(p, map_location="cpu")
             heads.append(model.eval())
-            provs.append(_provenance(meta, p))
+            provs.append(checkpoint_backbone(meta, p))
             metas.append({k: meta.get(k) for k in ("backbone", "train_config", "epoch",
                                                     "metrics")})
-        groups = _group_by_backbone(provs, metas, paths)
+        groups = group_by_backbone(provs, metas, paths)
         prov = provs[0]
         for h, p in zip(heads[1:], paths[1:]):
             for key in ("grid", "lstm_steps", "in_channels"):
@@ -262,10 +171,10 @@ class Predictor:
             if backbone:
                 if match_cache:
                     precision = provs[idx[0]].precision or "mixed"
-                trunk, spec = _load_trunk(provs[idx[0]], weights, paths[idx[0]], precision, dev)
+                trunk, spec = load_trunk(provs[idx[0]], weights, paths[idx[0]], precision, dev)
                 trunk = trunk.to(dev).eval()
             elif weights is not None and weights != prov.weights_id:
-                _load_trunk(prov, weights, paths[0])  # only to verify a file: by its sha256
+                load_trunk(prov, weights, paths[0])  # only to verify a file: by its sha256
             branches.append((idx, trunk, spec))
         heads = [h.to(dev) for h in heads]
         return cls(heads, prov, paths, dev, batch_size=batch_size, round_fp16=match_cache,
@@ -293,7 +202,7 @@ class Predictor:
         why: list[str] = []
         for meta in self._metas:
             prov = BackboneRecord.from_dict(meta.get("backbone") or {})
-            why += [w for w in _demo_reasons(prov, meta.get("train_config") or {}) if w not in why]
+            why += [w for w in demo_reasons_for(prov, meta.get("train_config") or {}) if w not in why]
         return why
 
     @property
@@ -302,7 +211,7 @@ class Predictor:
         the demo data set in its provenance): such scores mean nothing for real photos."""
         for path, meta in zip(self.checkpoints, self._metas):
             prov = BackboneRecord.from_dict(meta.get("backbone") or {})
-            why = _demo_reasons(prov, meta.get("train_config") or {})
+            why = demo_reasons_for(prov, meta.get("train_config") or {})
             if why:
                 return (f"warning: {path} was trained {' '.join(why)}: its scores mean "
                         "nothing for real photos; for those use the published model, "
@@ -320,7 +229,7 @@ class Predictor:
         return self._transform
 
     def load_image(self, path: str | Path) -> Image.Image:
-        from amnet.extract.backbone import open_image_rgb
+        from amnet.extract.images import open_image_rgb
         return open_image_rgb(path)
 
     def _to_batch(self, x: Any) -> tuple[torch.Tensor, bool]:

@@ -33,11 +33,12 @@ from typing import Any, Mapping
 import torch
 
 from amnet.core.atomic import atomic_path, atomic_write_text
+from amnet.core.errors import WeightsError, load_failure
+from amnet.core.provenance import BackboneRecord, file_sha256
+from amnet.core.settings import AMNetConfig
 from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 from amnet.head.checkpoint import make_checkpoint, save_checkpoint
-from amnet.core.errors import WeightsError, load_failure
-from amnet.head.model import AMNet, AMNetConfig
-from amnet.core.provenance import BackboneRecord, file_sha256
+from amnet.head.model import AMNet
 
 BACKBONE_PREFIX = "core_cnn.core_cnn."
 HEAD_LAYERS = ("inconv", "bn1", "hs1", "hc1", "e1", "eh1", "eh3", "rnn", "regnet1", "regnet4")

@@ -12,7 +12,8 @@ from PIL import Image
 from amnet.core.atomic import atomic_open, remove_stale_temps
 from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import AmnetError
-from amnet.predict.predictor import Predictor, check_cache_provenance
+from amnet.predict.head_provenance import check_cache_provenance
+from amnet.predict.predictor import Predictor
 from amnet.predict.scoring import InputItem, ItemResult, predict_cached, predict_items
 
 
@@ -69,7 +70,7 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     keep = fig_dir is not None
     fc = None
     if cache is not None:
-        from amnet.extract.cache import FeatureCache
+        from amnet.extract.feature_cache import FeatureCache
         fc = FeatureCache(cache)
         check_cache_provenance(dict(fc.attrs), predictor.provenance, Path(cache),
                                predictor.checkpoints[0])
