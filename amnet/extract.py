@@ -276,7 +276,7 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
         # the workers fork now: with the file open, each would share HDF5's lock on it
         f.close()
         decoded = iter(_loader(plan, dev))
-        f = cache.open_existing(out, "r+")
+        f = _open_rw(out, lock)
         # a full disk: the rows marked done stay (the file is preallocated; only rows are
         # written), so the same command resumes once there is room for the rest
         with disk_full_guard(out, lambda: (len(rows) - summary["extracted"]) * row_bytes,

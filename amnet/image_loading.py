@@ -83,10 +83,10 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def die_with_parent(parent: int, worker_id: int = 0) -> None:
     """A DataLoader `worker_init_fn` (bind the parent: `functools.partial(die_with_parent,
-    os.getpid())`): on Linux, the worker gets SIGKILL as soon as `parent` -- the process that
-    started it, and iterates the loader -- dies, where the DataLoader's own watchdog notices
-    only after the work queued for it and a poll of up to 5 s (kill -9 of the parent, as the OOM
-    killer does, would leave it running meanwhile). Elsewhere, or for a worker that another
+    os.getpid())`): on Linux, the worker gets SIGKILL as soon as `parent`, the process that
+    started it, dies (strictly: the thread that started it, which iterates the loader), where
+    the DataLoader's own watchdog notices only after the item in hand (a batch of photos:
+    seconds under load) or, idle, a poll of up to 5 s. Elsewhere, or for a worker that another
     process started (a forkserver's), nothing changes."""
     if not sys.platform.startswith("linux") or os.getppid() != parent:
         return
