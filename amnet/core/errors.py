@@ -26,6 +26,11 @@ class DamagedCacheError(CacheError):
     settings): `amnet-cache repair` salvages its complete rows."""
 
 
+class CacheInUseError(CacheError):
+    """A feature cache file that another process holds open (HDF5's lock on it): not damaged,
+    nor made with other settings; the message says to wait for that process or stop it."""
+
+
 class WeightsError(AmnetError):
     """Backbone or head weights that cannot be loaded (offline, wrong file, wrong layout)."""
 

@@ -19,6 +19,12 @@ LockLostError when the lock file no longer carries its token (deleted by hand, o
 process on another host), so a process that lost its lock never replaces what another wrote.
 
 Not a lock for readers: h5py's own file locking keeps readers off a file being written.
+
+That HDF5 lock belongs to the open file, and a child forked while the file is open shares it: a
+writer killed with kill -9 can leave children that hold it for a while (DataLoader workers, until
+they notice). amnet.extract forks its workers before it opens the file, so none holds it; should
+another child hold it anyway, `wait_for_leftovers` waits for the dead writer's children, saying
+which pids hold the file, and names any other process that does.
 """
 from __future__ import annotations
 
@@ -45,6 +51,8 @@ POLL_SECONDS = 0.5
 UNREADABLE_STALE_SECONDS = 10.0
 # a break mutex this old was left by a process killed while breaking a stale lock
 BREAK_STALE_SECONDS = 30.0
+# how long a new writer waits for the processes a killed writer left holding the file open
+LEFTOVER_WAIT_SECONDS = 60.0
 
 _held: dict[str, list] = {}  # lock file (absolute) -> [Lock, depth] of the locks this process holds
 
@@ -134,8 +142,8 @@ def _stale(seen: _Seen) -> bool:
     return holder_alive(seen.holder) is False
 
 
-def _break(lock: Path, seen: _Seen) -> None:
-    """Remove the stale lock file `seen`, unless it changed meanwhile."""
+def _break(lock: Path, seen: _Seen) -> Holder | None:
+    """Remove the stale lock file `seen`, unless it changed meanwhile; the holder removed."""
     brk = lock.with_name(lock.name + ".break")
     try:
         os.close(os.open(brk, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
@@ -146,7 +154,7 @@ def _break(lock: Path, seen: _Seen) -> None:
         except FileNotFoundError:
             pass
         time.sleep(0.05)
-        return
+        return None
     try:
         now = _look(lock)
         if now is not None and (now.raw, now.ino, now.mtime_ns) == (seen.raw, seen.ino,
@@ -154,8 +162,10 @@ def _break(lock: Path, seen: _Seen) -> None:
             lock.unlink(missing_ok=True)
             who = seen.holder.describe() if seen.holder else "a process killed while creating it"
             log.warning(f"{lock}: removed a stale lock of {who}, which no longer runs")
+            return seen.holder
     finally:
         brk.unlink(missing_ok=True)
+    return None
 
 
 def _try_create(lock: Path, me: Holder) -> bool:
@@ -178,10 +188,12 @@ def _try_create(lock: Path, me: Holder) -> bool:
 
 
 class Lock:
-    """A held lock on `path` (see the module docstring)."""
+    """A held lock on `path` (see the module docstring); `replaced`: the dead holder whose stale
+    lock this one replaced (None if there was none)."""
 
-    def __init__(self, path: Path, holder: Holder):
+    def __init__(self, path: Path, holder: Holder, replaced: Holder | None = None):
         self.path, self.file, self.holder = path, lock_path(path), holder
+        self.replaced = replaced
 
     def owned(self) -> Holder | None:
         """None while the lock file still carries this lock's token, else who holds it now
@@ -218,14 +230,15 @@ def acquire(path: str | os.PathLike, wait: float = 0.0) -> Lock:
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = _me()
     deadline = time.monotonic() + max(0.0, wait)
+    replaced = None
     while True:
         if _try_create(lock, me):
-            return Lock(path, me)
+            return Lock(path, me, replaced)
         seen = _look(lock)
         if seen is None:
             continue  # released between the two calls
         if _stale(seen):
-            _break(lock, seen)
+            replaced = _break(lock, seen) or replaced
             continue
         left = deadline - time.monotonic()
         if left <= 0:
@@ -244,6 +257,81 @@ def _busy_message(path: Path, lock: Path, seen: _Seen, wait: float) -> str:
                 f"or, if no such process runs on {h.host} any more, delete {lock}")
     return (f"{path}: being written by {h.describe()}{waited}; wait for it to finish "
             f"(--wait SECONDS) or stop it (kill {h.pid}), then rerun")
+
+
+def processes_holding(path: str | os.PathLike) -> list:
+    """The psutil processes besides this one that have `path` open (of those whose open files
+    this user may read: on Linux, its own)."""
+    import psutil
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        try:
+            for of in p.open_files():
+                try:  # the open file itself (Linux), else the file at the path it was opened by
+                    s = os.stat(f"/proc/{p.pid}/fd/{of.fd}" if of.fd >= 0 else of.path)
+                except OSError:
+                    continue
+                if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+                    found.append(p)
+                    break
+        except psutil.Error:
+            continue
+    return found
+
+
+def _describe(p) -> str:
+    import psutil
+    try:
+        return f"pid {p.pid} ({' '.join(p.cmdline())[:120]})"
+    except psutil.Error:
+        return f"pid {p.pid}"
+
+
+def _left_by(p, dead: Holder) -> bool:
+    """Whether process `p` started after the dead writer `dead` did: a child it left behind (say
+    a DataLoader worker), or else a process that opened the file since it died."""
+    import psutil
+    try:
+        return p.create_time() >= dead.started - 1.0
+    except psutil.Error:
+        return False
+
+
+def wait_for_leftovers(lock: Lock, timeout: float = LEFTOVER_WAIT_SECONDS) -> None:
+    """`lock.path` could not be opened for writing although this process holds its writer lock:
+    other processes hold the file open. When each of them started after the dead writer whose
+    stale lock this one replaced (its children, which inherited the file and HDF5's lock on it,
+    or a process that opened it since), wait up to `timeout` seconds for them to let go,
+    naming them. Returns once no process can be seen holding it (the caller opens it again);
+    LockedError naming each process that holds it otherwise."""
+    path, dead = lock.path, lock.replaced
+    holders = processes_holding(path)
+    if not holders:
+        return
+    which = ", ".join(_describe(p) for p in holders)
+    if dead is None or not all(_left_by(p, dead) for p in holders):
+        raise LockedError(f"{path}: in use by {which}; wait for it to finish or stop it, then "
+                          "rerun") from None
+    log.warning(f"{path}: still open in {which}, which started after the killed writer pid "
+                f"{dead.pid} (its children?); waiting up to {timeout:g} s for them to let go")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        holders = processes_holding(path)
+        if not holders:
+            return
+        if not all(_left_by(p, dead) for p in holders):
+            break
+    which = ", ".join(_describe(p) for p in holders)
+    raise LockedError(f"{path}: still open in {which} (the writer pid {dead.pid} was killed, "
+                      f"waited for up to {timeout:g} s); stop them (kill "
+                      f"{' '.join(str(p.pid) for p in holders)}), then rerun") from None
 
 
 @contextmanager
@@ -266,4 +354,5 @@ def hold(path: str | os.PathLike, wait: float = 0.0) -> Iterator[Lock]:
         lk.release()
 
 
-__all__ = ["hold", "acquire", "Lock", "Holder", "lock_path", "holder_alive"]
+__all__ = ["hold", "acquire", "Lock", "Holder", "lock_path", "holder_alive", "processes_holding",
+           "wait_for_leftovers"]

@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import torch
 
-from amnet.core.errors import CacheError, DamagedCacheError
+from amnet.core.errors import CacheError, CacheInUseError, DamagedCacheError
 from amnet.core.provenance import BackboneRecord, versions
 from amnet.data.views import view_transform_description
 
@@ -257,14 +257,14 @@ _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
 
 def open_error(path: str | os.PathLike, e: OSError) -> CacheError:
     """The one-line CacheError for HDF5's error opening `path`: in use by another process (a
-    lock), truncated, not HDF5 at all, or otherwise damaged (DamagedCacheError for the last
+    lock: CacheInUseError), truncated, not HDF5 at all, or otherwise damaged (DamagedCacheError for the last
     three). HDF5's "truncated file" message names `sblock`, which holds "lock": a lock is told by
     its errno (EAGAIN) or HDF5's "unable to lock file", never by the word alone."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     low = msg.lower()
     if (isinstance(e, BlockingIOError) or e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
             or "unable to lock file" in low):
-        return CacheError(f"{path}: in use by another process (an extraction still running?); "
+        return CacheInUseError(f"{path}: in use by another process (an extraction still running?); "
                           f"wait for it or stop it ({msg})")
     repair = f"salvage its complete rows with `amnet-cache repair {path} FIXED.h5`"
     m = _TRUNCATED.search(msg)

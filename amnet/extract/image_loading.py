@@ -6,10 +6,13 @@ device, `amnet.extract.backbone.normalize_uint8`). A bad image becomes its reaso
 so that one file does not kill a worker (a FIFO, socket or device named like an image is refused
 before anything reads from it: it never blocks a worker); `collate_rows` stacks a batch's decoded
 images and lists its failures and notes (a multi-frame file: its first frame was used), all in
-batch order.
+batch order. `die_with_parent` ties a worker's life to the process that started it.
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -73,3 +76,26 @@ def collate_rows(batch: list[tuple[int, torch.Tensor | None, str | None, str | N
     notes = [(i, note) for i, _, _, note in batch if note is not None]
     images = torch.stack([x for _, x in good]) if good else None
     return DecodedBatch([i for i, _ in good], images, failed, notes)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn` (bind the parent: `functools.partial(die_with_parent,
+    os.getpid())`): on Linux, the worker gets SIGKILL as soon as `parent`, the process that
+    started it, dies (strictly: the thread that started it, which iterates the loader), where
+    the DataLoader's own watchdog notices only after the item in hand (a batch of photos:
+    seconds under load) or, idle, a poll of up to 5 s. Elsewhere, or for a worker that another
+    process started (a forkserver's), nothing changes."""
+    if not sys.platform.startswith("linux") or os.getppid() != parent:
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call above: nothing would tell us
+        os.kill(os.getpid(), signal.SIGKILL)

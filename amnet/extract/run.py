@@ -5,7 +5,9 @@ workers (amnet.extract.image_loading: uint8 `[1 + K, 3, S, S]` per image, a quar
 ToTensor/Normalize happen on the device; one trunk forward per batch covers every view (and its
 flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
 file is flushed every few batches, so a killed run resumes where it stopped (see amnet/extract/cache.py
-for why it survives).
+for why it survives). The workers start while the file is closed, so that none shares it (nor
+HDF5's lock on it), and die with the writer (`die_with_parent`): a resume right after a kill -9
+finds the file free.
 
 Many processes (`--shard auto` under torchrun, one or many nodes): each takes every n-th image
 (`shard`) and writes its own file, so they need no process group, no communication and no shared
@@ -15,6 +17,7 @@ file's features equal a single run's byte for byte.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -28,13 +31,13 @@ from torch.utils.data import DataLoader
 from amnet.core.atomic import atomic_path, remove_stale_temps
 from amnet.core.device import resolve_device, set_compute_threads
 from amnet.core.diskspace import disk_full_guard
-from amnet.core.errors import CacheError, DamagedCacheError, ImageError
-from amnet.core.lockfile import Lock, hold
+from amnet.core.errors import CacheError, CacheInUseError, DamagedCacheError, ImageError
+from amnet.core.lockfile import Lock, hold, wait_for_leftovers
 from amnet.core.progress import progress_bar
 from amnet.extract import cache, cache_ops
 from amnet.extract.backbone import (channels_for, features, grid_for, layer_attrs, load_backbone,
                                     normalize_uint8)
-from amnet.extract.image_loading import ImageRows, collate_rows
+from amnet.extract.image_loading import ImageRows, collate_rows, die_with_parent
 
 FLUSH_EVERY_BATCHES = 4
 FLUSH_EVERY_SECONDS = 30.0
@@ -107,6 +110,15 @@ def _list_change(have: list[str], done: np.ndarray, names: list[str]) -> str | N
     return "the same names in another order); pass --overwrite to replace it"
 
 
+def _open_rw(out: Path, lock: Lock):
+    """`out` opened r+, once the processes a killed writer left holding it are gone."""
+    try:
+        return cache.open_existing(out, "r+")
+    except CacheInUseError:
+        wait_for_leftovers(lock)  # LockedError naming them if they are not the dead run's
+    return cache.open_existing(out, "r+")
+
+
 def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, lock: Lock):
     """(h5py file open in r+ mode, True if it was already complete, names dropped from it).
 
@@ -115,7 +127,7 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
     dropped = 0
     if out.exists() and not overwrite:
         try:
-            f = cache.open_existing(out, "r+")
+            f = _open_rw(out, lock)
         except DamagedCacheError as e:
             raise DamagedCacheError(f"{e}; or pass --overwrite to start it afresh") from None
         try:
@@ -269,12 +281,16 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
         plan = _RunPlan(out, names, paths, rows, image_size, flip, views, view_seed, batch_size,
                         workers, on_error, progress, on_batch)
         row_bytes = cache.row_bytes(attrs)
+        # the workers fork now: with the file open, each would share HDF5's lock on it
+        f.close()
+        decoded = iter(_loader(plan, dev))
+        f = _open_rw(out, lock)
         # a full disk: the rows marked done stay (the file is preallocated; only rows are
         # written), so the same command resumes once there is room for the rest
         with disk_full_guard(out, lambda: (len(rows) - summary["extracted"]) * row_bytes,
                              lambda: f"the {summary['already'] + summary['extracted']} images "
                                      f"extracted so far are kept in {out}: the rerun resumes"):
-            _run(f, plan, trunk, spec, dev, summary)
+            _run(f, decoded, plan, trunk, spec, dev, summary)
         done = f["done"][:].astype(bool)
         summary["failed_total"] = len(cache.read_failed(f))
         summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
@@ -331,13 +347,18 @@ class _RunPlan:
     on_batch: BatchCallback | None = None
 
 
-def _run(f, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
-    """Extract `plan.rows` into the open file `f`, counting into `summary`."""
+def _loader(plan: _RunPlan, dev) -> DataLoader:
+    """The decoded batches of `plan.rows`; its workers die with this process."""
     images = ImageRows(plan.paths, plan.names, plan.rows, plan.size, plan.views, plan.view_seed)
-    loader = DataLoader(images, batch_size=plan.batch_size, shuffle=False,
-                        num_workers=plan.workers, collate_fn=collate_rows,
-                        pin_memory=dev.type == "cuda",
-                        prefetch_factor=4 if plan.workers else None)
+    return DataLoader(images, batch_size=plan.batch_size, shuffle=False,
+                      num_workers=plan.workers, collate_fn=collate_rows,
+                      pin_memory=dev.type == "cuda", prefetch_factor=4 if plan.workers else None,
+                      worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+
+
+def _run(f, decoded, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
+    """Extract `plan.rows` (`decoded`: the started iterator of `_loader(plan)`) into the open
+    file `f`, counting into `summary`."""
     flip, views, names = plan.flip, plan.views, plan.names
     feats_ds, flip_ds, done_ds = f["features"], f["features_flip"] if flip else None, f["done"]
     views_ds = f["views"] if views else None
@@ -347,7 +368,7 @@ def _run(f, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
     t0 = last_flush = time.perf_counter()
     batches = 0
     try:
-        for idx, x, fails, notes in loader:
+        for idx, x, fails, notes in decoded:
             # multi-frame files (animated GIF/PNG/WebP, multi-page TIFF) gave their first frame
             summary["first_frame"] += len(notes)
             shown = summary["first_frame_notes"]
