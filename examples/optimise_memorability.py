@@ -41,7 +41,8 @@ def make_demo_head(path: Path, weights: str, seed: int) -> Path:
         return path
     from amnet.core.provenance import BackboneRecord
     from amnet.core.settings import AMNetConfig
-    from amnet.extract.backbone import grid_for, load_backbone
+    from amnet.extract.backbone import load_backbone
+    from amnet.extract.layers import grid_for
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.head.model import AMNet
 

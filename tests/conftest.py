@@ -325,7 +325,7 @@ def save_small_head(path: Path, spec, image_size: int = 32, seed: int = 0) -> Pa
 
     from amnet.core.provenance import BackboneRecord
     from amnet.core.settings import AMNetConfig
-    from amnet.extract.backbone import grid_for
+    from amnet.extract.layers import grid_for
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.head.model import AMNet
 
@@ -367,7 +367,8 @@ def save_tiny_head(path: str | Path, weights: str = "random:0", seed: int = 0, s
     import torch
     from amnet.core.provenance import BackboneRecord
     from amnet.core.settings import AMNetConfig
-    from amnet.extract.backbone import grid_for, load_backbone
+    from amnet.extract.backbone import load_backbone
+    from amnet.extract.layers import grid_for
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.head.model import AMNet
 

@@ -11,6 +11,7 @@ import torchvision
 
 from amnet.core.errors import WeightsError
 from amnet.extract import backbone as B
+from amnet.extract.layers import grid_for
 from amnet.extract.images import open_image_rgb
 from conftest import rgb_array
 
@@ -35,7 +36,7 @@ def test_random_trunk_shape_and_spec(random0):
     for size, grid in ((64, 4), (32, 2), (72, 5)):
         y = B.features(trunk, torch.randn(2, 3, size, size), "cpu")
         assert y.shape == (2, 1024, grid, grid) and y.dtype == torch.float32
-        assert B.grid_for(size) == (grid, grid)  # what every stage relating sizes to grids asks
+        assert grid_for(size) == (grid, grid)  # what every stage relating sizes to grids asks
     # same seed, same weights; other seed, other hash
     assert B.load_backbone("random:0")[1].weights_sha256 == spec.weights_sha256
     assert B.load_backbone("random:1")[1].weights_sha256 != spec.weights_sha256
@@ -191,7 +192,7 @@ def test_grid_for_is_ceil_of_a_sixteenth_and_extract_agrees():
 
     from amnet.extract import run as extract
     for size in range(32, 520):
-        assert B.grid_for(size) == (math.ceil(size / 16),) * 2
+        assert grid_for(size) == (math.ceil(size / 16),) * 2
         # amnet.extract.run keeps its own copy until it imports this one (then: the same object)
-        assert extract.grid_for(size) == B.grid_for(size)
+        assert extract.grid_for(size) == grid_for(size)
 

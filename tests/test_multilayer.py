@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from amnet.extract import backbone as B
+from amnet.extract import layers as L
 from amnet.core.errors import WeightsError
 
 SIZE = 64
@@ -31,18 +32,18 @@ def images(tmp_path_factory) -> Path:
 
 
 def test_layer_geometry():
-    assert B.parse_layers("layer3, layer4") == ("layer3", "layer4")
+    assert L.parse_layers("layer3, layer4") == ("layer3", "layer4")
     for bad in ("layer4,layer3", "layer3,layer3", "layer5", ""):
         with pytest.raises(WeightsError, match="--layers"):
-            B.parse_layers(bad)
-    assert B.grid_for(224) == (14, 14) and B.grid_for(224, "layer4") == (7, 7)
-    assert B.grid_for(224, "layer3,layer4") == (7, 7) and B.grid_for(72, "layer4") == (3, 3)
-    assert (B.channels_for("layer3"), B.channels_for("layer4"),
-            B.channels_for("layer3,layer4")) == (1024, 2048, 3072)
-    assert B.layer_shapes("layer3,layer4", 224) == {"layer3": [1024, 14, 14],
+            L.parse_layers(bad)
+    assert L.grid_for(224) == (14, 14) and L.grid_for(224, "layer4") == (7, 7)
+    assert L.grid_for(224, "layer3,layer4") == (7, 7) and L.grid_for(72, "layer4") == (3, 3)
+    assert (L.channels_for("layer3"), L.channels_for("layer4"),
+            L.channels_for("layer3,layer4")) == (1024, 2048, 3072)
+    assert L.layer_shapes("layer3,layer4", 224) == {"layer3": [1024, 14, 14],
                                                     "layer4": [2048, 7, 7]}
-    assert B.layer_attrs("layer3", 224) == {}  # a layer3 cache's attributes are as before
-    assert B.layer_attrs("layer3,layer4", 224)["layer_shapes"] == \
+    assert L.layer_attrs("layer3", 224) == {}  # a layer3 cache's attributes are as before
+    assert L.layer_attrs("layer3,layer4", 224)["layer_shapes"] == \
         "layer3 1024x14x14, layer4 2048x7x7"
 
 

@@ -1,4 +1,4 @@
-"""The head grid vs the input size: the trunk's grid is ceil(S / 16) (amnet.extract.backbone.grid_for), so
+"""The head grid vs the input size: the trunk's grid is ceil(S / 16) (amnet.extract.layers.grid_for), so
 a 72-px cache (grid 5) is extracted and trained on -- and its heads must load for prediction.
 
 Predictor.from_checkpoint checks the head's grid against grid_for(image_size), as extract does
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from amnet.core.errors import WeightsError
-from amnet.extract.backbone import grid_for
+from amnet.extract.layers import grid_for
 
 
 def _head(path: Path, image_size: int, grid: int) -> Path:

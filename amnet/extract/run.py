@@ -1,13 +1,11 @@
 """Stage one's loop: images -> trunk -> float16 rows of an HDF5 feature cache, resumably.
 
 Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader
-workers (amnet.extract.image_loading: uint8 `[1 + K, 3, S, S]` per image, a quarter of float32's bytes);
-ToTensor/Normalize happen on the device; one trunk forward per batch covers every view (and its
-flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
-file is flushed every few batches, so a killed run resumes where it stopped (see amnet/extract/cache.py
-for why it survives). The workers start while the file is closed, so that none shares it (nor
-HDF5's lock on it), and die with the writer (`die_with_parent`): a resume right after a kill -9
-finds the file free.
+workers (amnet.extract.image_loading: uint8 `[1 + K, 3, S, S]` per image); ToTensor/Normalize
+happen on the device; one trunk forward per batch covers every view (and flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
+file is flushed every few batches, so a killed run resumes where it stopped (amnet/extract/cache.py
+says why). The workers start while the file is closed (none shares it, nor HDF5's lock on it)
+and die with the writer (`die_with_parent`): a resume right after a kill -9 finds the file free.
 
 Many processes (`--shard auto` under torchrun, one or many nodes): each takes every n-th image
 (`shard`) and writes its own file, so they need no process group, no communication and no shared
@@ -35,15 +33,14 @@ from amnet.core.errors import CacheError, CacheInUseError, DamagedCacheError, Im
 from amnet.core.lockfile import Lock, hold, wait_for_leftovers
 from amnet.core.progress import progress_bar
 from amnet.extract import cache, cache_ops
-from amnet.extract.backbone import (channels_for, features, grid_for, layer_attrs, load_backbone,
-                                    normalize_uint8)
+from amnet.extract.backbone import features, load_backbone, normalize_uint8
 from amnet.extract.image_loading import ImageRows, collate_rows, die_with_parent
+from amnet.extract.layers import channels_for, grid_for, layer_attrs
 
 FLUSH_EVERY_BATCHES = 4
 FLUSH_EVERY_SECONDS = 30.0
 
-# on_batch(batches, extracted): called once per batch, see extract()
-BatchCallback = Callable[[int, int], None]
+BatchCallback = Callable[[int, int], None]  # on_batch(batches, extracted): see extract()
 
 
 def auto_workers(device: torch.device) -> int:
@@ -161,21 +158,18 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
     return cache.open_existing(out, "r+"), False, dropped
 
 
-
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
-            image_size: int = 224, layers: str = "layer3", flip: bool = False, views: int = 0, view_seed: int = 0,
-            device: str = "auto",
-            batch_size: int = 32, workers: int = 0, on_error: str = "fail",
+            image_size: int = 224, layers: str = "layer3", flip: bool = False, views: int = 0,
+            view_seed: int = 0, device: str = "auto", batch_size: int = 32, workers: int = 0,
+            on_error: str = "fail",
             overwrite: bool = False, shard: tuple[int, int] | str | None = None,
             progress: bool = True, precision: str = "auto", source: str | None = None,
             backbone: tuple | None = None, on_batch: BatchCallback | None = None,
             retry_failed: bool = False, wait: float = 0.0) -> dict:
     """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
 
-    layers: the trunk's output layer set (`amnet.backbone.parse_layers`): "layer3" (the paper's,
-    `[N, 1024, 14, 14]` at 224), "layer4" (`[N, 2048, 7, 7]`) or "layer3,layer4" (`[N, 3072, 7,
-    7]`: layer3 average-pooled onto layer4's grid, then layer4; `amnet.backbone.Trunk`). The
-    file records the set and each layer's own shape; a file made for another set is refused.
+    layers: "layer3" (`[N, 1024, 14, 14]` at 224), "layer4" or "layer3,layer4" (`[N, 3072, 7, 7]`;
+    `amnet.extract.backbone.Trunk`); recorded in the file, which another layer set cannot resume.
 
     views K > 0: also store K seeded random-resized-crop views per image (`views` dataset,
     `[N, K, C, h, w]`; `views_flip` with flip), the crops drawn from (view_seed, name, j) only.
@@ -248,12 +242,10 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
     threads = set_compute_threads(dev, workers)
-    # "auto" precision resolved for dev
-    trunk, spec = backbone or load_backbone(weights, precision, dev, layers)
-    attrs = cache.settings_attrs(spec, image_size, flip, channels=channels_for(spec.layer),
-                                 grid=grid_for(image_size, spec.layer), views=views,
-                                 view_seed=view_seed)
-    attrs.update(layer_attrs(spec.layer, image_size))
+    trunk, spec = backbone or load_backbone(weights, precision, dev, layers)  # "auto" resolved
+    attrs = {**cache.settings_attrs(spec, image_size, flip, channels=channels_for(spec.layer),
+                                    grid=grid_for(image_size, spec.layer), views=views,
+                                    view_seed=view_seed), **layer_attrs(spec.layer, image_size)}
     attrs["source"] = str(source) if source is not None else ""
     if shard is not None:
         attrs.update(shard_index=shard[0], shard_count=shard[1], shard_total=total)

@@ -152,7 +152,7 @@ class Predictor:
                 if getattr(h.config, key) != getattr(heads[0].config, key):
                     raise WeightsError(f"{p}: head {key} {getattr(h.config, key)} differs from "
                                        f"{paths[0]}'s {getattr(heads[0].config, key)}")
-        from amnet.extract.backbone import grid_for
+        from amnet.extract.layers import grid_for
         if (heads[0].config.grid,) * 2 != grid_for(prov.image_size, prov.layer):
             raise WeightsError(f"{paths[0]}: head grid {heads[0].config.grid} does not fit input "
                                f"size {prov.image_size} ({prov.layer} output is "
