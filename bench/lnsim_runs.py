@@ -57,7 +57,6 @@ AMNET = {
     "amnet-multi-noatt": ("tuned", {"layers": "layer3,layer4", "use_attention": False,
                                     "epochs": 8}),
 }
-LEGACY = {"amnet-paper": "amnet"}   # run folders of older versions, reused when fingerprints match
 CLI_OWNED = ("device", "precision", "workers", "progress")  # never taken from a recipe
 LABELS = {
     "mean": "Training mean (MSE floor)", "ridge": "Ridge on pooled layer3",
@@ -300,6 +299,13 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
               keep_checkpoint: bool = True, views: int = 0) -> dict:
     """Train one AMNet row on split k; skipped when a result.json with the same fingerprint exists.
 
+    Why a run cache of its own, and not DVC experiments: a row is 25 splits x (backbone, recipe),
+    hundreds of short runs over one shared cache per backbone, resumed one split at a time after a
+    kill; as DVC stages that is one `foreach` stage per row and a `dvc exp run` per recipe, each
+    re-hashing the 1-2 GB caches. The fingerprint is what `amnet.head.train.train_split` itself
+    records (its model and train settings, the cache's name, the split), so a run folder's
+    result.json says what trained it, like the pipeline's metrics.json.
+
     test=False (the sweep) never reads the test half: the result holds validation numbers only.
     """
     from amnet.data.listfiles import split_path
@@ -319,9 +325,6 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
         fingerprint["val_only"] = True
     want = json.loads(json.dumps(fingerprint))
     candidates = [out]
-    if test and base_of(slug) in LEGACY:
-        candidates.append(out_root / slug.replace(base_of(slug), LEGACY[base_of(slug)], 1)
-                          / f"split_{k}")
     if test:   # another row that trained exactly this (amnet-tuned-noviews = amnet-tuned when the
         # recipe has no crop views): the same run, not a second one that differs only by noise
         candidates += sorted(p.parent for p in out_root.glob(f"*/split_{k}/result.json")
