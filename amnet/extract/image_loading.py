@@ -88,7 +88,11 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
     the DataLoader's own watchdog notices only after the item in hand (a batch of photos:
     seconds under load) or, idle, a poll of up to 5 s. Elsewhere, or for a worker that another
     process started (a forkserver's), nothing changes."""
-    if not sys.platform.startswith("linux") or os.getppid() != parent:
+    if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != parent:  # a forkserver's worker, or `parent` died before this ran
+        if _gone(parent):
+            os.kill(os.getpid(), signal.SIGKILL)
         return
     import ctypes
     try:
@@ -99,3 +103,13 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
         return
     if os.getppid() != parent:  # the parent died before the call above: nothing would tell us
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
