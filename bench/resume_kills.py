@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +64,8 @@ def main() -> None:
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip()
-        record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu_label(),
+        from bench.record import label
+        record = {**label(), "cpu": cpu_label(),
                   "commit": commit, "runner": "warm" if args.warm else "cold",
                   "seed": args.seed, "images": args.images, "extract": kill_resume.EXTRACT,
                   "reference_extract_seconds": round(seconds, 2), "tries": len(got), "clean": clean,
