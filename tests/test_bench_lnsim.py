@@ -291,7 +291,7 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     argv = ["--data", str(isola / "src"), "--work", str(isola / "work"), "--splits", "1,2",
             "--backbones", "random:0", "--device", "cpu", "--table", str(table),
             "--readme", str(readme), "--notes", str(tmp_path / "none.md"),
-            "--config", str(tmp_path / "absent.yaml"),
+            "--config", str(ROOT / "configs" / "lnsim.yaml"),  # amnet-multi: the tuned recipe
             "--models", f"mean,ridge,ridge-layer4,ridge-layer34,human,amnet-paper[{SMALL}],"
                         f"amnet-multi[{SMALL}],amnet-multi-tta"]
     assert lnsim.main(argv) == 0
@@ -307,9 +307,12 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     with FeatureCache(isola / "work" / "cache" / "random:0.layer3+layer4.h5") as c:
         assert c.attrs["layer"] == "layer3,layer4" and c.channels == 3072
     assert "extract random:0 layer3,layer4" in table.read_text()
-    fp = json.loads((isola / "work" / "runs" / "random:0" / multi / "split_1" /
-                     "result.json").read_text())["fingerprint"]
-    assert fp["cache"] == "random:0.layer3+layer4.h5" and fp["model"]["in_channels"] == 3072
+    run1 = isola / "work" / "runs" / "random:0" / multi / "split_1"
+    assert json.loads((run1 / "result.json").read_text())["fingerprint"]["cache"] == \
+        "random:0.layer3+layer4.h5"
+    from amnet.head.checkpoint import load_checkpoint
+    head, _ = load_checkpoint(run1 / "head.pt")
+    assert (head.config.in_channels, head.config.grid) == (3072, 7)  # 224 px: 7 x 7
     assert got[("ridge-layer4", "random:0")]["per_split"]["1"]["rho"] != \
         got[("ridge-layer34", "random:0")]["per_split"]["1"]["rho"]
     for row in got.values():
