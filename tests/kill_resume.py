@@ -39,17 +39,17 @@ import amnet.extract.backbone, amnet.extract.run
 from amnet.cli import cache_cli
 
 weights, precision = sys.argv[1], sys.argv[2]
-real, loaded = amnet.backbone.load_backbone, {}
+real, loaded = amnet.extract.backbone.load_backbone, {}
 
 
-def load_backbone(w, p="auto", device="cpu"):
-    key = (w, p, str(device))
+def load_backbone(w, p="auto", device="cpu", layers="layer3"):
+    key = (w, p, str(device), layers)
     if key not in loaded:
-        loaded[key] = real(w, p, device)
+        loaded[key] = real(w, p, device, layers)
     return loaded[key]
 
 
-amnet.backbone.load_backbone = amnet.extract.load_backbone = load_backbone
+amnet.extract.backbone.load_backbone = amnet.extract.run.load_backbone = load_backbone
 load_backbone(weights, precision, torch.device("cpu"))
 proto_in, proto_out = sys.stdin, sys.stdout
 proto_out.write("ready\n"); proto_out.flush()

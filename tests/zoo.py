@@ -72,12 +72,12 @@ def shared_trunks() -> Iterator[None]:
     real = amnet.extract.backbone.load_backbone
     loaded: dict = {}
 
-    def load_backbone(weights, precision="auto", device="cpu"):
+    def load_backbone(weights, precision="auto", device="cpu", layers="layer3"):
         if not str(weights).startswith("random:"):
-            return real(weights, precision, device)
-        key = (weights, precision, str(device))
+            return real(weights, precision, device, layers)
+        key = (weights, precision, str(device), layers)
         if key not in loaded:
-            loaded[key] = real(weights, precision, device)
+            loaded[key] = real(weights, precision, device, layers)
         return loaded[key]
     amnet.extract.backbone.load_backbone = amnet.extract.run.load_backbone = load_backbone
     try:
