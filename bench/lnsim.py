@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "another NAME: a side run, --work/NAME.json and .md only")
     ap.add_argument("--render", action="store_true",
                     help="no compute: render the markdown and README block from the JSON")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="SIDE.json",
+                    help="no compute: merge the rows (and stage-one timings) of side runs "
+                         "(--results NAME, e.g. one process per backbone) into the JSON, render")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                     help="AMNet head: auto (bf16 where the hardware runs it natively), bf16, fp32")
@@ -100,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.chdir(D.ROOT)  # relative defaults are relative to the project root
     json_path, md_path, readme = output_paths(args)
-    if args.render:
+    if args.merge:
+        results = R.load_results(json_path)
+        for side in map(R.load_results, args.merge):
+            results["rows"] = R.merge_rows(results["rows"], side["rows"])
+            for key, timing in (side.get("timings") or {}).items():
+                if isinstance(timing, dict):
+                    results.setdefault("timings", {}).setdefault(key, {}).update(timing)
+        R.write_results(json_path, R.finalize(results))
+        D.log(f"merged {len(args.merge)} side runs into {json_path}")
+    if args.render or args.merge:
         if not json_path.is_file():
             raise SystemExit(f"--render: {json_path} not found; run the benchmark first")
         print(R.render(json_path, md_path, readme, args.notes))

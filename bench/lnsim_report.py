@@ -308,8 +308,9 @@ def render_markdown(results: dict, notes: Path | None = None) -> str:
         f"- {machine_line(results)}",
         f"- last command: `{st.get('command', '?')}`; date {st.get('date', '?')}; "
         f"torch {st.get('torch', '?')}; amnet {st.get('amnet', '?')}",
-        f"- backbones: {', '.join(st.get('backbones', []))} (frozen, layer3 of 224 x 224 "
-        "squashed images, one feature cache per backbone with flip views"
+        f"- backbones: {', '.join(st.get('backbones', []))} (frozen, 224 x 224 squashed images; "
+        "per backbone one layer3 feature cache and one layer3,layer4 cache for the `ridge-layer*` "
+        "and `amnet-multi*` rows, each with flip views"
         f"{', ' + str(st.get('views')) + ' crop views' if st.get('views') else ''})",
         "",
         "Spearman rho and MSE on the test halves, mean ± sd over splits; `val rho` is what any "
