@@ -1,5 +1,5 @@
-"""The frozen ResNet trunk (conv1 .. layer3, the paper's "layer 43"), its weight sources and the
-paper's test-time preprocessing.
+"""The frozen ResNet trunk (conv1 .. layer3, the paper's "layer 43", or on request .. layer4:
+amnet.extract.layers), its weight sources and the paper's test-time preprocessing.
 
 Weight sources (`--weights`), each fixing the architecture and the input normalisation:
 
