@@ -184,9 +184,11 @@ def strongest_probe(rows: list[dict], backbone: str) -> dict | None:
 
 def best_amnet(rows: list[dict], backbone: str) -> dict | None:
     """The AMNet row of `backbone` with the highest mean VALIDATION rho (at least 20 splits):
-    the headline's choice, made without looking at the test halves."""
+    the headline's choice, made without looking at the test halves. Among the rows with
+    attention: the no-attention ablations (`*-noatt`) measure what attention adds, they are not
+    the model the headline is about (the paper's AMNet has attention)."""
     cands = [r for r in rows if r["backbone"] == backbone and base_of(r["model"]) in HEADS
-             and len(r["per_split"]) >= 20]
+             and not base_of(r["model"]).endswith("-noatt") and len(r["per_split"]) >= 20]
     return max(cands, key=lambda r: _mean(r, "val_rho"), default=None)
 
 
@@ -319,8 +321,8 @@ def render_markdown(results: dict, notes: Path | None = None) -> str:
         "",
         *table_lines(results),
         "",
-        "Headline (the best AMNet row chosen by validation rho, against the strongest linear "
-        "probe of the same trunk):",
+        "Headline (the best AMNet row with attention, chosen by validation rho, against the "
+        "strongest linear probe of the same trunk):",
         "",
         *([f"- {h}" for h in headline(results["rows"])] or ["- none yet"]),
         "",

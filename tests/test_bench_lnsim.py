@@ -202,6 +202,10 @@ def test_strongest_probe_headline_and_val_choices():
     assert (choice["a"], choice["b"]) == ("amnet-multi", "amnet-tuned")
     assert choice["mean_diff"] == pytest.approx(0.05) and choice["sd_diff"] == pytest.approx(0)
     assert "validation rho" in R.test_line(choice)
+    # a no-attention ablation with a better val rho is no headline candidate
+    abl = make_row("amnet-multi-noatt", "resmem", strong)
+    abl["val_rho"] = {k: 0.9 for k in abl["per_split"]}
+    assert R.best_amnet(rows + [abl], "resmem")["model"] == "amnet-multi"
     (line,) = R.headline(rows)
     assert "`amnet-multi`" in line and "`ridge-layer34`" in line and "+0.035" in line
     assert line.endswith("met")
