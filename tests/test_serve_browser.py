@@ -147,9 +147,12 @@ def test_serve_in_a_browser_scores_like_predict(tmp_path):
                                                    "http_proxy", "https_proxy", "all_proxy")},
                          NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     with open(log, "w") as out:
+        # SIGINT as at a terminal, even where pytest runs with it ignored (a shell's background
+        # job), which the server would inherit and then never see the Ctrl-C below
         server = subprocess.Popen([sys.executable, "-c", "from amnet.cli import main; main()",
                                    "serve", *ck_args, "--port", str(port)], env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+                                  stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     driver = None
     try:
         _wait_until_up(url, server, log)
