@@ -17,7 +17,7 @@ def __getattr__(name: str):
         from amnet.predict.predictor import Predictor
         return Predictor
     if name == "FeatureCache":
-        from amnet.extract.feature_cache import FeatureCache
+        from amnet.cache.reader import FeatureCache
         return FeatureCache
     if name == "AMNet":
         from amnet.head.model import AMNet

@@ -59,7 +59,7 @@ def naive(items, weights: str, size: int, device: torch.device, batch: int = 32)
 def real(items, weights: str, size: int, device: torch.device, batch: int, workers: int,
          precision: str, tmp: Path):
     from amnet.extract.backbone import features, load_backbone
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.extract.run import extract
     trunk, spec = load_backbone(weights, precision, device)  # loaded once, outside the timing
     features(trunk, torch.zeros(batch, 3, size, size), device)  # warm-up, not timed

@@ -157,7 +157,7 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
     if path.exists():
         # read-only check first: a complete cache is used without loading the backbone, and
         # without the writer's r+ open, which HDF5's locking refuses while another run reads it
-        from amnet.extract.feature_cache import FeatureCache
+        from amnet.cache.reader import FeatureCache
         with FeatureCache(path) as c:
             ready = (c.complete and c.has_flip and c.names == names and cache_views(c) == views
                      and c.attrs.get("layer", "layer3") == layers
@@ -197,8 +197,8 @@ def pooled(work: Path, backbone: str, names: list[str], views: int = 0,
     keeps it), then layer4's."""
     import numpy as np
 
-    from amnet.extract.feature_cache import FeatureCache
-    from amnet.predict.baselines import pooled_features
+    from amnet.cache.reader import FeatureCache
+    from baselines import pooled_features
 
     npy = cache_path(work, backbone, 0, layers).with_suffix(".gap.npy")
     meta = npy.with_suffix(".json")
@@ -217,7 +217,7 @@ def pooled(work: Path, backbone: str, names: list[str], views: int = 0,
 
 def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float], dict]:
     """`names` scored once each by the published ResMem model (CSV in work, resumable)."""
-    from amnet.predict.baselines import ResMemScorer
+    from baselines import ResMemScorer
 
     csv_path = work / f"resmem_scores_{args.resmem_precision}.csv"
     timing_path = csv_path.with_suffix(".timing.json")

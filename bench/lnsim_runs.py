@@ -211,7 +211,7 @@ def amnet_configs(settings: dict[str, Any], args, train_mean: float):
 
 def run_mean(work: Path, k: int) -> dict:
     from amnet.core.metrics import mse
-    from amnet.predict.baselines import TrainingMean
+    from baselines import TrainingMean
 
     t0 = time.perf_counter()
     _, ytr = read_part(work, "train", k)
@@ -227,7 +227,7 @@ def run_ridge(work: Path, k: int, feats, channels: slice = slice(None)) -> dict:
     import numpy as np
 
     from amnet.core.metrics import mse, spearman
-    from amnet.predict.baselines import RidgeProbe
+    from baselines import RidgeProbe
 
     index, x, _ = feats
     x = x[:, channels]

@@ -1,7 +1,7 @@
 """Benchmark the NaN/Inf check of stage two's features (issue 11, defect 1) against loading them.
 
 `amnet train` / `evaluate` check every image's features once, as a split is loaded: over the
-tensor in memory (`amnet.extract.cache.finite_rows`, float16 exponent bits, blocks of 64 rows) or, for
+tensor in memory (`amnet.cache.schema.finite_rows`, float16 exponent bits, blocks of 64 rows) or, for
 `--preload lazy`, in one pass over the file (`FeatureCache.nonfinite`). This measures, in one
 run, on a synthetic cache of N images of [1024, 14, 14] float16 (401 KB each; the OS page cache
 warm, as after extraction):
@@ -54,8 +54,9 @@ def main() -> None:
     import torch
 
     from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
-    from amnet.extract.cache import create, finite_rows, settings_attrs
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.schema import finite_rows, settings_attrs
+    from amnet.cache.writer import create
+    from amnet.cache.reader import FeatureCache
 
     torch.set_num_threads(1)
     names = [f"img{i:06d}.jpg" for i in range(args.n)]

@@ -42,7 +42,7 @@ TOLERANCE = 1e-2
 def stage_one(items, weights: str, size: int, batch: int, workers: int, device, tmp: Path) -> list[dict]:
     """extract() with each trunk precision: img/s and relative error against the fp32 run."""
     from amnet.extract.backbone import features, load_backbone
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.extract.run import extract
 
     rows, ref = [], None
@@ -69,7 +69,7 @@ def stage_two(n: int, epochs: int, head: dict, batch: int, device, tmp: Path) ->
     import h5py
 
     from amnet.core.settings import AMNetConfig, TrainConfig
-    from amnet.extract.cache import FORMAT
+    from amnet.cache.schema import FORMAT
     from amnet.head.train import train_split
 
     names = [f"img{i:05d}.jpg" for i in range(n)]

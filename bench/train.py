@@ -67,11 +67,11 @@ def _names(n: int) -> list[str]:
 
 
 def write_random_cache(path: Path, n: int, channels: int = 1024, grid: int = 14) -> Path:
-    """An `amnet.extract.cache` file (format version 1: plain view, no flips) of `n` random float16
+    """An `amnet.cache` file (format version 1: plain view, no flips) of `n` random float16
     feature maps named img000000.jpg, ...; written in blocks to bound memory."""
     import h5py
 
-    from amnet.extract.cache import FORMAT
+    from amnet.cache.schema import FORMAT
 
     gen = torch.Generator().manual_seed(0)
     with h5py.File(path, "w") as f:

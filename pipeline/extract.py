@@ -8,7 +8,7 @@ before a re-run) and renames it when complete: a run that crashed or was killed 
 stopped on the next `dvc repro`. The partial file's writer lock (amnet/core/lockfile.py) is held from
 the first write to the rename, so a run left over by a killed `dvc` is never disturbed: the next
 run stops with one line naming it (or waits, `--wait SECONDS`). A partial file that is damaged
-(truncated) keeps every row that can be salvaged (amnet.extract.cache_repair) before it resumes.
+(truncated) keeps every row that can be salvaged (amnet.cache.repair) before it resumes.
 
 The arguments are parsed, and the work done, by `extract_stage` in amnet/cli/stages.py, which
 calls what the CLI verb calls (one path per operation); `python pipeline/extract.py --help`

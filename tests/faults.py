@@ -5,7 +5,7 @@ killed run is resumed with the same command and compared byte for byte with an u
 bench/faults.py counts them.
 
 A kill point is `(target, when, at)`: the child python replaces `target` (`module:attr`, e.g.
-`amnet.extract.cache:write_rows`, `h5py:Dataset.__setitem__`, `os:replace`) with a wrapper that SIGKILLs
+`amnet.cache.writer:write_rows`, `h5py:Dataset.__setitem__`, `os:replace`) with a wrapper that SIGKILLs
 its own process right before (`when="before"`) or right after (`"after"`) the `at`-th call: at a
 batch boundary, between a batch's feature rows and their done flags, inside a flush, between a
 temp file's write and its rename. With `delay` instead of `at`, a timer armed at the first call
@@ -321,11 +321,11 @@ def train_fault(kill: Kill) -> Callable[[FaultWorld, Path], FaultOutcome]:
 # publishing the outputs. The seeded random points are drawn from these; the timed ones arm
 # at the first call of the first target (a merge is too short to time).
 POINTS = {
-    "extract": [("amnet.extract.cache:write_rows", 6, "ba"), ("h5py:Dataset.__setitem__", 12, "ba"),
-                ("h5py:File.flush", 3, "ba"), ("amnet.extract.cache:create", 1, "ba"),
+    "extract": [("amnet.cache.writer:write_rows", 6, "ba"), ("h5py:Dataset.__setitem__", 12, "ba"),
+                ("h5py:File.flush", 3, "ba"), ("amnet.cache.writer:create", 1, "ba"),
                 ("os:replace", 1, "b")],
-    "merge": [("amnet.extract.cache:write_rows", 1, "ba"), ("h5py:Dataset.__setitem__", 2, "ba"),
-              ("amnet.extract.cache:create", 1, "ba"), ("os:replace", 1, "b")],
+    "merge": [("amnet.cache.writer:write_rows", 1, "ba"), ("h5py:Dataset.__setitem__", 2, "ba"),
+              ("amnet.cache.writer:create", 1, "ba"), ("os:replace", 1, "b")],
     "train": [("amnet.head.fit:amnet_loss", 12, "ba"), ("amnet.head.fit:train_epoch", 3, "ba"),
               ("torch:save", 4, "ba"), ("os:replace", 7, "ba")],
 }
@@ -354,7 +354,7 @@ def seeded_kills(command: str, seed: int, extra: int = 0, timed: int = 0) -> lis
 
 # the fixed points CI runs: a batch boundary and mid-write in extract, a merge killed before its
 # rename, a training killed mid-epoch
-FAST = [("extract", Kill("amnet.extract.cache:write_rows", "after", 2)),
+FAST = [("extract", Kill("amnet.cache.writer:write_rows", "after", 2)),
         ("extract", Kill("h5py:Dataset.__setitem__", "before", 6)),
         ("merge", Kill("os:replace", "before", 1)),
         ("train", Kill("amnet.head.fit:amnet_loss", "after", 6))]

@@ -1,4 +1,4 @@
-"""Baselines of the LNSIM benchmark (amnet/predict/baselines.py; bench/lnsim*.py: test_bench_lnsim.py):
+"""Baselines of the LNSIM benchmark (bench/baselines.py; bench/lnsim*.py: test_bench_lnsim.py):
 synthetic data only, no backbone weights, a few seconds in all."""
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import csv
 import math
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from amnet.core.metrics import mse, spearman
-from amnet.predict.baselines import (DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean,
-                                     pooled_features)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from baselines import (DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean,  # noqa: E402
+                       pooled_features)
 
 
 

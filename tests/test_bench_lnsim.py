@@ -307,7 +307,7 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
                         ("ridge-layer34", "random:0"), ("human", None), (slug, "random:0"),
                         (multi, "random:0"), ("amnet-multi-tta", "random:0")}
     # the layer3,layer4 rows read their own cache, and the stage-one table names it
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     with FeatureCache(isola / "work" / "cache" / "random:0.layer3+layer4.h5") as c:
         assert c.attrs["layer"] == "layer3,layer4" and c.channels == 3072
     assert "extract random:0 layer3,layer4" in table.read_text()

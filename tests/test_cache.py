@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.reader import FeatureCache
 from amnet.extract.images import list_image_folder
 from amnet.extract.run import extract
 

@@ -27,8 +27,8 @@ from amnet.cli import cache_cli
 from amnet.core import lockfile
 from amnet.core.atomic import atomic_write_bytes, atomic_path
 from amnet.core.errors import CacheError, LockedError, LockLostError
-from amnet.extract.cache_ops import merge, relist
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.ops import merge, relist
+from amnet.cache.reader import FeatureCache
 from amnet.extract.images import list_image_folder
 from amnet.extract.run import extract, shard_path
 from conftest import subprocess_env, write_image
@@ -277,7 +277,7 @@ def test_relist_keeps_the_file_when_it_fails(image_dir, tmp_path, backbones, mon
         lib(items, out, backbones,
             on_batch=lambda b, e: (_ for _ in ()).throw(KeyboardInterrupt) if b == 2 else None)
     before = out.read_bytes()
-    import amnet.extract.cache_ops as ops
+    import amnet.cache.ops as ops
 
     def broken(*a, **k):
         raise OSError("disk on fire")
@@ -324,7 +324,7 @@ def test_retry_failed(image_dir, tmp_path, backbones):
     with h5py.File(out, "r+") as f:  # as if img04b had failed before
         i = f["names"].asstr()[:].tolist().index("img04b.jpg")
         f["done"][i] = False
-        from amnet.extract.cache import append_failed
+        from amnet.cache.writer import append_failed
         append_failed(f, [("img04b.jpg", "earlier failure")])
     s = lib(list_image_folder(image_dir), out, backbones, on_error="skip", retry_failed=True)
     assert s["retried"] == 1 and s["skipped"] == 1 and s["complete"]

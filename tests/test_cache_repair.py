@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from amnet.cli import cache_cli, main
 from amnet.core.errors import DamagedCacheError
-from amnet.extract.cache_repair import repair, superblock_eof
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.repair import repair, superblock_eof
+from amnet.cache.reader import FeatureCache
 from amnet.extract.images import list_image_folder
 from amnet.extract.run import extract
 from conftest import error_line, sha256_of, subprocess_env

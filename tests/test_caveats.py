@@ -23,9 +23,10 @@ C, G = 8, 4
 
 def write_cache(path, feats, precision: str):
     """A complete cache of `feats` `[N, C, G, G]` (names img000.jpg...) recording a trunk of
-    `precision`, written through amnet.extract.cache's own creator."""
+    `precision`, written through amnet.cache's own creator."""
     from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
-    from amnet.extract.cache import create, settings_attrs
+    from amnet.cache.schema import settings_attrs
+    from amnet.cache.writer import create
 
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, weights_sha256="ab" * 32, precision=precision)

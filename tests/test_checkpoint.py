@@ -64,12 +64,12 @@ def _cache_and_split(tmp_path):
     them, the checkpoint is the only thing wrong."""
     import numpy as np
 
-    from amnet.extract import cache as C
+    from amnet.cache import schema as C, writer as W
     from amnet.extract.backbone import BackboneSpec
     names = [f"{i}.jpg" for i in range(4)]
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=tuple(PROV["mean"]),
                         std=tuple(PROV["std"]), weights_sha256=PROV["weights_sha256"])
-    with C.create(tmp_path / "c.h5", names, C.settings_attrs(spec, 64, False, 8, (4, 4))) as f:
+    with W.create(tmp_path / "c.h5", names, C.settings_attrs(spec, 64, False, 8, (4, 4))) as f:
         f["features"][:] = np.random.default_rng(0).standard_normal((4, 8, 4, 4)).astype(np.float16)
         f["done"][:] = True
         f.attrs["complete"] = True

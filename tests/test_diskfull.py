@@ -29,7 +29,7 @@ from amnet.cli import cache_cli, main
 from amnet.cli._errors import amnet_errors
 from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
 from amnet.core.diskspace import disk_full_cause, human_bytes
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.reader import FeatureCache
 from amnet.extract.images import list_image_folder
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of

@@ -8,7 +8,7 @@ from PIL import Image
 
 from amnet.cli import cache_cli
 from amnet.core.errors import ImageError
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.reader import FeatureCache
 from amnet.extract.images import open_image_rgb
 from conftest import BAD_KINDS, GOOD_KINDS, rgb_array, write_image
 

@@ -16,7 +16,7 @@ from PIL import Image
 from amnet.cli import cache_cli, main
 from amnet.core.errors import ImageError, SplitError
 from amnet.data.listfiles import read_name_list, read_split
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.reader import FeatureCache
 from amnet.extract.images import (collect_images, left_out_line, list_image_folder, open_image_rgb,
                                   read_image_list)
 from amnet.extract.run import extract

@@ -74,7 +74,7 @@ def test_weights_without_layer4_refuse_layer4(tmp_path):
 
 
 def test_cache_records_its_layers_and_refuses_another_set(images, tmp_path):
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.cli import cache_cli
     out = tmp_path / "c.h5"
     run = CliRunner().invoke
@@ -103,7 +103,7 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     the same trunk, so end-to-end scores equal the cached features' scores."""
     from dataclasses import asdict
 
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.head.checkpoint import make_checkpoint, save_checkpoint
     from amnet.extract.run import extract
     from amnet.core.settings import AMNetConfig
@@ -145,7 +145,7 @@ def test_multilayer_cache_resumes_and_merges_byte_for_byte(images, tmp_path):
     shards merge to them too: the layer set travels with every operation on the file."""
     import h5py
 
-    from amnet.extract.cache_ops import merge
+    from amnet.cache.ops import merge
     from amnet.extract.run import extract
     items = [(n, images / n) for n in sorted(p.name for p in images.iterdir())]
     kw = dict(weights="random:0", image_size=SIZE, layers="layer3,layer4", flip=True,

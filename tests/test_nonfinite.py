@@ -18,7 +18,7 @@ import amnet.head.fit
 from amnet.cli import main
 from amnet.core.errors import CacheError, TrainingError
 from amnet.core.settings import AMNetConfig
-from amnet.extract.cache import finite_rows
+from amnet.cache.schema import finite_rows
 from amnet.head.train import train_split
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of

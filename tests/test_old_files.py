@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from amnet.cli import cache_cli, main
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache.reader import FeatureCache
 from amnet.head.checkpoint import load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"

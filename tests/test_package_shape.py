@@ -33,13 +33,16 @@ def _run(code: str) -> dict:
 
 def test_stage_two_imports_neither_pil_nor_torchvision():
     """Every module of amnet.head (stage two), imported in a fresh interpreter, leaves PIL and
-    torchvision out of sys.modules: what it reads from amnet.extract (the cache) and below too."""
+    torchvision out of sys.modules: what it reads from amnet.cache and below too. Nor does it
+    load stage one (amnet.extract): the cache is the only contract between the stages."""
     modules = [m.name for m in pkgutil.iter_modules(amnet.head.__path__, "amnet.head.")]
     assert "amnet.head.train" in modules and "amnet.head.feeding" in modules
     got = _run("import importlib, json, sys\n"
                f"for m in {modules!r}: importlib.import_module(m)\n"
-               "print(json.dumps({k: k in sys.modules for k in ('PIL', 'torchvision')}))")
-    assert got == {"PIL": False, "torchvision": False}
+               "print(json.dumps({k: k in sys.modules for k in ('PIL', 'torchvision', "
+               "'amnet.extract', 'amnet.cache.schema')}))")
+    assert got == {"PIL": False, "torchvision": False, "amnet.extract": False,
+                   "amnet.cache.schema": True}
 
 
 def test_version_without_torch_and_lazy_names():
@@ -53,7 +56,7 @@ def test_version_without_torch_and_lazy_names():
     assert got["v"] == __version__
     assert got["before"] == {"torch": False, "numpy": False, "h5py": False}
     assert got["names"] == {"Predictor": "amnet.predict.predictor",
-                            "FeatureCache": "amnet.extract.feature_cache",
+                            "FeatureCache": "amnet.cache.reader",
                             "AMNet": "amnet.head.model",
                             "MemorabilityLoss": "amnet.predict.memorability_loss"}
 
@@ -121,4 +124,4 @@ def test_the_package_is_its_stages():
     modules = sorted(p.name for p in PACKAGE.glob("*.py"))
     packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
     assert modules == ["__init__.py", "_version.py"]
-    assert packages == ["cli", "core", "data", "extract", "head", "predict"]
+    assert packages == ["cache", "cli", "core", "data", "extract", "head", "predict"]

@@ -136,7 +136,7 @@ def test_prepare_bad_params_is_one_line(project, tmp_path):
 def test_extract_writes_the_complete_cache(project):
     out = project / "data" / "features" / "demo.h5"
     assert out.is_file() and not (project / "data" / "features" / "demo.partial.h5").exists()
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     with FeatureCache(out) as c:
         assert c.complete and c.names == [n for n, _ in _items(project)]
         assert c.grid == (2, 2) and c.attrs["weights_id"] == "random:0"

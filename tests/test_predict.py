@@ -214,7 +214,7 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
 # ---- cached path -------------------------------------------------------------------------------
 
 def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.extract.run import extract
     from amnet.predict.scoring import InputItem, predict_cached
     good = ["a.jpg", "b.png", "d.jpg", "sub/c.jpg"]
@@ -286,13 +286,13 @@ def test_cache_provenance_check_unit(env):
 
 def test_cache_of_another_input_size_is_one_line_error(env, tmp_path):
     """A cache made at another --image-size (same trunk) is refused by the API and the CLI."""
-    from amnet.extract import cache as C
+    from amnet.cache import schema as C, writer as W
     from amnet.extract.backbone import load_backbone
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.predict.head_provenance import check_cache_provenance
     _, spec = load_backbone("random:0")
     path = tmp_path / "c32.h5"
-    with C.create(path, ["d.jpg"], C.settings_attrs(spec, 32, False, 1024, (2, 2))) as f:
+    with W.create(path, ["d.jpg"], C.settings_attrs(spec, 32, False, 1024, (2, 2))) as f:
         f["features"][:] = 0
         f["done"][:] = True
         f.attrs["complete"] = True

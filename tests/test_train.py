@@ -31,9 +31,10 @@ def _one_thread():
 
 
 def write_cache(path, names, feats, feats_flip=None, sha="ab" * 32):
-    """A cache in amnet's HDF5 schema, written through amnet.extract.cache's own creator."""
+    """A cache in amnet's HDF5 schema, written through amnet.cache's own creator."""
     from amnet.extract.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
-    from amnet.extract.cache import create, settings_attrs
+    from amnet.cache.schema import settings_attrs
+    from amnet.cache.writer import create
 
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, weights_sha256=sha)
@@ -96,7 +97,7 @@ def test_learns_a_localized_feature_and_attends_to_it(tmp_path):
     assert m["n"] == 100 and 1 <= m["best_epoch"] <= 25
 
     model, _ = load_checkpoint(tmp_path / "out" / "head.pt")
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
 
     names = pd.read_csv(files["test"], sep=" ", header=None)[0].tolist()
     with FeatureCache(cache) as fc:
@@ -117,7 +118,7 @@ def test_no_attention_ablation_trains(tmp_path):
     assert math.isfinite(m["mse"]) and m["mse"] == mse(pred["gt"], pred["pred"])
     assert m["rho"] == spearman(pred["gt"], pred["pred"]) and m["n"] == len(pred) == 32
     from amnet.core.device import autocast
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
 
     with FeatureCache(cache) as fc, torch.no_grad(), autocast(torch.device("cpu"), m["precision"]):
         scores, _, alphas = model.predict(fc.load(pred["name"].tolist()))

@@ -2,7 +2,7 @@
 seeding, resume / merge / info / verify, version-1 files, and training / TTA over them.
 
 Stage one: CPU, `random:0` weights, tiny images at --image-size 64 (grid 4). Stage two: small
-synthetic caches written through amnet.extract.cache's own creator."""
+synthetic caches written through amnet.cache's own creator."""
 from __future__ import annotations
 
 import json
@@ -20,9 +20,9 @@ from amnet.cli import cache_cli, main
 from amnet.core.errors import CacheError
 from amnet.core.settings import AMNetConfig, TrainConfig
 from amnet.data.views import random_resized_crop_params, view_generator, view_pre_size
-from amnet.extract import cache as C
-from amnet.extract.cache_ops import info, merge, verify
-from amnet.extract.feature_cache import FeatureCache
+from amnet.cache import schema as C, writer as W
+from amnet.cache.ops import info, merge, verify
+from amnet.cache.reader import FeatureCache
 from amnet.extract.image_loading import ImageRows
 from amnet.extract.images import list_image_folder, load_views_uint8
 from amnet.extract.run import extract
@@ -255,7 +255,7 @@ def synthetic_views(tmp_path, n=(128, 40, 40), flip=True):
     spec = BackboneSpec(weights_id="random:0", arch="resnet50", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD, weights_sha256="ab" * 32)
     attrs = C.settings_attrs(spec, 16 * G, flip, CH, (G, G), views=K, view_seed=0)
-    with C.create(tmp_path / "c.h5", names, attrs) as f:
+    with W.create(tmp_path / "c.h5", names, attrs) as f:
         f["features"][:] = feats.astype(np.float16)
         f["views"][:] = views.astype(np.float16)
         if flip:

@@ -234,7 +234,7 @@ def build_world(root: Path) -> World:
     import torch
 
     from amnet.core.settings import AMNetConfig
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.extract.images import list_image_folder
     from amnet.extract.run import extract
     from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_checkpoint

@@ -95,7 +95,7 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
 def cache_merge(out, shards, overwrite, allow_partial, wait) -> None:
     """Join complete shard files (same settings, disjoint names) into OUT: all N shards of a
     --shard I/N run (in the single run's order), or other caches (concatenated)."""
-    from amnet.extract.cache_ops import merge
+    from amnet.cache.ops import merge
 
     s = merge(out, shards, overwrite=overwrite, allow_partial=allow_partial, wait=wait)
     held = ""
@@ -113,7 +113,7 @@ def cache_merge(out, shards, overwrite, allow_partial, wait) -> None:
 @amnet_errors
 def cache_info(file, as_json) -> None:
     """Print a cache's provenance (backbone, weights, preprocessing, versions) and counts."""
-    from amnet.extract.cache_ops import info
+    from amnet.cache.ops import info
 
     d = info(file)
     if as_json:
@@ -130,7 +130,7 @@ def cache_info(file, as_json) -> None:
 @amnet_errors
 def cache_verify(file) -> None:
     """Check completeness, shapes, dtypes, NaN/Inf and unique names; exit 1 on any problem."""
-    from amnet.extract.cache_ops import verify
+    from amnet.cache.ops import verify
 
     problems = verify(file, progress=True)
     if problems:
@@ -154,7 +154,7 @@ def cache_repair(src, out, lost, overwrite, wait) -> None:
     a new cache OUT with the same names and settings; IN is left as it is."""
     from pathlib import Path
 
-    from amnet.extract.cache_repair import repair
+    from amnet.cache.repair import repair
 
     if Path(out).resolve() == Path(src).resolve():
         raise click.UsageError("OUT must differ from IN: the damaged file stays until you "

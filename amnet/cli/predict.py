@@ -77,7 +77,7 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
         if images:
             items = collect_inputs(images, images_root)
         else:
-            from amnet.extract.feature_cache import FeatureCache
+            from amnet.cache.reader import FeatureCache
             fc = FeatureCache(cache)
             names = list(fc.names)
             fc.close()

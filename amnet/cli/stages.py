@@ -96,7 +96,7 @@ def extract_stage(data: Path, out: Path, params: Path, wait: float) -> None:
     """DVC stage `extract`: features of every image in DATA/images.txt into OUT."""
     import os
 
-    from amnet.extract.cache_repair import repair
+    from amnet.cache.repair import repair
     from amnet.cli.params import extract_options, load_params
     from amnet.data import images_root
     from amnet.data.listfiles import read_name_list
@@ -220,7 +220,7 @@ def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path
                            count: int, out_dir: Path) -> None:
     """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
     from amnet.predict import viz
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
     from amnet.data import images_root
     from amnet.data.listfiles import read_split, split_path
     from amnet.predict.predictor import Predictor

@@ -150,7 +150,7 @@ class BackboneRecord:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> "BackboneRecord":
-        """From a feature cache's attributes (raw h5py values or `amnet.extract.cache.read_attrs`)."""
+        """From a feature cache's attributes (raw h5py values or `amnet.cache.schema.read_attrs`)."""
         arch = attrs.get("backbone")
         if _text(arch) is None:
             arch = attrs.get("arch")

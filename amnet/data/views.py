@@ -7,7 +7,7 @@ or merge. `amnet.extract.images.load_views_uint8` applies it to decoded images; 
 `view_transform_description` in its attributes.
 
 No PIL and no torchvision here (torch only inside the functions that draw): stage two reads
-caches through `amnet.extract.cache`, which records this description, and must stay free of both.
+caches through `amnet.cache`, which records this description, and must stay free of both.
 """
 from __future__ import annotations
 

@@ -1,2 +1,2 @@
-"""Stage one: images -> frozen ResNet trunk -> the HDF5 feature cache, and the cache's tools
-(info, verify, merge, relist, repair). Never reads a label."""
+"""Stage one: images -> frozen ResNet trunk -> the HDF5 feature cache (`amnet.cache` holds the
+format, the writer and the cache's tools). Never reads a label."""

@@ -3,13 +3,13 @@
 Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader
 workers (amnet.extract.image_loading: uint8 `[1 + K, 3, S, S]` per image); ToTensor/Normalize
 happen on the device; one trunk forward per batch covers every view (and flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
-file is flushed every few batches, so a killed run resumes where it stopped (amnet/extract/cache.py
+file is flushed every few batches, so a killed run resumes where it stopped (amnet/cache/schema.py
 says why). The workers start while the file is closed (none shares it, nor HDF5's lock on it)
 and die with the writer (`die_with_parent`): a resume right after a kill -9 finds the file free.
 
 Many processes (`--shard auto` under torchrun, one or many nodes): each takes every n-th image
 (`shard`) and writes its own file, so they need no process group, no communication and no shared
-writer; `amnet-cache merge` (amnet.extract.cache_ops) interleaves the files back into the single run's
+writer; `amnet-cache merge` (amnet.cache.ops) interleaves the files back into the single run's
 order. Every trunk forward has the shape of a full batch (`_forward`), so in fp32 the merged
 file's features equal a single run's byte for byte.
 """
@@ -32,7 +32,7 @@ from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import CacheError, CacheInUseError, DamagedCacheError, ImageError
 from amnet.core.lockfile import Lock, hold, wait_for_leftovers
 from amnet.core.progress import progress_bar
-from amnet.extract import cache, cache_ops
+from amnet.cache import ops as cache_ops, schema, writer
 from amnet.extract.backbone import features, load_backbone, normalize_uint8
 from amnet.extract.image_loading import ImageRows, collate_rows, die_with_parent
 from amnet.extract.layers import channels_for, grid_for, layer_attrs
@@ -110,10 +110,10 @@ def _list_change(have: list[str], done: np.ndarray, names: list[str]) -> str | N
 def _open_rw(out: Path, lock: Lock):
     """`out` opened r+, once the processes a killed writer left holding it are gone."""
     try:
-        return cache.open_existing(out, "r+")
+        return schema.open_existing(out, "r+")
     except CacheInUseError:
         wait_for_leftovers(lock)  # LockedError naming them if they are not the dead run's
-    return cache.open_existing(out, "r+")
+    return schema.open_existing(out, "r+")
 
 
 def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, lock: Lock):
@@ -128,8 +128,8 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
         except DamagedCacheError as e:
             raise DamagedCacheError(f"{e}; or pass --overwrite to start it afresh") from None
         try:
-            have_attrs = cache.read_attrs(f)
-            diffs = cache.settings_differences(have_attrs, attrs)
+            have_attrs = schema.read_attrs(f)
+            diffs = schema.settings_differences(have_attrs, attrs)
             if diffs:
                 raise CacheError(f"{out}: made with other settings ({'; '.join(diffs)}); "
                                  "choose another --out or pass --overwrite to replace it")
@@ -150,12 +150,12 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
             return f, bool(f.attrs.get("complete")), 0
         f.close()
         dropped = cache_ops.relist(out, names, check=lock.check)["dropped"]
-        f = cache.open_existing(out, "r+")
+        f = schema.open_existing(out, "r+")
         return f, bool(f.attrs.get("complete")), dropped
     remove_stale_temps(out, "creating")             # a creation that a kill interrupted
     with atomic_path(out, tag="creating", check=lock.check) as tmp:  # a file at `out` is a
-        cache.create(tmp, names, attrs).close()                      # fully created cache
-    return cache.open_existing(out, "r+"), False, dropped
+        writer.create(tmp, names, attrs).close()                      # fully created cache
+    return schema.open_existing(out, "r+"), False, dropped
 
 
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
@@ -243,7 +243,7 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
     threads = set_compute_threads(dev, workers)
     trunk, spec = backbone or load_backbone(weights, precision, dev, layers)  # "auto" resolved
-    attrs = {**cache.settings_attrs(spec, image_size, flip, channels=channels_for(spec.layer),
+    attrs = {**schema.settings_attrs(spec, image_size, flip, channels=channels_for(spec.layer),
                                     grid=grid_for(image_size, spec.layer), views=views,
                                     view_seed=view_seed), **layer_attrs(spec.layer, image_size)}
     attrs["source"] = str(source) if source is not None else ""
@@ -259,12 +259,12 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                "dropped": dropped, "retried": 0,
                "first_frame": 0, "first_frame_notes": []}
     try:
-        if retry_failed and cache.read_failed(f):
+        if retry_failed and schema.read_failed(f):
             f.attrs["complete"] = False  # killed while retrying: not complete, failures retried
-            summary["retried"] = cache.clear_failed(f)
+            summary["retried"] = writer.clear_failed(f)
             complete = False
         done = f["done"][:].astype(bool)
-        failed = cache.read_failed(f)
+        failed = schema.read_failed(f)
         summary["already"] = int(done.sum())
         summary["failed_total"] = len(failed)
         if complete:
@@ -272,7 +272,7 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
         rows = [i for i in range(len(names)) if not done[i] and names[i] not in failed]
         plan = _RunPlan(out, names, paths, rows, image_size, flip, views, view_seed, batch_size,
                         workers, on_error, progress, on_batch)
-        row_bytes = cache.row_bytes(attrs)
+        row_bytes = schema.row_bytes(attrs)
         # the workers fork now: with the file open, each would share HDF5's lock on it
         f.close()
         decoded = iter(_loader(plan, dev))
@@ -284,10 +284,10 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                                      f"extracted so far are kept in {out}: the rerun resumes"):
             _run(f, decoded, plan, trunk, spec, dev, summary)
         done = f["done"][:].astype(bool)
-        summary["failed_total"] = len(cache.read_failed(f))
+        summary["failed_total"] = len(schema.read_failed(f))
         summary["complete"] = bool(done.sum() + summary["failed_total"] == len(names))
         f.attrs["complete"] = summary["complete"]
-        f.attrs["updated"] = cache.now()
+        f.attrs["updated"] = schema.now()
         f.attrs["device"] = str(dev)
     except BaseException:
         try:
@@ -367,21 +367,21 @@ def _run(f, decoded, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
             shown += [note for _, note in notes][:max(0, 3 - len(shown))]
             if x is not None:
                 y, yf = _forward(trunk, spec, dev, x, flip, plan.batch_size)  # [b, 1 + K, C, h, w]
-                cache.write_rows(feats_ds, idx, y[:, 0])
+                writer.write_rows(feats_ds, idx, y[:, 0])
                 if views_ds is not None:
-                    cache.write_rows(views_ds, idx, y[:, 1:])
+                    writer.write_rows(views_ds, idx, y[:, 1:])
                 if yf is not None:
-                    cache.write_rows(flip_ds, idx, yf[:, 0])
+                    writer.write_rows(flip_ds, idx, yf[:, 0])
                     if views_flip_ds is not None:
-                        cache.write_rows(views_flip_ds, idx, yf[:, 1:])
-                for start, stop, _ in cache.row_runs(idx):
+                        writer.write_rows(views_flip_ds, idx, yf[:, 1:])
+                for start, stop, _ in writer.row_runs(idx):
                     done_ds[start:stop] = True  # only after the rows themselves
                 summary["extracted"] += len(idx)
             if fails:
                 if plan.on_error == "fail":
                     f.flush()
                     raise ImageError(fails[0][1])
-                cache.append_failed(f, [(names[i], why) for i, why in fails])
+                writer.append_failed(f, [(names[i], why) for i, why in fails])
                 summary["skipped"] += len(fails)
                 f.flush()
             batches += 1

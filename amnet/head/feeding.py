@@ -24,14 +24,14 @@ import torch
 
 from amnet.core.device import available_ram
 from amnet.core.errors import CacheError
-from amnet.extract.cache import finite_rows
+from amnet.cache.schema import finite_rows
 
 log = logging.getLogger("amnet.train")
 
 
 def open_cache(path: str | os.PathLike):
     """`FeatureCache(path)`, with a hint on how to build a missing one."""
-    from amnet.extract.feature_cache import FeatureCache
+    from amnet.cache.reader import FeatureCache
 
     if not Path(path).exists():
         raise CacheError(f"{path}: no such feature cache; build it with `amnet-cache extract`")

@@ -7,7 +7,7 @@
 - report: `amnet predict`'s CSV, attention figures (viz) and contact sheet (`write_predictions`);
 - export (one ONNX / TorchScript graph), serve (the web demo), hub (the published models by
   name), released_weights (importing the authors' weights), memorability_loss (the score as a
-  differentiable loss), baselines (LNSIM's reference models).
+  differentiable loss).
 
     p = Predictor.from_checkpoint(["models/1/head.pt", "models/2/head.pt"])
     r = p.predict("photo.jpg")        # r.score: float, r.step_scores: [T], r.attention: [T, g, g]

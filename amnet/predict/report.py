@@ -70,7 +70,7 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     keep = fig_dir is not None
     fc = None
     if cache is not None:
-        from amnet.extract.feature_cache import FeatureCache
+        from amnet.cache.reader import FeatureCache
         fc = FeatureCache(cache)
         check_cache_provenance(dict(fc.attrs), predictor.provenance, Path(cache),
                                predictor.checkpoints[0])

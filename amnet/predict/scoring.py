@@ -21,7 +21,7 @@ from amnet.core.errors import AmnetError, CacheError, ImageError
 from amnet.core.progress import progress_bar
 from amnet.data.listfiles import read_name_list
 from amnet.extract.backbone import normalize_uint8
-from amnet.extract.cache import finite_rows
+from amnet.cache.schema import finite_rows
 from amnet.extract.image_loading import ImageRows, collate_rows
 from amnet.extract.images import IMAGE_SUFFIXES, list_image_folder, load_resized_uint8
 from amnet.predict.predictor import Prediction, Predictor

@@ -1,4 +1,4 @@
-"""`FeatureCache`: read-only access to an HDF5 feature cache (amnet/extract/cache.py: its schema),
+"""`FeatureCache`: read-only access to an HDF5 feature cache (amnet/cache/schema.py: its schema),
 by image name or index; what stage two and `amnet predict --cache` read cached rows through."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from amnet.core.errors import CacheError, DamagedCacheError
 from amnet.core.provenance import BackboneRecord
-from amnet.extract.cache import finite_rows, open_existing, open_h5, read_attrs, read_failed
+from amnet.cache.schema import finite_rows, open_existing, open_h5, read_attrs, read_failed
 
 
 class FeatureCache:

@@ -1,4 +1,4 @@
-"""Baselines that put AMNet's numbers in context (bench/lnsim.py, issue 6).
+"""Baselines that put AMNet's numbers in context (bench/lnsim.py, issue 6; used by bench/ and its tests only, so it lives here).
 
 * `TrainingMean`: predicts the training scores' mean for every image. Its Spearman rho is
   undefined (a constant prediction has no ranks) and its MSE is the floor any model must beat.
@@ -56,7 +56,7 @@ def pooled_features(cache: Any, names: Sequence[str], *, flip: bool = False,
                     block: int = 256) -> np.ndarray:
     """Global average pool of cached layer3 maps: `[N, C, h, w]` float16 -> `[N, C]` float32.
 
-    `cache` is an `amnet.extract.feature_cache.FeatureCache` (anything with `load(names, flip)`); read in blocks
+    `cache` is an `amnet.cache.reader.FeatureCache` (anything with `load(names, flip)`); read in blocks
     of `block` images so memory stays at one block (~100 MB at 224 x 224).
     """
     out = []

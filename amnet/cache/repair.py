@@ -10,7 +10,7 @@ order) and settings, so it is a cache of the same images: lost rows are recorded
 (`lost="fail"`: OUT is complete and `amnet-cache verify` passes) or left to extract
 (`lost="resume"`: `amnet-cache extract IMAGES --out OUT` extracts just those).
 
-Files made since the cache layout puts `names`, `done` and `failed` first (amnet.extract.cache.create)
+Files made since the cache layout puts `names`, `done` and `failed` first (amnet.cache.writer.create)
 keep them when truncated; in older files they sat at the end, and a truncation loses them (and
 with them every row): repair then says so.
 """
@@ -28,7 +28,7 @@ from amnet.core.atomic import atomic_path, remove_stale_temps
 from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import CacheError, DamagedCacheError
 from amnet.core.lockfile import Lock, hold
-from amnet.extract import cache as C
+from amnet.cache import schema as C, writer as W
 
 LOST = ("fail", "resume")
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -273,7 +273,7 @@ def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows
     with disk_full_guard(out, len(rows) * C.row_bytes(attrs),
                          f"{src.path} is untouched and nothing was written to {out}"), \
             atomic_path(out, tag="repairing", check=check) as tmp:
-        with C.create(tmp, names, new_attrs) as g:
+        with W.create(tmp, names, new_attrs) as g:
             step = max(1, _BLOCK // (1 + int(attrs.get("views") or 0)))   # ~50 MB at 224
             for start in range(0, len(rows), step):
                 part = rows[start:start + step]
@@ -299,7 +299,7 @@ def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows
                 records += [(names[i], f"lost: {dropped[i]} in the damaged {src.path} "
                                        "(amnet-cache repair)") for i in sorted(dropped)]
             if records:
-                C.append_failed(g, records)
+                W.append_failed(g, records)
             pending = len(names) - len(saved_rows) - len(records)
             g.attrs["complete"] = pending == 0
             g.attrs["updated"] = C.now()

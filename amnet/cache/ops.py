@@ -1,6 +1,6 @@
 """Whole-file operations on feature caches: merge shards, rewrite for a shorter image list
 (relist), describe (info), verify. (`amnet-cache repair`, salvaging a damaged file, is
-amnet.extract.cache_repair.)"""
+amnet.cache.repair.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,7 @@ from amnet.core.atomic import atomic_path, remove_stale_temps
 from amnet.core.diskspace import disk_full_guard
 from amnet.core.errors import CacheError
 from amnet.core.lockfile import hold
-from amnet.extract import cache as C
+from amnet.cache import schema as C, writer as W
 
 _BLOCK = 256  # images per copy / scan step (~100 MB of float16 at 224); / K for views
 _SHARD_ATTRS = ("shard_index", "shard_count", "shard_total")
@@ -33,7 +33,7 @@ def copy_rows(sources: Sequence[h5py.File], dst: h5py.File, order: Sequence[tupl
     for start in range(0, len(order), block):
         part, rows = order[start:start + block], dst_rows[start:start + block]
         for name in names:
-            C.write_rows(dst[name], rows, np.stack([sources[s][name][r] for s, r in part]))
+            W.write_rows(dst[name], rows, np.stack([sources[s][name][r] for s, r in part]))
 
 
 def relist(path: str | Path, names: Sequence[str], check: Callable[[], None] | None = None
@@ -61,14 +61,14 @@ def relist(path: str | Path, names: Sequence[str], check: Callable[[], None] | N
     remove_stale_temps(path, "relisting")    # a rewrite that a kill interrupted
     with disk_full_guard(path, len(copied) * C.row_bytes(attrs), f"{path} is unchanged"), \
             atomic_path(path, tag="relisting", check=check) as tmp:
-        with C.open_h5(path, "r") as src, C.create(tmp, names, attrs) as g:
+        with C.open_h5(path, "r") as src, W.create(tmp, names, attrs) as g:
             if "created" in attrs:
                 g.attrs["created"] = attrs["created"]  # the same cache, for a shorter list
             copy_rows([src], g, [(0, r) for _, r in copied], [k for k, _ in copied])
-            for start, stop, _ in C.row_runs([k for k, _ in copied]):
+            for start, stop, _ in W.row_runs([k for k, _ in copied]):
                 g["done"][start:stop] = True  # after the rows themselves
             if still_failed:
-                C.append_failed(g, still_failed)
+                W.append_failed(g, still_failed)
             g.attrs["complete"] = len(copied) + len(still_failed) == len(names)
             g.attrs["updated"] = C.now()
     return {"kept": len(copied), "dropped": len(dropped)}
@@ -121,7 +121,7 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
         with disk_full_guard(out, needed, "the shards are untouched and nothing was written to "
                                           f"{out}"), \
                 atomic_path(out, tag="merging", check=lock.check) as tmp:
-            with C.create(tmp, all_names, attrs) as g:
+            with W.create(tmp, all_names, attrs) as g:
                 handles = [C.open_h5(p, "r") for p, *_ in metas]
                 try:
                     copy_rows(handles, g, order)
@@ -131,7 +131,7 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
                 g["done"][:] = [metas[s][3][r] for s, r in order]
                 failed = [(n, why) for *_, fails in metas for n, why in fails.items()]
                 if failed:
-                    C.append_failed(g, failed)
+                    W.append_failed(g, failed)
                 g.attrs["complete"] = True
                 g.attrs["created"] = C.now()
     return {"out": str(out), "images": len(all_names), "shards": len(metas),

@@ -1,5 +1,5 @@
 """The HDF5 feature cache: schema, settings, creation and rows for the writer, opening it.
-The reader, `FeatureCache`, is amnet/extract/feature_cache.py.
+The reader, `FeatureCache`, is amnet/cache/reader.py.
 
 Schema (docs/cache-format.md, format version 2): `features` float16 `[N, C, h, w]` (one chunk
 per image, uncompressed, all chunks allocated at creation), optional `features_flip` (same),
@@ -15,7 +15,7 @@ after image i's features were written. A process killed at any point leaves a re
 
 Layout: `names`, `done` and `failed` are created (and allocated) before the feature datasets, so
 they sit at the front of the file and a truncated copy keeps them: `amnet-cache repair`
-(amnet.extract.cache_repair) salvages every row whose chunks survived. Files made before this order
+(amnet.cache.repair) salvages every row whose chunks survived. Files made before this order
 keep `names`/`done` at the end, where a truncation loses them.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import re
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -140,65 +140,6 @@ def row_bytes(attrs: dict[str, Any]) -> int:
     return sum(2 * int(np.prod(shape)) for _, shape, _ in layout)
 
 
-def _early() -> h5py.h5p.PropDCID:
-    """Dataset creation properties allocating all storage when the dataset is created."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dcpl
-
-
-def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File:
-    """Create an empty cache for `names` (open for writing; the caller closes it)."""
-    n, c, (h, w) = len(names), int(attrs["channels"]), [int(x) for x in attrs["grid"]]
-    f = h5py.File(path, "w", rdcc_nbytes=0)  # no chunk cache: a write goes straight to the file
-    try:
-        for key, value in attrs.items():
-            f.attrs[key] = str(value) if isinstance(value, str) else value  # TorchVersion -> str
-        f.attrs["created"] = now()
-        f.attrs["complete"] = False
-        # attributes the writer sets later exist from the start: rewriting one reuses its space
-        # in the root's header, where a new one would add a block at the end of the file (lost
-        # with the rest of the root when a copy is truncated)
-        for key, placeholder in (("updated", f.attrs["created"]), ("device", "")):
-            if key not in attrs:
-                f.attrs[key] = placeholder
-        # names, done and failed first: at the front of the file, a truncated copy keeps them
-        f.create_dataset("names", data=np.array(list(names), dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
-        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False, dcpl=_early())
-        g = f.create_group("failed")
-        for name in ("names", "reasons"):
-            g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,),
-                             dtype=h5py.string_dtype("utf-8"))
-        k = int(attrs.get("views", 0) or 0)
-        for name, shape, chunks in feature_datasets(n, c, (h, w), bool(attrs["flip"]), k):
-            # metadata final from here on (all chunks allocated), and no fill: sparse until written
-            f.create_dataset(name, shape=shape, dtype=np.float16, chunks=chunks,
-                             dcpl=_early(), fill_time="never")
-        f.flush()
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
-def row_runs(idx: Sequence[int]):
-    """Consecutive runs of sorted row indices -> (start, stop, offset into idx)."""
-    k = 0
-    while k < len(idx):
-        j = k
-        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
-            j += 1
-        yield idx[k], idx[j] + 1, k
-        k = j + 1
-
-
-def write_rows(ds: h5py.Dataset, idx: Sequence[int], arr: np.ndarray) -> None:
-    """`ds[idx[k]] = arr[k]` for sorted row indices `idx`, one slice write per consecutive run."""
-    for start, stop, k in row_runs(idx):
-        ds[start:stop] = arr[k:k + stop - start]
-
-
 _FP16_EXPONENT = 0x7C00  # float16: all exponent bits set = Inf or NaN
 
 
@@ -228,28 +169,6 @@ def read_failed(f: h5py.File) -> dict[str, str]:
         return {}
     g = f["failed"]
     return dict(zip(g["names"].asstr()[:].tolist(), g["reasons"].asstr()[:].tolist()))
-
-
-def append_failed(f: h5py.File, items: Sequence[tuple[str, str]]) -> None:
-    g = f["failed"]
-    n = g["names"].shape[0]
-    for key, col in (("names", 0), ("reasons", 1)):
-        g[key].resize((n + len(items),))
-        g[key][n:] = np.array([it[col] for it in items], dtype=object)
-
-
-def clear_failed(f: h5py.File) -> int:
-    """Forget every recorded failure (`--retry-failed`: those images are extracted again);
-    returns how many there were. Both datasets shrink to 0, so a kill in between leaves no
-    name paired with another's reason."""
-    if "failed" not in f:
-        return 0
-    g = f["failed"]
-    n = int(g["names"].shape[0])
-    for key in ("names", "reasons"):
-        g[key].resize((0,))
-    f.flush()
-    return n
 
 
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
