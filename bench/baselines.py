@@ -176,7 +176,7 @@ class ResMemScorer:
         """Memorability in [0, 1] for each image path, `[N]` float64, in the given order."""
         import torch
 
-        from amnet.extract.images import open_image_rgb
+        from amnet.extract.image_files import open_image_rgb
 
         out: list[np.ndarray] = []
         for i in range(0, len(paths), self.batch_size):

@@ -39,7 +39,7 @@ TARGET = {"cpu": 35, "cuda": 2500}
 def naive(items, weights: str, size: int, device: torch.device, batch: int = 32):
     """Per-image PIL decode, fp32 torchvision trunk, batch 32, no workers. -> ([N,C,h,w], s)."""
     from amnet.extract.backbone import image_transform, load_network
-    from amnet.extract.images import open_image_rgb
+    from amnet.extract.image_files import open_image_rgb
     net, _, mean, std = load_network(weights)
     trunk = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
                                 net.layer2, net.layer3).to(device).eval()
@@ -96,7 +96,7 @@ def main() -> None:
         return
 
     from amnet.core.device import resolve_device
-    from amnet.extract.images import list_image_folder
+    from amnet.extract.image_files import list_image_folder
     from amnet.extract.run import auto_workers
     if not args.images.is_dir():
         sys.exit(f"{args.images}: no such folder (LNSIM lives in ../shared/data)")

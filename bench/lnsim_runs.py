@@ -193,7 +193,7 @@ def amnet_configs(settings: dict[str, Any], args, train_mean: float):
     model, train = {}, {}
     for k, v in settings.items():
         if k == "target_mean" and v == TRAIN_MEAN:
-            # what amnet.head.train.train_split would resolve it to, done here so that the run's
+            # what amnet.head.run.train_split would resolve it to, done here so that the run's
             # fingerprint (and result.json) records the number, not the word
             v = round(train_mean, 6)
         if k in m_keys:
@@ -302,14 +302,14 @@ def run_amnet(work: Path, backbone: str, slug: str, settings: dict, k: int, args
     Why a run cache of its own, and not DVC experiments: a row is 25 splits x (backbone, recipe),
     hundreds of short runs over one shared cache per backbone, resumed one split at a time after a
     kill; as DVC stages that is one `foreach` stage per row and a `dvc exp run` per recipe, each
-    re-hashing the 1-2 GB caches. The fingerprint is what `amnet.head.train.train_split` itself
+    re-hashing the 1-2 GB caches. The fingerprint is what `amnet.head.run.train_split` itself
     records (its model and train settings, the cache's name, the split), so a run folder's
     result.json says what trained it, like the pipeline's metrics.json.
 
     test=False (the sweep) never reads the test half: the result holds validation numbers only.
     """
     from amnet.data.listfiles import split_path
-    from amnet.head.train import train_split
+    from amnet.head.run import train_split
 
     out_root = out_root or work / "runs" / backbone
     out = out_root / slug / f"split_{k}"

@@ -2,7 +2,7 @@
 
 Stage one: `amnet.extract.run.extract` over the same LNSIM photos with the trunk in fp32, mixed
 (layer3 in bf16) and bf16, each compared with the fp32 run (norm-wise relative error of the stored
-float16 features; the target is < 1e-2). Stage two: `amnet.head.train.train_split` over a random
+float16 features; the target is < 1e-2). Stage two: `amnet.head.run.train_split` over a random
 feature cache, the head in fp32 and in bf16 autocast (train and eval samples/s, from the epoch
 times the training history records).
 
@@ -70,7 +70,7 @@ def stage_two(n: int, epochs: int, head: dict, batch: int, device, tmp: Path) ->
 
     from amnet.core.settings import AMNetConfig, TrainConfig
     from amnet.cache.schema import FORMAT
-    from amnet.head.train import train_split
+    from amnet.head.run import train_split
 
     names = [f"img{i:05d}.jpg" for i in range(n)]
     gen = torch.Generator().manual_seed(0)
@@ -134,7 +134,7 @@ def main() -> None:
 
     from amnet.core.device import (cpu_label, resolve_device, resolve_head_precision,
                                    resolve_trunk_precision)
-    from amnet.extract.images import list_image_folder
+    from amnet.extract.image_files import list_image_folder
 
     device = resolve_device(args.device)
     label = cpu_label() if device.type == "cpu" else torch.cuda.get_device_name(device)

@@ -2,7 +2,7 @@
 
 The original ran the frozen ResNet50 (fp32) on every image in every epoch and the head on top;
 we run the head over cached layer3 features. Both are measured here in the same run, through the
-public code paths only (`amnet.head.train.train_split` / `evaluate` over a random feature cache), on
+public code paths only (`amnet.head.run.train_split` / `evaluate` over a random feature cache), on
 random data (throughput does not depend on values). Image decoding is NOT counted for the
 baseline, so the ratio is a lower bound.
 
@@ -46,7 +46,7 @@ from amnet.core.device import cpu_label, resolve_device, resolve_head_precision
 from amnet.core.settings import AMNetConfig, TrainConfig
 from amnet.head.evaluation import evaluate
 from amnet.head.model import AMNet, amnet_loss, count_parameters
-from amnet.head.train import train_split
+from amnet.head.run import train_split
 from bench import record
 
 LAMEM_TRAIN = 45_000

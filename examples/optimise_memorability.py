@@ -64,7 +64,7 @@ def load_image(path: str | None, max_side: int) -> torch.Tensor:
         yy, xx = np.mgrid[0:96, 0:128]
         a = np.stack([xx / 128, yy / 96, 0.5 + 0.3 * np.sin(xx / 9) * np.cos(yy / 7)], axis=-1)
         return torch.from_numpy(a).float().permute(2, 0, 1).unsqueeze(0).clamp(0, 1)
-    from amnet.extract.images import open_image_rgb
+    from amnet.extract.image_files import open_image_rgb
     img = open_image_rgb(path)
     img.thumbnail((max_side, max_side))
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).unsqueeze(0).float() / 255

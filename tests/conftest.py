@@ -157,7 +157,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 _KILL_SCRIPT = """\
 import json, os, signal, sys
 from amnet.extract.run import extract
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 
 root, out, after, kw = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 
@@ -400,6 +400,6 @@ def sha256_of(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-# what `amnet train` records about the demo's data (amnet.head.train: the splits' paths, the cache)
+# what `amnet train` records about the demo's data (amnet.head.run: the splits' paths, the cache)
 DEMO_TRAIN_CONFIG = {"cache": "data/features/demo.h5",
                      "splits": {"train": {"path": "data/demo/splits/train_1.txt"}}}

@@ -326,7 +326,7 @@ POINTS = {
                 ("os:replace", 1, "b")],
     "merge": [("amnet.cache.writer:write_rows", 1, "ba"), ("h5py:Dataset.__setitem__", 2, "ba"),
               ("amnet.cache.writer:create", 1, "ba"), ("os:replace", 1, "b")],
-    "train": [("amnet.head.fit:amnet_loss", 12, "ba"), ("amnet.head.fit:train_epoch", 3, "ba"),
+    "train": [("amnet.head.epochs:amnet_loss", 12, "ba"), ("amnet.head.epochs:train_epoch", 3, "ba"),
               ("torch:save", 4, "ba"), ("os:replace", 7, "ba")],
 }
 MAX_DELAY = {"extract": 0.3, "merge": 0.0, "train": 0.5}  # seconds; about a run's length here
@@ -357,7 +357,7 @@ def seeded_kills(command: str, seed: int, extra: int = 0, timed: int = 0) -> lis
 FAST = [("extract", Kill("amnet.cache.writer:write_rows", "after", 2)),
         ("extract", Kill("h5py:Dataset.__setitem__", "before", 6)),
         ("merge", Kill("os:replace", "before", 1)),
-        ("train", Kill("amnet.head.fit:amnet_loss", "after", 6))]
+        ("train", Kill("amnet.head.epochs:amnet_loss", "after", 6))]
 
 
 def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:

@@ -12,7 +12,7 @@ import torchvision
 from amnet.core.errors import WeightsError
 from amnet.extract import backbone as B
 from amnet.extract.layers import grid_for
-from amnet.extract.images import open_image_rgb
+from amnet.extract.image_files import open_image_rgb
 from conftest import rgb_array
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

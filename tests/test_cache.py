@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 from amnet.extract.run import extract
 
 

@@ -29,7 +29,7 @@ from amnet.core.atomic import atomic_write_bytes, atomic_path
 from amnet.core.errors import CacheError, LockedError, LockLostError
 from amnet.cache.ops import merge, relist
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 from amnet.extract.run import extract, shard_path
 from conftest import subprocess_env, write_image
 
@@ -73,7 +73,7 @@ def lib(items, out, backbones, **kw):
 _PAUSED = """\
 import json, os, sys, time
 from amnet.extract.run import extract
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 root, out, ready, go, kw = sys.argv[1:5] + [json.loads(sys.argv[5])]
 
 

@@ -17,7 +17,7 @@ from amnet.cli import cache_cli, main
 from amnet.core.errors import DamagedCacheError
 from amnet.cache.repair import repair, superblock_eof
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 from amnet.extract.run import extract
 from conftest import error_line, sha256_of, subprocess_env
 from test_train import _one_thread, synthetic, write_cache  # noqa: F401 (fixture)

@@ -129,10 +129,10 @@ def split_files(tmp_path: Path) -> dict[str, str]:
 
 
 def test_train_builds_its_settings_from_the_dataclasses(monkeypatch, split_files):
-    import amnet.head.train
+    import amnet.head.run
 
     calls = []
-    monkeypatch.setattr(amnet.head.train, "train_split",
+    monkeypatch.setattr(amnet.head.run, "train_split",
                         lambda *a, wait: calls.append(a) or {"rho": 0.5, "n": 1})
     f = split_files
     base = ["train", "--cache", f["cache"], "--train", f["split"], "--out", f["out"]]
@@ -176,11 +176,11 @@ def test_evaluate_passes_the_dataclass_defaults(monkeypatch, split_files):
 
 def test_extract_passes_the_dataclass_defaults(monkeypatch, tmp_path):
     import amnet.extract.run
-    import amnet.extract.images
+    import amnet.extract.image_files
     from amnet.cli.params import extract_options
 
     calls = []
-    monkeypatch.setattr(amnet.extract.images, "collect_images", lambda images, root, skipped=None: [])
+    monkeypatch.setattr(amnet.extract.image_files, "collect_images", lambda images, root, skipped=None: [])
     monkeypatch.setattr(amnet.extract.run, "extract", lambda items, out, **kw: calls.append(kw) or {})
     base = ["extract", str(tmp_path), "--out", str(tmp_path / "f.h5"), "-q", "--device", "cpu"]
     r = CliRunner().invoke(cache_cli, base)

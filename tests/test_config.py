@@ -15,7 +15,7 @@ from amnet.core.errors import AmnetError, ParamsError
 from amnet.core.settings import (AMNetConfig, DataConfig, EvaluateConfig, ExtractConfig,
                                  dataclass_defaults, field_help, field_spec, knob_names,
                                  setting_names, TrainConfig)
-from amnet.head.train import NOT_FINGERPRINTED
+from amnet.head.run import NOT_FINGERPRINTED
 
 REPO = Path(__file__).resolve().parents[1]
 # params files: params.yaml and every configs/*.yaml but the bench's sweep recipes

@@ -30,7 +30,7 @@ from amnet.cli._errors import amnet_errors
 from amnet.core.atomic import pid_alive, remove_stale_temps, temp_path
 from amnet.core.diskspace import disk_full_cause, human_bytes
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of
 from test_train import _one_thread, synthetic  # noqa: F401 (fixture)
@@ -196,10 +196,10 @@ def test_train_disk_full_keeps_the_last_epoch_and_resumes(tmp_path, monkeypatch)
 
 
 def test_train_disk_full_while_publishing_leaves_no_temps(tmp_path, monkeypatch):
-    import amnet.head.train
+    import amnet.head.run
     cache, files = synthetic(tmp_path, n=(64, 16, 16))
     out = tmp_path / "o"
-    monkeypatch.setattr(amnet.head.train, "torch_save", torch_enospc)
+    monkeypatch.setattr(amnet.head.run, "torch_save", torch_enospc)
     res = CliRunner().invoke(main, train_args(cache, files, out, epochs=1))
     state = state_path(out / "head.pt")
     assert res.exit_code == 1

@@ -22,7 +22,7 @@ from amnet.core.errors import CacheError, ImageError, SplitError
 from amnet.extract import backbone as B
 from amnet.cache.ops import merge
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import collect_images, list_image_folder, load_resized_uint8
+from amnet.extract.image_files import collect_images, list_image_folder, load_resized_uint8
 from amnet.extract.run import extract
 from conftest import extract_killed_after, subprocess_env, write_image
 

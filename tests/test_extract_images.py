@@ -9,7 +9,7 @@ from PIL import Image
 from amnet.cli import cache_cli
 from amnet.core.errors import ImageError
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import open_image_rgb
+from amnet.extract.image_files import open_image_rgb
 from conftest import BAD_KINDS, GOOD_KINDS, rgb_array, write_image
 
 SUFFIX = {"palette": "png", "rgba": "png", "png16": "png", "png16rgb": "png", "bmp": "bmp",

@@ -57,7 +57,7 @@ class Slow(torch.utils.data.Dataset):
 
 init = None
 if sys.argv[1] == "1":
-    from amnet.extract.image_loading import die_with_parent
+    from amnet.extract.decode_workers import die_with_parent
     init = functools.partial(die_with_parent, os.getpid())
 loader = DataLoader(Slow(), batch_size=1, num_workers=2, prefetch_factor=8, worker_init_fn=init)
 it = iter(loader)
@@ -124,7 +124,7 @@ KW = dict(weights="random:0", image_size=32, device="cpu", batch_size=2, workers
 
 def _extracted(image_dir, out, backbones):
     from amnet.extract.run import extract
-    from amnet.extract.images import list_image_folder
+    from amnet.extract.image_files import list_image_folder
     return extract(list_image_folder(image_dir), out, backbone=backbones("random:0", "fp32"),
                    **KW)
 

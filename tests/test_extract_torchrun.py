@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError
-from amnet.extract.images import list_image_folder
+from amnet.extract.image_files import list_image_folder
 from amnet.extract.run import auto_shard, extract
 from conftest import subprocess_env, write_image
 

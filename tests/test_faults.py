@@ -53,7 +53,7 @@ def test_a_second_training_of_the_same_outputs_is_refused(fault_world, tmp_path)
     import socket
     out = tmp_path / "run"
     args = faults.train_args(fault_world.cache, fault_world.splits, out)
-    child, pause = faults.start_paused(tmp_path, "amnet", args, "amnet.head.fit:train_epoch", 2)
+    child, pause = faults.start_paused(tmp_path, "amnet", args, "amnet.head.epochs:train_epoch", 2)
     try:
         with zoo.shared_trunks():
             second = zoo.run_cli("amnet", args)

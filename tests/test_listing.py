@@ -17,7 +17,7 @@ from amnet.cli import cache_cli, main
 from amnet.core.errors import ImageError, SplitError
 from amnet.data.listfiles import read_name_list, read_split
 from amnet.cache.reader import FeatureCache
-from amnet.extract.images import (collect_images, left_out_line, list_image_folder, open_image_rgb,
+from amnet.extract.image_files import (collect_images, left_out_line, list_image_folder, open_image_rgb,
                                   read_image_list)
 from amnet.extract.run import extract
 from amnet.predict.scoring import InputItem, collect_inputs
@@ -389,7 +389,7 @@ def test_extract_and_predict_note_the_animated_files(tmp_path, backbones):
 def denied(monkeypatch):
     """`denied(path)`: opening `path` (or listing it, for a folder) raises PermissionError, as
     chmod 000 does for anyone but root."""
-    import amnet.extract.images as I
+    import amnet.extract.image_files as I
     blocked: set[str] = set()
     real_open, real_scandir = os.open, os.scandir
 

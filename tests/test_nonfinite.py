@@ -14,12 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import amnet.head.fit
+import amnet.head.epochs
 from amnet.cli import main
 from amnet.core.errors import CacheError, TrainingError
 from amnet.core.settings import AMNetConfig
 from amnet.cache.schema import finite_rows
-from amnet.head.train import train_split
+from amnet.head.run import train_split
 from amnet.head.train_state import state_path
 from conftest import error_line, sha256_of
 from test_train import TINY, _one_thread, quick_cfg, synthetic  # noqa: F401 (fixture)
@@ -138,13 +138,13 @@ def test_evaluate_refuses_or_skips(tmp_path):
 def test_nonfinite_loss_stops_training_and_saves_nothing_of_that_epoch(tmp_path, monkeypatch):
     cache, files = synthetic(tmp_path, n=N)
     calls = {"n": 0}
-    real = amnet.head.fit.amnet_loss
+    real = amnet.head.epochs.amnet_loss
 
     def loss(*args, **kwargs):          # 4 batches of 16 per epoch: epoch 2, batch 3 is call 7
         calls["n"] += 1
         out = real(*args, **kwargs)
         return out * float("nan") if calls["n"] == 7 else out
-    monkeypatch.setattr(amnet.head.fit, "amnet_loss", loss)
+    monkeypatch.setattr(amnet.head.epochs, "amnet_loss", loss)
     out = tmp_path / "o"
     res = cli(*train_args(cache, files, out), "--epochs", "3")
     state = state_path(out / "head.pt")

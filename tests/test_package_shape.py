@@ -36,7 +36,7 @@ def test_stage_two_imports_neither_pil_nor_torchvision():
     torchvision out of sys.modules: what it reads from amnet.cache and below too. Nor does it
     load stage one (amnet.extract): the cache is the only contract between the stages."""
     modules = [m.name for m in pkgutil.iter_modules(amnet.head.__path__, "amnet.head.")]
-    assert "amnet.head.train" in modules and "amnet.head.feeding" in modules
+    assert "amnet.head.run" in modules and "amnet.head.feeding" in modules
     got = _run("import importlib, json, sys\n"
                f"for m in {modules!r}: importlib.import_module(m)\n"
                "print(json.dumps({k: k in sys.modules for k in ('PIL', 'torchvision', "

@@ -332,7 +332,7 @@ def _reference(env, x: torch.Tensor, precision: str) -> np.ndarray:
 def test_default_precision_api(env, predictor):
     from amnet.core.device import resolve_trunk_precision
     from amnet.extract.backbone import image_transform
-    from amnet.extract.images import open_image_rgb
+    from amnet.extract.image_files import open_image_rgb
     from amnet.predict.predictor import Predictor
     auto = resolve_trunk_precision("auto", "cpu")
     default = Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu")
@@ -358,7 +358,7 @@ def test_default_precision_api(env, predictor):
 def test_default_precision_cli(env, tmp_path):
     from amnet.core.device import resolve_trunk_precision
     from amnet.extract.backbone import normalize_uint8
-    from amnet.extract.images import load_resized_uint8
+    from amnet.extract.image_files import load_resized_uint8
     h = env["heads"]
     common = ["predict", "--checkpoint", str(h["h1"]), "--checkpoint", str(h["h2"]),
               str(env["images"]), "--device", "cpu"]

@@ -14,7 +14,7 @@ from amnet.core.metrics import mse, spearman, summarize
 from amnet.core.settings import AMNetConfig, TrainConfig
 from amnet.head.checkpoint import load_checkpoint
 from amnet.head.evaluation import evaluate
-from amnet.head.train import train_split
+from amnet.head.run import train_split
 
 C, G = 8, 4                     # tiny features: 8 channels on a 4x4 grid (L = 16)
 L0 = 2 * G + 1                  # the informative location (y=2, x=1), row-major
@@ -287,7 +287,7 @@ def test_progress_shows_epochs_loss_val_rho_and_eta(tmp_path, monkeypatch, caplo
     import logging
     import re
 
-    import amnet.head.fit
+    import amnet.head.epochs
     from amnet.core.progress import duration
 
     bars = []
@@ -306,7 +306,7 @@ def test_progress_shows_epochs_loss_val_rho_and_eta(tmp_path, monkeypatch, caplo
         def close(self):
             pass
 
-    monkeypatch.setattr(amnet.head.fit, "progress_bar", Bar)
+    monkeypatch.setattr(amnet.head.epochs, "progress_bar", Bar)
     cache, files = synthetic(tmp_path, n=(64, 16, 16))
     with caplog.at_level(logging.INFO, logger="amnet.train"):
         run(tmp_path, "o", cache, files, epochs=3, batch_size=16, progress=None)

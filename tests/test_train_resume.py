@@ -1,4 +1,4 @@
-"""Resumable stage-two training and outputs published together (amnet.head.fit, amnet.head.train_state,
+"""Resumable stage-two training and outputs published together (amnet.head.epochs, amnet.head.train_state,
 amnet.head.publish): a run killed at any point, rerun, ends exactly like one never interrupted."""
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import torch
 
 from amnet.core.atomic import temp_path
 
-import amnet.head.fit
+import amnet.head.epochs
 import amnet.head.publish
 from amnet.core.settings import AMNetConfig
-from amnet.head.train import train_split
+from amnet.head.run import train_split
 from test_train import TINY, _one_thread, quick_cfg, run, synthetic  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ import json, sys
 import torch
 torch.set_num_threads(1)
 from amnet.head.model import AMNetConfig
-from amnet.head.train import TrainConfig, train_split
+from amnet.head.run import TrainConfig, train_split
 a = json.loads(sys.argv[1])
 train_split(a["cache"], a["train"], a["val"], a["test"], a["out"], AMNetConfig(**a["model"]),
             TrainConfig(**a["cfg"]))
@@ -48,14 +48,14 @@ class Interrupted(Exception):
 def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     """Make the next run fail as its `epoch`-th epoch starts (the state of epoch - 1 is saved)."""
     calls = {"n": 0}
-    real = amnet.head.fit.train_epoch
+    real = amnet.head.epochs.train_epoch
 
     def train_epoch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == epoch:
             raise Interrupted(f"stopped at epoch {epoch}")
         return real(*args, **kwargs)
-    monkeypatch.setattr(amnet.head.fit, "train_epoch", train_epoch)
+    monkeypatch.setattr(amnet.head.epochs, "train_epoch", train_epoch)
 
 
 def resume_lines(caplog) -> list[str]:

@@ -23,12 +23,12 @@ from amnet.data.views import random_resized_crop_params, view_generator, view_pr
 from amnet.cache import schema as C, writer as W
 from amnet.cache.ops import info, merge, verify
 from amnet.cache.reader import FeatureCache
-from amnet.extract.image_loading import ImageRows
-from amnet.extract.images import list_image_folder, load_views_uint8
+from amnet.extract.decode_workers import ImageRows
+from amnet.extract.image_files import list_image_folder, load_views_uint8
 from amnet.extract.run import extract
 from amnet.head.checkpoint import load_checkpoint
 from amnet.head.evaluation import evaluate
-from amnet.head.train import train_split
+from amnet.head.run import train_split
 from conftest import extract_killed_after
 from test_extract import _arrays, _cli_subprocess
 

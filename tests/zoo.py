@@ -235,7 +235,7 @@ def build_world(root: Path) -> World:
 
     from amnet.core.settings import AMNetConfig
     from amnet.cache.reader import FeatureCache
-    from amnet.extract.images import list_image_folder
+    from amnet.extract.image_files import list_image_folder
     from amnet.extract.run import extract
     from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_checkpoint
     from amnet.head.model import AMNet

@@ -48,7 +48,7 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
     """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
     from amnet.cli.params import extract_options
-    from amnet.extract.images import collect_images, left_out_line
+    from amnet.extract.image_files import collect_images, left_out_line
     from amnet.extract.run import extract
 
     skipped: list[tuple[str, str]] = []

@@ -62,7 +62,7 @@ CSV columns: path, score, [gt], step_1..step_T, score_<checkpoint>..., error.
 @amnet_errors
 def predict_cmd(images, checkpoints, model_name, out, device, batch_size, workers, weights,
                 on_error, cache, images_root, attention_maps, grid, precision, match_cache) -> None:
-    from amnet.extract.images import left_out_line
+    from amnet.extract.image_files import left_out_line
     from amnet.predict.predictor import Predictor
     from amnet.predict.report import nothing_scored, summary_line, write_predictions
     from amnet.predict.scoring import LIST_EXTS, InputItem, collect_inputs

@@ -27,7 +27,7 @@ def run_train(cache, train_file, val_file, test_file, out, model_config: AMNetCo
     and the run's ETA; the bar within an epoch on a terminal; only warnings with `quiet`), then
     `amnet.train.train_split` (`paths`: its checkpoint_path, history_path, ... keywords)."""
     _stage2_logging(quiet)
-    from amnet.head.train import train_split
+    from amnet.head.run import train_split
 
     return train_split(cache, train_file, val_file, test_file, out, model_config, cfg, wait=wait,
                        **paths)

@@ -22,7 +22,7 @@ nested settings dataclass), choices and ranges; anything wrong is a `ParamsError
 
 The settings dataclasses themselves live here too, free of torch, so that the CLIs can build their
 options from them at import time and `--help` stays instant: `AMNetConfig` (the head; also
-exported by amnet.head.model), `TrainConfig` (stage two; also exported by amnet.head.train), `ExtractConfig`
+exported by amnet.head.model), `TrainConfig` (stage two; also exported by amnet.head.run), `ExtractConfig`
 (stage one), `DataConfig` (prepare), `EvaluateConfig`.
 """
 from __future__ import annotations
@@ -286,7 +286,7 @@ class AMNetConfig:
 @dataclass
 class TrainConfig:
     """Training settings; defaults are the original's LaMem ones (spec section 4). Stage two is
-    amnet.head.train.train_split."""
+    amnet.head.run.train_split."""
 
     epochs: int = setting(54, "the original ran epochs 1..54 on LaMem (49 on SUN)", min=1)
     batch_size: int = setting(222, "train batch; the last partial batch is dropped", min=1)

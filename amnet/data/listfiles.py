@@ -21,8 +21,8 @@ A data set's `images` may itself be a symlink to an external folder (`data/lamem
 /datasets/lamem/images`): the root is resolved first, so only links *inside* it that point
 elsewhere are rejected, never the root link that `prepare` makes.
 
-In `amnet.data`, below both stages (setup.cfg's import contracts): used by stage one (`amnet.extract.images`), stage two
-(`amnet.head.train`), `amnet.predict` and `amnet.data`; imports only `amnet.core.errors` and
+In `amnet.data`, below both stages (setup.cfg's import contracts): used by stage one (`amnet.extract.image_files`), stage two
+(`amnet.head.run`), `amnet.predict` and `amnet.data`; imports only `amnet.core.errors` and
 `amnet.core.atomic`. `split_path` names a split file of the canonical layout,
 `<dataset>/splits/{train,val,test}_<k>.txt`.
 """

@@ -3,7 +3,7 @@
 The original's train transform (squash-resize to 264 x 264, then torchvision's
 RandomResizedCrop(224) with its default scale and ratio), drawn from a generator seeded per
 (view_seed, view j, image name), so a view never depends on batch size, workers, shards, resume
-or merge. `amnet.extract.images.load_views_uint8` applies it to decoded images; the cache records
+or merge. `amnet.extract.image_files.load_views_uint8` applies it to decoded images; the cache records
 `view_transform_description` in its attributes.
 
 No PIL and no torchvision here (torch only inside the functions that draw): stage two reads

@@ -1,7 +1,7 @@
 """Stage one's loop: images -> trunk -> float16 rows of an HDF5 feature cache, resumably.
 
 Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader
-workers (amnet.extract.image_loading: uint8 `[1 + K, 3, S, S]` per image); ToTensor/Normalize
+workers (amnet.extract.decode_workers: uint8 `[1 + K, 3, S, S]` per image); ToTensor/Normalize
 happen on the device; one trunk forward per batch covers every view (and flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
 file is flushed every few batches, so a killed run resumes where it stopped (amnet/cache/schema.py
 says why). The workers start while the file is closed (none shares it, nor HDF5's lock on it)
@@ -34,7 +34,7 @@ from amnet.core.lockfile import Lock, hold, wait_for_leftovers
 from amnet.core.progress import progress_bar
 from amnet.cache import ops as cache_ops, schema, writer
 from amnet.extract.backbone import features, load_backbone, normalize_uint8
-from amnet.extract.image_loading import ImageRows, collate_rows, die_with_parent
+from amnet.extract.decode_workers import ImageRows, collate_rows, die_with_parent
 from amnet.extract.layers import channels_for, grid_for, layer_attrs
 
 FLUSH_EVERY_BATCHES = 4

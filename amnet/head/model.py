@@ -44,7 +44,7 @@ class AMNet(nn.Module):
             raise ValueError(f"bad AMNetConfig: {cfg}")
         if isinstance(cfg.target_mean, str):
             raise ValueError(f"target_mean {cfg.target_mean!r} is resolved when training starts "
-                             "(amnet.head.train.train_split); a head needs a number")
+                             "(amnet.head.run.train_split); a head needs a number")
         self.config = cfg
         C, D, H, L, R = cfg.in_channels, cfg.feature_dim, cfg.hidden_dim, cfg.locations, cfg.regressor_dim
 

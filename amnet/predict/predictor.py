@@ -229,7 +229,7 @@ class Predictor:
         return self._transform
 
     def load_image(self, path: str | Path) -> Image.Image:
-        from amnet.extract.images import open_image_rgb
+        from amnet.extract.image_files import open_image_rgb
         return open_image_rgb(path)
 
     def _to_batch(self, x: Any) -> tuple[torch.Tensor, bool]:

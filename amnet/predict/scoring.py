@@ -1,6 +1,6 @@
 """Scoring many inputs with a Predictor: what to score (image files, folders, list files ->
 `InputItem`s) and the batch loops, over images (`predict_items`: decoded in DataLoader workers by
-amnet.extract.image_loading, as extraction does) or over a feature cache by name (`predict_cached`).
+amnet.extract.decode_workers, as extraction does) or over a feature cache by name (`predict_cached`).
 Both yield one `ItemResult` per item in input order; a failed item carries its reason in `error`.
 
 A score is never NaN: cached features holding NaN/Inf are found per loaded chunk (vectorised,
@@ -22,8 +22,8 @@ from amnet.core.progress import progress_bar
 from amnet.data.listfiles import read_name_list
 from amnet.extract.backbone import normalize_uint8
 from amnet.cache.schema import finite_rows
-from amnet.extract.image_loading import ImageRows, collate_rows
-from amnet.extract.images import IMAGE_SUFFIXES, list_image_folder, load_resized_uint8
+from amnet.extract.decode_workers import ImageRows, collate_rows
+from amnet.extract.image_files import IMAGE_SUFFIXES, list_image_folder, load_resized_uint8
 from amnet.predict.predictor import Prediction, Predictor
 
 LIST_EXTS = {".txt", ".lst", ".list"}
@@ -70,7 +70,7 @@ def list_root(list_path: Path, images_root: Path | None = None) -> Path:
 def collect_inputs(args: Iterable[str | Path], images_root: Path | None = None,
                    skipped: list[tuple[str, str]] | None = None) -> list[InputItem]:
     """Expand image files, folders (recursive, sorted) and list files into items. `skipped`
-    gets what the folder listings left out (`amnet.extract.images.list_image_folder`), names prefixed
+    gets what the folder listings left out (`amnet.extract.image_files.list_image_folder`), names prefixed
     with their folder."""
     items: list[InputItem] = []
     for a in args:

@@ -37,7 +37,7 @@ A run is resumable and publishes its files together:
     naming the live one (LockedError) instead of sharing its state and outputs; a dead one's
     lock is taken over.
 
-The parts: amnet/head/feeding.py (cached features to batches), amnet/head/fit.py (the epoch loop, the
+The parts: amnet/head/feeding.py (cached features to batches), amnet/head/epochs.py (the epoch loop, the
 best epoch), amnet/head/train_state.py (the resumable state), amnet/head/evaluation.py (`predict_split`,
 `tta_views`, `evaluate`), amnet/head/publish.py (the files); this module holds `train_split`, which
 ties them together. Its settings, `TrainConfig`, live in amnet/core/settings.py (torch-free, so
@@ -66,7 +66,7 @@ from amnet.head.checkpoint import backbone_from_attrs, make_checkpoint, save_siz
 from amnet.head.evaluation import (check_names, predict_split, predictions_frame, read_part,
                                    safe_metrics, tta_views)
 from amnet.head.feeding import SplitPart, attach_sources, open_cache
-from amnet.head.fit import FitProgress, fit
+from amnet.head.epochs import FitProgress, fit
 from amnet.head.model import AMNet
 from amnet.head.publish import Outputs
 from amnet.head.train_state import fingerprint, remove_state, state_path

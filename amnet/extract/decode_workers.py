@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from amnet.core.errors import ImageError
-from amnet.extract.images import load_views_uint8
+from amnet.extract.image_files import load_views_uint8
 
 
 class ImageRows(Dataset):
