@@ -395,6 +395,12 @@ def error_line(res) -> str:
     return errors[0][len("Error: "):]
 
 
+# `amnet predict`, `serve` and `export` without a model, or with two sources (exact text)
+NO_MODEL = ("Error: no model: give --checkpoint FILE (repeatable: the heads are averaged) or "
+            "--model NAME (a published model: `amnet models list`)\n")
+BOTH_MODELS = "Error: give --checkpoint or --model NAME, not both\n"
+
+
 def sha256_of(path) -> str:
     import hashlib
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

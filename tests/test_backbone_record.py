@@ -50,9 +50,34 @@ def test_check_compatible_one_line():
                          hint="extract another cache")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("feature cache c.h5 vs checkpoint h.pt: ")
-    assert "backbone weights_sha256 cdcdcdcdcdcd (random:0) vs abababababab" in msg
+    assert "backbone weights random:0 on both sides, but other tensors under that name: sha256 " \
+           "cdcdcdcdcdcd vs abababababab (conv1..layer3), image_size 64 vs 224" in msg
     assert "image_size 64 vs 224" in msg and msg.endswith("; extract another cache")
     with pytest.raises(AmnetError, match=r"mean none \(raw \[0, 1\] input\) vs \[0.485"):
         check_compatible(_record(mean=None), rec, "a", "b")
     with pytest.raises(WeightsError, match="arch resnet152 vs resnet50"):
         check_compatible(_record(arch="resnet152"), rec, "a", "b", error=WeightsError)
+
+
+def test_weights_difference_says_why_two_trunks_of_one_name_differ():
+    """The hash covers conv1 up to the deepest layer used (amnet.extract.backbone.trunk_sha256):
+    `random:0` for layer3 and for layer3,layer4 hash otherwise, and the message says so instead of
+    printing two different hashes under one name."""
+    from amnet.core.provenance import weights_difference
+    l3, l34 = ("random:0", "9b" * 32, "layer3"), ("random:0", "e8" * 32, "layer3,layer4")
+    assert weights_difference(l3, l34) == (
+        "weights random:0 on both sides, sha256 9b9b9b9b9b9b vs e8e8e8e8e8e8: the hash covers the "
+        "layers used (conv1..layer3 vs conv1..layer4)")
+    # layer4 and layer3,layer4 hash the same tensors, as does a record without a layer set
+    # (older files: layer3): one name, one coverage, other hashes -> other tensors
+    assert weights_difference(("file:/w.pt", "ab" * 32, "layer4"),
+                              ("file:/w.pt", "cd" * 32, "layer3,layer4")) == (
+        "weights file:/w.pt on both sides, but other tensors under that name: sha256 abababababab "
+        "vs cdcdcdcdcdcd (conv1..layer4)")
+    assert weights_difference(l3, ("random:0", "cd" * 32, None)).endswith("(conv1..layer3)")
+    assert weights_difference(l3, ("random:1", "cd" * 32, "layer3")) == (
+        "weights random:0 (sha256 9b9b9b9b9b9b) vs random:1 (sha256 cdcdcdcdcdcd)")
+    # the records' comparison uses it
+    assert _record(weights_sha256="cd" * 32, layer="layer3,layer4").differences(_record()) == [
+        "weights random:0 on both sides, sha256 cdcdcdcdcdcd vs abababababab: the hash covers the "
+        "layers used (conv1..layer4 vs conv1..layer3)", "layer layer3,layer4 vs layer3"]

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from amnet.cli import main
 from amnet.core.errors import ExportError
-from conftest import write_image
+from conftest import BOTH_MODELS, NO_MODEL, write_image
 from test_train import _one_thread  # noqa: F401 (autouse fixture: one thread, as in CI)
 
 SIZE, GRID, STEPS = 64, 4, 3
@@ -242,10 +242,10 @@ def test_model_without_hub_is_one_line(env, tmp_path, monkeypatch):
 def test_usage_errors(env, tmp_path):
     run = CliRunner().invoke
     r = run(main, ["export", str(tmp_path / "m.onnx")])
-    assert r.exit_code == 2 and "give either --checkpoint FILE" in r.output
+    assert r.exit_code == 2 and r.output.endswith(NO_MODEL)
     r = run(main, ["export", "--checkpoint", str(env["heads"][0]), "--model", "x",
                    str(tmp_path / "m.onnx")])
-    assert r.exit_code == 2 and "give either --checkpoint FILE" in r.output
+    assert r.exit_code == 2 and r.output.endswith(BOTH_MODELS)
     r = run(main, ["export", "--checkpoint", str(env["heads"][0]), str(env["heads"][0])])
     assert r.exit_code == 1 and r.output == (
         f"Error: {env['heads'][0]} is one of the checkpoints; write the export to another file\n")
@@ -260,7 +260,8 @@ def test_checkpoints_of_two_backbones_are_refused(env, tmp_path):
     r = CliRunner().invoke(main, ["export", "--checkpoint", str(env["heads"][0]), "--checkpoint",
                                   str(other), str(tmp_path / "m.pt")])
     assert r.exit_code == 1 and r.output.count("\n") == 1
-    assert "different backbone weights_sha256" in r.output
+    assert "different backbone weights random:1 (sha256 " in r.output
+    assert ") vs random:0 (sha256 " in r.output
     assert not (tmp_path / "m.pt").exists()
 
 

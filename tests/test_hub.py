@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RangeServer, release_state_dict, write_image
+from conftest import BOTH_MODELS, NO_MODEL, RangeServer, release_state_dict, write_image
 
 from amnet.cli import main
 from amnet.core.errors import WeightsError
@@ -374,5 +374,10 @@ def test_identical_trunks_share_one_forward(hub_env, photos, tmp_path):
 
 
 def test_predict_needs_a_checkpoint_or_a_model(photos, tmp_path):
+    """Neither source, or both: a usage error that says which (the same for serve and export)."""
     r = CliRunner().invoke(main, ["predict", str(photos), "--out", str(tmp_path / "x.csv")])
-    assert r.exit_code == 2 and "give --checkpoint (one or more) or --model NAME" in r.output
+    assert r.exit_code == 2 and r.output.endswith(NO_MODEL)
+    r = CliRunner().invoke(main, ["predict", str(photos), "--out", str(tmp_path / "x.csv"),
+                                  "--model", "lamem-resnet50",
+                                  "--checkpoint", str(photos / "p0.jpg")])
+    assert r.exit_code == 2 and r.output.endswith(BOTH_MODELS)

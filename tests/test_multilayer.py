@@ -94,7 +94,12 @@ def test_cache_records_its_layers_and_refuses_another_set(images, tmp_path):
     before = out.read_bytes()
     res = run(cache_cli, args)
     assert res.exit_code == 1
-    assert "layer layer3,layer4 vs layer3" in res.output and "--overwrite" in res.output
+    l3, l34 = B.load_backbone("random:0")[1], B.load_backbone("random:0", layers="layer3,layer4")[1]
+    assert res.output == (
+        f"Error: {out}: made with other settings (layer layer3,layer4 vs layer3; weights random:0 "
+        f"on both sides, sha256 {l34.weights_sha256[:12]} vs {l3.weights_sha256[:12]}: the hash "
+        "covers the layers used (conv1..layer4 vs conv1..layer3); channels 3072 vs 1024; grid "
+        "[2, 2] vs [4, 4]); choose another --out or pass --overwrite to replace it\n")
     assert out.read_bytes() == before
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from amnet.core.errors import CacheError, CacheInUseError, DamagedCacheError
-from amnet.core.provenance import BackboneRecord, versions
+from amnet.core.provenance import BackboneRecord, versions, weights_difference
 from amnet.data.views import view_transform_description
 
 FORMAT = "amnet-feature-cache"
@@ -105,8 +105,9 @@ def settings_differences(have: dict, want: dict) -> list[str]:
         if _same(a, b):
             continue
         if key == "weights_sha256":
-            diffs.append(f"weights {have.get('weights_id')} (sha256 {str(a)[:12]}) vs "
-                         f"{want.get('weights_id')} (sha256 {str(b)[:12]})")
+            diffs.append(weights_difference(
+                (_plain(have.get("weights_id")), str(a), _plain(have.get("layer"))),
+                (_plain(want.get("weights_id")), str(b), _plain(want.get("layer")))))
         else:
             diffs.append(f"{key} {a} vs {b}")
     return diffs

@@ -18,7 +18,8 @@ from amnet.cli import cache, export, models, predict, serve, train, weights
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="amnet")
 def cache_cli() -> None:
-    """Stage one: extract ResNet layer3 feature maps into an HDF5 cache."""
+    """Stage one: extract a frozen ResNet's feature maps into an HDF5 cache (layer3, the
+    paper's, by default; `extract --layers` for layer4 or layer3,layer4)."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

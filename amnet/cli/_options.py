@@ -25,13 +25,25 @@ import click
 
 from amnet.core.settings import FieldSpec, field_spec
 
-__all__ = ["options_from", "settings_of", "SettingOption", "AutoInt", "WAIT"]
+__all__ = ["options_from", "settings_of", "SettingOption", "AutoInt", "WAIT",
+           "one_model_source"]
 
 # a writer lock's patience (amnet.core.lockfile), for the commands that write OUT under one
 WAIT = click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True,
                     metavar="SECONDS",
                     help="If another live process writes OUT, wait up to this long for it "
                          "(0: refuse at once, naming it).")
+
+
+def one_model_source(checkpoints: Collection, model_name: str | None) -> None:
+    """The heads of `amnet predict`, `serve` and `export` come from --checkpoint (repeatable) or
+    --model NAME, exactly one of them: a usage error saying which mistake was made otherwise."""
+    if checkpoints and model_name:
+        raise click.UsageError("give --checkpoint or --model NAME, not both")
+    if not checkpoints and not model_name:
+        raise click.UsageError("no model: give --checkpoint FILE (repeatable: the heads are "
+                               "averaged) or --model NAME (a published model: `amnet models "
+                               "list`)")
 
 
 class SettingOption(click.Option):

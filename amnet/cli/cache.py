@@ -45,7 +45,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | str | None:
                                      "rerun to resume, or pass --on-error skip)"})
 def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, shard, wait, quiet,
                   **settings) -> None:
-    """Extract layer3 features of IMAGES (a folder, or a list file of `name [score]` lines)."""
+    """Extract feature maps (layer3, or the --layers set) of IMAGES (a folder, or a list file
+    of `name [score]` lines)."""
     shard_t = _parse_shard(shard)
     from amnet.cli.params import extract_options
     from amnet.extract.image_files import collect_images, left_out_line

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from amnet.cli._errors import amnet_errors
+from amnet.cli._options import one_model_source
 from amnet.core.errors import AmnetError
 
 _EXPORT_HELP = """Write the whole model -- frozen backbone plus the head(s), averaged when several
@@ -37,9 +38,8 @@ record, library versions and the checkpoints' sha256 are stored in the file's me
 def export_cmd(out, checkpoints, model_name, fmt, weights, check) -> None:
     from amnet.predict.export import export_model
 
-    if bool(checkpoints) == (model_name is not None):
-        raise click.UsageError("give either --checkpoint FILE (repeatable) or --model NAME")
-    if model_name is not None:
+    one_model_source(checkpoints, model_name)
+    if model_name:
         checkpoints = _published(model_name)
     result = export_model(list(checkpoints), out, fmt, weights=weights, check=check)
     click.echo(result.summary(), err=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from amnet.cli._errors import amnet_errors
+from amnet.cli._options import one_model_source
 
 # the backbone's numerics when scoring images (also `amnet serve`'s)
 precision_option = click.option(
@@ -67,8 +68,7 @@ def predict_cmd(images, checkpoints, model_name, out, device, batch_size, worker
     from amnet.predict.report import nothing_scored, summary_line, write_predictions
     from amnet.predict.scoring import LIST_EXTS, InputItem, collect_inputs
 
-    if bool(checkpoints) == bool(model_name):
-        raise click.UsageError("give --checkpoint (one or more) or --model NAME, not both")
+    one_model_source(checkpoints, model_name)
     skipped: list[tuple[str, str]] = []
 
     if cache is not None:

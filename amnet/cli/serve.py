@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from amnet.cli._errors import amnet_errors
+from amnet.cli._options import one_model_source
 from amnet.cli.predict import precision_option
 
 _SERVE_HELP = """Serve a local web page that scores the images dropped on it.
@@ -33,9 +34,7 @@ machine only) unless --host says otherwise; works offline. Stop it with Ctrl-C.
 @precision_option
 @amnet_errors
 def serve_cmd(model_name, checkpoints, port, host, device, batch_size, precision) -> None:
-    if bool(model_name) == bool(checkpoints):
-        raise click.UsageError("give --model NAME (`amnet models list`) or --checkpoint FILE "
-                               "(repeatable), not both")
+    one_model_source(checkpoints, model_name)
     from amnet.predict.predictor import Predictor
     from amnet.predict.serve import describe_model, serve
 

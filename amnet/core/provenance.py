@@ -205,8 +205,8 @@ class BackboneRecord:
                     out.append(f"{key} {_show_stats(a)} vs {_show_stats(b)}")
             elif a is not None and b is not None and a != b:
                 if key == "weights_sha256":
-                    out.append(f"weights_sha256 {a[:12]} ({self.weights_id}) vs "
-                               f"{b[:12]} ({other.weights_id})")
+                    out.append(weights_difference((self.weights_id, a, self.layer),
+                                                  (other.weights_id, b, other.layer)))
                 else:
                     out.append(f"{key} {a} vs {b}")
         return out
@@ -216,6 +216,29 @@ _FIELDS = tuple(f.name for f in fields(BackboneRecord))
 _OTHER_KEYS = tuple(k for k in _FIELDS if k != "arch")
 # what must agree for features to be interchangeable (weights first: the usual culprit)
 COMPARED = ("weights_sha256", "arch", "layer", "image_size", "mean", "std")
+
+
+def hashed_layers(layer: str | None) -> str:
+    """What a trunk's weights_sha256 covers (amnet.extract.backbone.trunk_sha256): conv1 up to
+    the deepest layer the set uses; a record without a layer set is a layer3 one."""
+    return "conv1..layer4" if "layer4" in (layer or "layer3") else "conv1..layer3"
+
+
+def weights_difference(a: tuple[str | None, str, str | None],
+                       b: tuple[str | None, str, str | None]) -> str:
+    """One line on two trunks whose weights_sha256 differ, each side (weights_id, sha256, layer
+    set), saying why when the sources have one name: the hash covers only the layers used, so
+    the same weights hash otherwise for a set with layer4 (e.g. random:0 for layer3 vs
+    layer3,layer4), and under one name and coverage the tensors themselves differ."""
+    (id_a, sha_a, layer_a), (id_b, sha_b, layer_b) = a, b
+    if id_a is None or id_a != id_b:
+        return f"weights {id_a} (sha256 {sha_a[:12]}) vs {id_b} (sha256 {sha_b[:12]})"
+    cover_a, cover_b = hashed_layers(layer_a), hashed_layers(layer_b)
+    if cover_a != cover_b:
+        return (f"weights {id_a} on both sides, sha256 {sha_a[:12]} vs {sha_b[:12]}: the hash "
+                f"covers the layers used ({cover_a} vs {cover_b})")
+    return (f"weights {id_a} on both sides, but other tensors under that name: sha256 "
+            f"{sha_a[:12]} vs {sha_b[:12]} ({cover_a})")
 
 
 def _show_stats(v: tuple[float, ...] | None) -> str:
@@ -240,4 +263,5 @@ def check_compatible(have: BackboneRecord, want: BackboneRecord, what_have: str,
 
 
 __all__ = ["file_sha256", "package_version", "versions", "BackboneRecord", "COMPARED",
+           "weights_difference", "hashed_layers",
            "as_record", "check_compatible"]

@@ -166,7 +166,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
             progress: bool = True, precision: str = "auto", source: str | None = None,
             backbone: tuple | None = None, on_batch: BatchCallback | None = None,
             retry_failed: bool = False, wait: float = 0.0) -> dict:
-    """Extract layer3 features of `items` (`(name, path)`, stored in this order) into `out`.
+    """Extract feature maps (the `layers` set) of `items` (`(name, path)`, in this order) into `out`.
 
     layers: "layer3" (`[N, 1024, 14, 14]` at 224), "layer4" or "layer3,layer4" (`[N, 3072, 7, 7]`;
     `amnet.extract.backbone.Trunk`); recorded in the file, which another layer set cannot resume.
