@@ -1,19 +1,38 @@
-"""The demo's figures in the README, rendered from the committed report of the last `dvc repro`.
+"""The demo's figures in the README: its scores, rendered from the committed report of the last
+`dvc repro`, and its run time per CPU kind, measured from a fresh clone.
 
-`pipeline/evaluate.py` (the `evaluate` stage) writes `metrics/summary.json` (mean ± sd over the
-splits) and `metrics/splits/<k>.json` (each split's test metrics, sizes and epochs); `params.yaml`
-holds the head's widths. This script measures nothing: it renders, from those files, the demo row
-of the README's results table and the Quick start's sentence on the committed run, and writes them
-into README.md. `tests/test_readme_numbers.py` checks the README against the same rendering.
+Scores. `pipeline/evaluate.py` (the `evaluate` stage) writes `metrics/summary.json` (mean ± sd over
+the splits) and `metrics/splits/<k>.json` (each split's test metrics, sizes and epochs);
+`params.yaml` holds the head's widths. From those files this renders the demo row of the README's
+results table and the Quick start's sentence on the committed run.
 
-    dvc repro && python bench/demo.py       # after a new demo run is committed
+Time. `--time` clones this repository's HEAD into a temporary folder (uncommitted changes are not
+in it: the run says so), runs `dvc repro` there with the clone's own amnet (PYTHONPATH) and no DVC
+cache, as a newcomer's first run after the set-up command, and records the wall time of the whole
+and of each stage, the load average before and after, the precision `auto` chose, the test rho,
+the commit and the CPU (bench/record.py) in docs/bench/demo.json, one run per CPU label. Run it
+on a quiet machine: the table shows the load. `--set KEY=VALUE` (dotted params.yaml keys) makes a
+reduced run, which goes to another folder (`--results-dir`), never to the committed file.
+
+The README's `bench:demo` block and params.yaml's `demo time:` comment lines are rendered from
+docs/bench/demo.json; `tests/test_readme_numbers.py` checks the README, the block and params.yaml
+against the same rendering.
+
+    python bench/demo.py                    # render scores and times from the committed files
+    python bench/demo.py --time             # time `dvc repro` of the defaults (minutes), then render
+    python bench/demo.py --time --set data.demo.n_images=200 --set train.epochs=2 \
+        --results-dir /tmp/demo-check       # a reduced run, to try the script
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -90,14 +109,197 @@ def render_readme(text: str, d: dict) -> str:
     return SENTENCE.sub(lambda _: sentence(d), text)
 
 
+# ---- the run time: `dvc repro` of the demo from a fresh clone ----------------------------------
+
+NAME = "demo"                              # docs/bench/demo.json, the README's bench:demo block
+PARAMS = ROOT / "params.yaml"
+PARAMS_LINE = "#   demo time: "           # params.yaml's rendered comment lines start so
+STAGE = re.compile(r"Running stage '([^']+)'")
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def set_param(params: dict, assignment: str) -> None:
+    """`a.b.c=VALUE` (VALUE read as YAML, as `dvc exp run -S` does) into the nested dict."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.epochs=2")
+    *path, last = key.split(".")
+    node = params
+    for k in path:
+        node = node.setdefault(k, {})
+    node[last] = yaml.safe_load(value)
+
+
+def _stage_seconds(proc: subprocess.Popen, t0: float) -> dict[str, float]:
+    """Echo `dvc repro`'s output and time each stage, from its "Running stage" line to the next
+    (or to the end)."""
+    stages: dict[str, float] = {}
+    current, start = None, t0
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        m = STAGE.search(line)
+        if m:
+            now = time.perf_counter()
+            if current:
+                stages[current] = round(now - start, 1)
+            current, start = m.group(1), now
+    proc.wait()
+    if current:
+        stages[current] = round(time.perf_counter() - start, 1)
+    return stages
+
+
+def _outcome(clone: Path, params: dict) -> dict:
+    """What the run chose and scored: the trunk's precision (the cache's attributes), the head's
+    (a split's metrics) and the test rho (metrics/summary.json)."""
+    import h5py
+    data = params["data"]
+    with h5py.File(clone / "data" / "features" / f"{data['dataset']}.h5", "r") as f:
+        trunk = f.attrs.get("precision")
+    trunk = trunk.decode() if isinstance(trunk, bytes) else str(trunk)
+    split = json.loads((clone / "metrics" / "splits" / f"{data['splits'][0]}.json").read_text())
+    summary = json.loads((clone / "metrics" / "summary.json").read_text())
+    return {"precision": {"trunk": trunk, "head": split.get("precision")},
+            "rho": stat(summary, "rho")[0]}
+
+
+def time_demo(overrides: list[str]) -> dict:
+    """`dvc repro` of HEAD's demo (with `overrides`) in a fresh clone: the run's record."""
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    if dirty:
+        print(f"note: uncommitted changes are not in the clone; timing commit {commit[:12]}",
+              file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="amnet-demo-") as tmp:
+        clone = Path(tmp) / "amnet"
+        _git("clone", "-q", "--no-hardlinks", str(ROOT), str(clone), cwd=Path(tmp))
+        _git("checkout", "-q", "--detach", commit, cwd=clone)
+        params = yaml.safe_load((clone / "params.yaml").read_text())
+        for assignment in overrides:
+            set_param(params, assignment)
+        if overrides:
+            (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        # the clone's amnet, this python's dvc and stage scripts; no analytics
+        env = {**os.environ, "PYTHONPATH": str(clone), "DVC_NO_ANALYTICS": "1",
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                        os.environ.get("PATH", "")])}
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stages = _stage_seconds(proc, t0)
+        seconds = round(time.perf_counter() - t0, 1)
+        if proc.returncode != 0:
+            raise SystemExit(f"dvc repro failed (exit {proc.returncode}) in {clone}")
+        demo = params["data"]["demo"]
+        return {"seconds": seconds, "stages": stages, "commit": commit, "dirty": dirty,
+                "overrides": list(overrides), "load_avg_before_1_5_15_min": load_before,
+                "demo": {"n_images": demo["n_images"], "splits": params["data"]["splits"],
+                         "epochs": params["train"]["epochs"]},
+                **_outcome(clone, params)}
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _what(run: dict) -> str:
+    d = run["demo"]
+    splits = len(d["splits"])
+    return (f"{d['n_images']:,} images, {splits} split{'s' if splits > 1 else ''} x "
+            f"{d['epochs']} epochs" + (" (reduced: `--set`)" if run.get("overrides") else ""))
+
+
+def render(res: dict) -> str:
+    """The README's bench:demo block: one row per recorded run (CPU label)."""
+    runs = res.get("runs", [])
+    if not runs:
+        return ("No run recorded yet: `python bench/demo.py --time`, on a quiet machine, times "
+                "`dvc repro` of the defaults in a fresh clone and writes "
+                "[docs/bench/demo.json](docs/bench/demo.json) and this table.\n")
+    lines = ["From [docs/bench/demo.json](docs/bench/demo.json) (`python bench/demo.py --time`: "
+             "`dvc repro` in a fresh clone of the commit named, no DVC cache; the `pip install` "
+             "before it not counted), one run per CPU kind:", "",
+             "| CPU | date, commit | demo | load before / 15-min at the end | `dvc repro` | "
+             "prepare | extract | train, each split | evaluate | `auto` chose | test rho |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---|---:|"]
+    for r in runs:
+        st = r["stages"]
+        train = " / ".join(duration(v) for k, v in st.items() if k.startswith("train@")) or "–"
+        before, after = r["load_avg_before_1_5_15_min"], r["machine"]["load_avg_1_5_15_min"]
+        pick = f"{r['precision']['trunk']} trunk, {r['precision']['head']} head"
+        lines.append(
+            f"| {r['machine']['cpu']} | {r['date']}, `{r['commit'][:7]}`"
+            + (" + uncommitted" if r.get("dirty") else "") + f" | {_what(r)} | "
+            f"{before[0]:.1f} / {after[2]:.1f} | **{duration(r['seconds'])}** | "
+            + " | ".join(duration(st[k]) if k in st else "–" for k in ("prepare", "extract"))
+            + f" | {train} | " + (duration(st["evaluate"]) if "evaluate" in st else "–")
+            + f" | {pick} | {r['rho']:.3f} |")
+    lines += ["", "The run itself keeps the cores busy: a load near their count at the end is "
+              "its own; more than that, or a load before it, is another job's."]
+    return "\n".join(lines) + "\n"
+
+
+def params_lines(res: dict) -> list[str]:
+    """params.yaml's `demo time:` comment lines (one per recorded run)."""
+    runs = res.get("runs", [])
+    if not runs:
+        return [f"{PARAMS_LINE}not measured yet"]
+    return [f"{PARAMS_LINE}{duration(r['seconds'])} on {r['machine']['cpu']}, {r['date']} "
+            f"({_what(r)}; docs/bench/demo.json)" for r in runs]
+
+
+def render_params(text: str, res: dict) -> str:
+    """params.yaml with its `demo time:` lines (a run of consecutive lines) rendered."""
+    lines = text.split("\n")
+    hits = [i for i, ln in enumerate(lines) if ln.startswith(PARAMS_LINE)]
+    if not hits or hits != list(range(hits[0], hits[0] + len(hits))):
+        raise ValueError(f"params.yaml: no run of consecutive {PARAMS_LINE.strip()!r} lines")
+    lines[hits[0]:hits[-1] + 1] = params_lines(res)
+    return "\n".join(lines)
+
+
+def results() -> dict:
+    return record.load(NAME) if record.path(NAME).is_file() else {"runs": []}
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    d = load()
-    text = render_readme(record.README.read_text(), d)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--time", action="store_true",
+                    help="time `dvc repro` of the demo in a fresh clone of HEAD (minutes)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params.yaml value for the timed run (repeatable): a reduced demo")
+    ap.add_argument("--results-dir", type=Path,
+                    help="write demo.json here instead of docs/bench/ (and render nothing)")
+    ap.add_argument("--render", action="store_true",
+                    help="render only, from the committed files (also the default)")
+    args = ap.parse_args()
+    if args.overrides and args.results_dir is None:
+        raise SystemExit("--set makes a reduced demo, whose time is not the demo's: write it "
+                         "elsewhere with --results-dir DIR")
+    if args.time:
+        if args.results_dir is not None:
+            record.RESULTS = args.results_dir
+        out = record.save_run(NAME, time_demo(args.overrides))
+        print(f"wrote {out}")
+        if args.results_dir is not None:
+            print(render(record.load(NAME)))
+            return
     from amnet.core.atomic import atomic_write_text
-    atomic_write_text(record.README, text)
+    d = load()
+    atomic_write_text(record.README, render_readme(record.README.read_text(), d))
     print(row(d))
     print(sentence(d))
+    res = results()
+    record.publish(NAME, render(res))
+    atomic_write_text(PARAMS, render_params(PARAMS.read_text(), res))
+    print("\n".join(params_lines(res)))
 
 
 if __name__ == "__main__":
