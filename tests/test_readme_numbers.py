@@ -140,3 +140,64 @@ def test_no_typed_throughput_or_run_time_outside_blocks() -> None:
     typed = re.findall(r"\d[\d.,]*\s*(?:img/s|images/s|samples/s|min \d+ s|\d+x (?:faster|slower)"
                        r"|minutes on a real)", text)
     assert not typed, f"hand-typed measurements outside rendered blocks: {typed}"
+
+
+# ---- the demo's run time (bench/demo.py --time -> docs/bench/demo.json) --------------------------
+
+def _demo_run(**kw) -> dict:
+    run = {"machine": {"cpu": "AMD EPYC 9B14 (2 cores, AVX512-BF16)",
+                       "load_avg_1_5_15_min": [2.1, 2.0, 1.7]},
+           "date": "2026-12-07", "commit": "0123456789abcdef", "dirty": False, "overrides": [],
+           "seconds": 754.2, "load_avg_before_1_5_15_min": [0.31, 0.5, 0.6],
+           "stages": {"prepare": 6.0, "extract": 301.5, "train@1": 190.0, "train@2": 185.2,
+                      "evaluate": 40.1},
+           "demo": {"n_images": 2000, "splits": [1, 2], "epochs": 10},
+           "precision": {"trunk": "mixed", "head": "bf16"}, "rho": 0.8986}
+    return {**run, **kw}
+
+
+def test_demo_time_renders_one_row_per_cpu() -> None:
+    from bench import demo
+    text = demo.render({"runs": [_demo_run()]})
+    assert text.splitlines()[4] == (
+        "| AMD EPYC 9B14 (2 cores, AVX512-BF16) | 2026-12-07, `0123456` | 2,000 images, 2 splits "
+        "x 10 epochs | 0.3 / 1.7 | **12.6 min** | 6 s | 5.0 min | 3.2 min / 3.1 min | 40 s | "
+        "mixed trunk, bf16 head | 0.899 |")
+    reduced = demo.render({"runs": [_demo_run(overrides=["train.epochs=2"], dirty=True)]})
+    assert "`0123456` + uncommitted | 2,000 images, 2 splits x 10 epochs (reduced: `--set`)" \
+        in reduced
+    assert demo.params_lines({"runs": [_demo_run()]}) == [
+        "#   demo time: 12.6 min on AMD EPYC 9B14 (2 cores, AVX512-BF16), 2026-12-07 (2,000 "
+        "images, 2 splits x 10 epochs; docs/bench/demo.json)"]
+    assert demo.params_lines({"runs": []}) == ["#   demo time: not measured yet"]
+    assert demo.render({"runs": []}).startswith("No run recorded yet: `python bench/demo.py "
+                                                "--time`")
+
+
+def test_demo_time_in_params_yaml_is_rendered() -> None:
+    """params.yaml quotes docs/bench/demo.json (the README's block is checked with the others);
+    the hand-typed "<= 10 minutes on 2 CPU cores" is gone."""
+    from bench import demo
+    params = (ROOT / "params.yaml").read_text()
+    assert demo.render_params(params, demo.results()) == params, "run `python bench/demo.py`"
+    assert "<= 10 minutes" not in params
+    assert "demo" in _blocks()
+
+
+def test_demo_time_set_and_stage_times() -> None:
+    import subprocess
+    import time
+
+    from bench import demo
+    params = {"data": {"demo": {"n_images": 2000}}}
+    demo.set_param(params, "data.demo.n_images=200")
+    demo.set_param(params, "data.splits=[1, 2]")
+    assert params == {"data": {"demo": {"n_images": 200}, "splits": [1, 2]}}
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        demo.set_param(params, "train.epochs")
+    # stage times: from each "Running stage" line to the next, the last to the end
+    script = ("import time\nfor s in ('prepare', 'extract'):\n"
+              "    print(f\"Running stage '{s}':\", flush=True); time.sleep(0.3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    stages = demo._stage_seconds(proc, time.perf_counter())
+    assert list(stages) == ["prepare", "extract"] and all(0.2 < v < 5 for v in stages.values())
