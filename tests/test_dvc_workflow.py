@@ -31,6 +31,7 @@ from conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
+README = REPO / "README.md"
 GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
 
@@ -128,6 +129,18 @@ def test_ablation_in_a_temp_dir_and_back_without_retraining(repo):
     assert summary["n_splits"] == 2 and -1 <= summary["rho"]["mean"] <= 1
     assert sorted(data["metrics"]) == ["metrics/splits/1.json", "metrics/splits/2.json",
                                        "metrics/summary.json"]
+    # the README's terminal view (Experiments): in 100 columns, the summary's metrics and the
+    # changed param, no column cut to "…"
+    view = re.search(r"^dvc exp show --only-changed --drop '([^']+)'", README.read_text(), re.M)
+    table = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--no-pager",
+                            "--only-changed", "--drop", view.group(1)], cwd=repo,
+                           env={**_env(), "COLUMNS": "100"}, capture_output=True, text=True,
+                           timeout=300).stdout
+    header = next(ln for ln in table.splitlines() if "Experiment" in ln).split()
+    assert header == ["Experiment", "rho.mean", "rho.sd", "mse.mean", "mse.sd",
+                      "model.use_attention"], table
+    assert "…" not in table and max(map(len, table.splitlines())) <= 100, table
+    assert re.search(r"\[noatt\] .* False\s*$", table, re.M), table
 
     out = run(repo, "dvc", "exp", "apply", "noatt").stdout   # adopt it: checked out, not run
     assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["use_attention"] is False
