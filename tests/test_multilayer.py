@@ -62,6 +62,9 @@ def test_fused_map_is_pooled_layer3_then_layer4():
     assert s3.weights_sha256 == B.trunk_sha256(B.load_network("random:0")[0])
     assert s4.weights_sha256 == s34.weights_sha256 != s3.weights_sha256
     assert (s3.layer, s4.layer, s34.layer) == ("layer3", "layer4", "layer3,layer4")
+    # ... which is what the mismatch messages say the hash covers
+    from amnet.core.provenance import hashed_layers
+    assert hashed_layers(s4.layer) == hashed_layers(s34.layer) != hashed_layers(s3.layer)
 
 
 def test_weights_without_layer4_refuse_layer4(tmp_path):

@@ -219,7 +219,9 @@ def trunk_sha256(net: nn.Module, layers: str = DEFAULT_LAYERS) -> str:
     """sha256 over conv1/bn1/layer1..3 of the state dict (and layer4 when `layers` use it):
     sorted keys, then each tensor's bytes -- so a layer3 trunk's hash is what it always was.
 
-    Taken before BN folding, so it identifies the source weights, not our numerics."""
+    Taken before BN folding, so it identifies the source weights, not our numerics. One source
+    hashes otherwise with and without layer4: mismatch messages say so
+    (amnet.core.provenance.hashed_layers, which must follow this rule)."""
     h = hashlib.sha256()
     sd = net.state_dict()
     parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
