@@ -124,7 +124,8 @@ def test_api_accepts_each_input_kind(env, predictor):
 def test_checkpoint_from_another_backbone_is_refused(env, predictor):
     from amnet.predict.predictor import Predictor
     h = env["heads"]
-    with pytest.raises(WeightsError, match="weights_sha256"):
+    with pytest.raises(WeightsError, match=r"different backbone weights random:1 \(sha256 "
+                                           r"[0-9a-f]{12}\) vs random:0 \(sha256 [0-9a-f]{12}\);"):
         Predictor.from_checkpoint([h["h1"], h["other"]], device="cpu")
     with pytest.raises(WeightsError, match="does not match"):
         Predictor.from_checkpoint(h["h1"], device="cpu", weights="random:1")
@@ -138,7 +139,7 @@ def test_checkpoint_from_another_backbone_is_refused(env, predictor):
     res = CliRunner().invoke(main, ["predict", "--checkpoint", str(h["h1"]), "--checkpoint",
                                     str(h["other"]), str(env["images"]),
                                     "--out", str(env["root"] / "x.csv")])
-    assert res.exit_code == 1 and "weights_sha256" in res.output
+    assert res.exit_code == 1 and "different backbone weights random:1 (sha256 " in res.output
 
 
 # ---- CLI: CSV, figures, grid ---------------------------------------------------------------------
