@@ -46,6 +46,17 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def arrays_sha256(arrays: Mapping[str, Any]) -> str:
+    """sha256 over named arrays: sorted names, then each name and its array's C-order bytes.
+    What identifies a trunk's weights (`amnet.extract.backbone.trunk_sha256`, over tensors) and
+    a cache's trunk top (amnet.cache.reader), so both sides hash the same way."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()
+
+
 # ---- library versions ----------------------------------------------------------------------------
 
 _VERSION_LINE = re.compile(r"""^__version__\s*(?::\s*\w+\s*)?=\s*['"]([^'"]+)['"]""", re.M)
@@ -239,5 +250,5 @@ def check_compatible(have: BackboneRecord, want: BackboneRecord, what_have: str,
                     + (f"; {hint}" if hint else ""))
 
 
-__all__ = ["file_sha256", "package_version", "versions", "BackboneRecord", "COMPARED",
+__all__ = ["arrays_sha256", "file_sha256", "package_version", "versions", "BackboneRecord", "COMPARED",
            "as_record", "check_compatible"]
