@@ -190,3 +190,22 @@ def test_frozen_default_is_unchanged(data, tmp_path):
     for k, v in frozen.items():
         torch.testing.assert_close(topped[k], v, rtol=0, atol=0)
     assert json.loads((tmp_path / "f/metrics.json").read_text())["n"] == 5
+
+
+def test_trunk_bn_train_updates_the_statistics(data, tmp_path):
+    """train.trunk_bn: train -- BatchNorm in train mode: its running statistics and its scale
+    and shift move with training (frozen, they stay: the test above)."""
+    from amnet.cache.reader import FeatureCache
+    from amnet.head.checkpoint import load_checkpoint
+    _train(data, tmp_path / "bn", model=replace(HEAD, trainable_layers=["layer4.2"]),
+           cfg=replace(TRAIN, epochs=1, trunk_bn="train"))
+    model, ck = load_checkpoint(tmp_path / "bn/head.pt")
+    assert ck["trunk_top"]["bn"] == "train"
+    with FeatureCache(data["root"] / "c41.h5") as fc:
+        source = fc.top_state()[0]
+    trained = model.top.trunk_state()
+    for key in ("layer4.2.bn1.running_mean", "layer4.2.bn3.running_var", "layer4.2.bn2.weight"):
+        assert not torch.equal(trained[key], source[key]), key
+    # a loaded top keeps BatchNorm in eval mode even when its head is put in train mode
+    assert not any(m.training for m in model.train().top.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))

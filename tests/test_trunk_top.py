@@ -112,6 +112,15 @@ def test_cache_carries_the_top_and_reads_it_back(images, tmp_path):
     ops.relist(out, names)
     with FeatureCache(out) as c:
         assert c.top_state()[1] == digest
+    # and so do a repair and a merge of shards
+    from amnet.cache.repair import repair
+    repair(out, tmp_path / "fixed.h5")
+    _extract(images, tmp_path / "s{i}.h5", "layer3,layer4.1", flip=True, shard=(0, 2))
+    _extract(images, tmp_path / "s{i}.h5", "layer3,layer4.1", flip=True, shard=(1, 2))
+    ops.merge(tmp_path / "merged.h5", [tmp_path / "s0.h5", tmp_path / "s1.h5"])
+    for other in ("fixed.h5", "merged.h5"):
+        with FeatureCache(tmp_path / other) as c:
+            assert c.top_blocks == ("layer4.2",) and c.top_state()[1] == digest, other
     # damaged weights are refused, naming the file
     with h5py.File(out, "r+") as f:
         ds = f["trunk_top/layer4.2.conv1.weight"]

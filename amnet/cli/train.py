@@ -51,9 +51,10 @@ CACHE = click.option("--cache", required=True,
               help="Folder for head.pt, history.csv, predictions.csv, metrics.json.")
 @options_from(TrainConfig, exclude=("progress",))   # progress: -q
 @options_from(AMNetConfig, exclude=("trainable_layers",), rename={"use_attention": "--attention"})
-@click.option("--trainable-layers", default="", show_default=True, metavar="BLOCKS",
+@click.option("--trainable-layers", default="", metavar="BLOCKS",
               help="Comma list of trunk blocks trained with the head: layer4.2 (over a cache "
-                   "extracted with --layers layer4.1) or layer4.1,layer4.2; empty: frozen trunk.")
+                   "extracted with --layers layer4.1) or layer4.1,layer4.2; empty: frozen trunk.  "
+                   "[default: []]")
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch log lines or progress bars.")
 @WAIT
 @amnet_errors
