@@ -12,7 +12,8 @@ import torch
 
 from amnet.core.errors import CacheError, DamagedCacheError
 from amnet.core.provenance import BackboneRecord, arrays_sha256
-from amnet.cache.schema import TOP_GROUP, finite_rows, open_existing, open_h5, read_attrs, read_failed
+from amnet.cache.schema import (TOP_GROUP, finite_rows, open_existing, open_h5, read_attrs,
+                                read_failed)
 
 
 class FeatureCache:
