@@ -5,7 +5,7 @@ Stage two may not import stage one (amnet.extract) nor torchvision (import-linte
 blocks are rebuilt here with torchvision's `Bottleneck` layout (ResNet v1.5: conv1 1x1, conv2
 3x3, conv3 1x1, each followed by BatchNorm, ReLU after bn1, bn2 and the residual sum), and their
 weights come from the cache (`FeatureCache.top_state`: the unfolded weights of the same trunk,
-checked by sha256). tests/test_top_blocks.py holds a block equal to torchvision's on the same
+checked by sha256). tests/test_top_train.py holds a block equal to torchvision's on the same
 weights.
 
 Only layer4's non-first blocks are offered (`layer4.1`, `layer4.2`): 2048 -> 512 -> 2048
