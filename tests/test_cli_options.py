@@ -21,7 +21,8 @@ COMMANDS = {"train": main.commands["train"], "evaluate": main.commands["evaluate
 # the settings each command offers, by dataclass (the rest: hand-made options, e.g. -q)
 EXPOSED = {
     "train": {TrainConfig: set(setting_names(TrainConfig)) - {"progress"},   # progress: -q
-              AMNetConfig: set(setting_names(AMNetConfig))},
+              # trainable_layers, a list: the hand-made --trainable-layers (a comma list)
+              AMNetConfig: set(setting_names(AMNetConfig)) - {"trainable_layers"}},
     "evaluate": {TrainConfig: {"device", "eval_batch_size", "preload", "precision", "tta",
                                "on_nonfinite"}},
     "extract": {ExtractConfig: set(setting_names(ExtractConfig))},
@@ -32,6 +33,7 @@ SPELLINGS = {
         --precision --flip --no-flip --views --no-views --tta --no-tta --preload --workers
         --holdout --lstm-steps --attention --no-attention --hidden-dim --feature-dim
         --regressor-dim --feature-dropout --dropout --target-mean --target-scale -q --quiet
+        --trainable-layers --trunk-lr --trunk-weight-decay --trunk-bn
         --cache --train --val --test --out""",
     "evaluate": "--cache --split --out --device --batch-size --preload --precision --tta",
     "extract": """--out --images-root --weights --image-size --flip --views --view-seed --device

@@ -64,6 +64,7 @@ def relist(path: str | Path, names: Sequence[str], check: Callable[[], None] | N
         with C.open_h5(path, "r") as src, W.create(tmp, names, attrs) as g:
             if "created" in attrs:
                 g.attrs["created"] = attrs["created"]  # the same cache, for a shorter list
+            W.copy_top(src, g)
             copy_rows([src], g, [(0, r) for _, r in copied], [k for k, _ in copied])
             for start, stop, _ in W.row_runs([k for k, _ in copied]):
                 g["done"][start:stop] = True  # after the rows themselves
@@ -124,6 +125,7 @@ def merge(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False
             with W.create(tmp, all_names, attrs) as g:
                 handles = [C.open_h5(p, "r") for p, *_ in metas]
                 try:
+                    W.copy_top(handles[0], g)   # equal settings: every shard holds the same
                     copy_rows(handles, g, order)
                 finally:
                     for h in handles:

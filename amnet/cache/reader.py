@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from amnet.core.errors import CacheError, DamagedCacheError
-from amnet.core.provenance import BackboneRecord
-from amnet.cache.schema import finite_rows, open_existing, open_h5, read_attrs, read_failed
+from amnet.core.provenance import BackboneRecord, arrays_sha256
+from amnet.cache.schema import (TOP_GROUP, finite_rows, open_existing, open_h5, read_attrs,
+                                read_failed)
 
 
 class FeatureCache:
@@ -156,6 +157,33 @@ class FeatureCache:
                     ok = finite_rows(self.load(part, flip=f, view=v))
                     bad.update(n for n, good in zip(part, ok) if not good)
         return [n for n in names if n in bad]
+
+    @property
+    def top_blocks(self) -> tuple[str, ...]:
+        """The trunk blocks above this cache's cut whose weights it carries (`("layer4.2",)` for
+        a `layer4.1` cut; `()` for whole-stage caches and files made before cuts)."""
+        text = self.attrs.get("trunk_top") or ""
+        return tuple(x for x in str(text).split(",") if x)
+
+    def top_state(self) -> tuple[dict[str, torch.Tensor], str]:
+        """The unfolded weights of `top_blocks` (`{"layer4.2.conv1.weight": float32 tensor,
+        ...}`, keyed as in the full torchvision ResNet) and their sha256, checked against the
+        one recorded at extraction (DamagedCacheError when they differ, CacheError when the
+        cache carries none)."""
+        if not self.top_blocks:
+            raise CacheError(f"{self.path}: carries no trunk blocks above its cut (layer "
+                             f"{self.attrs.get('layer')}); extract with a cut inside layer4, "
+                             "e.g. --layers layer4.1")
+        try:
+            g = self._h5()[TOP_GROUP]
+            arrays = {k: g[k][()] for k in g}
+        except (OSError, KeyError, RuntimeError) as e:
+            raise self._damaged(TOP_GROUP, e) from None
+        digest, want = arrays_sha256(arrays), self.attrs.get("trunk_top_sha256")
+        if digest != want:
+            raise DamagedCacheError(f"{self.path}: its trunk_top weights hash to {digest[:12]}, "
+                                    f"not the recorded {str(want)[:12]}; extract it again")
+        return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, digest
 
     def missing(self, names: Sequence[str]) -> list[str]:
         """Names without features in this cache (absent, failed or not yet extracted)."""

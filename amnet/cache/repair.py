@@ -274,6 +274,7 @@ def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows
                          f"{src.path} is untouched and nothing was written to {out}"), \
             atomic_path(out, tag="repairing", check=check) as tmp:
         with W.create(tmp, names, new_attrs) as g:
+            _copy_top(src.f, g)
             step = max(1, _BLOCK // (1 + int(attrs.get("views") or 0)))   # ~50 MB at 224
             for start in range(0, len(rows), step):
                 part = rows[start:start + step]
@@ -306,6 +307,20 @@ def _copy(src: _Source, out: Path, names: list[str], attrs: dict[str, Any], rows
     return {"in": str(src.path), "out": str(out), "images": len(names), "saved": len(saved_rows),
             "lost": len(lost_names), "lost_names": lost_names[:5], "failed": len(failed),
             "pending": pending, "complete": pending == 0}
+
+
+def _copy_top(src: h5py.File, dst: h5py.File) -> None:
+    """Carry the trunk top (the weights of the blocks above a cut) over when it reads back; else
+    the repaired file no longer claims one (its features still serve a frozen head)."""
+    try:
+        W.copy_top(src, dst)
+    except _READ_ERRORS:
+        if C.TOP_GROUP in dst:
+            del dst[C.TOP_GROUP]  # a part of it
+    if C.TOP_GROUP not in dst:
+        for key in ("trunk_top", "trunk_top_sha256"):
+            if key in dst.attrs:
+                del dst.attrs[key]
 
 
 def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,9 @@ optional `views` / `views_flip` float16 `[N, K, C, h, w]` (K seeded random-resiz
 image, one chunk per view), `names` utf-8 `[N]`, `done` bool `[N]`, group `failed` with
 `names`/`reasons` of skipped images, and attributes recording how the features were made
 (SETTINGS decide whether two files are compatible). Version-1 files (no views) read as K = 0.
+A cache cut inside a stage (`layer` "layer4.1") also holds group `trunk_top`: the unfolded
+float32 weights of the blocks above the cut (attribute `trunk_top`: their names), which stage two
+may train; an older reader ignores the group (the format version stays 2).
 
 Crash safety: all chunks are allocated when the file is created, so the writer only overwrites
 raw data in place afterwards and the HDF5 metadata never changes mid-run; `done[i]` is set only
@@ -40,7 +43,8 @@ FORMAT = "amnet-feature-cache"
 FORMAT_VERSION = 2  # 1: no views; 2: optional `views`/`views_flip` and their attributes
 # attributes that must match for two files (or a file and a command) to be compatible
 SETTINGS = ("backbone", "layer", "weights_sha256", "image_size", "mean", "std", "flip",
-            "precision", "channels", "grid", "views", "view_seed")
+            "precision", "channels", "grid", "views", "view_seed", "trunk_top_sha256")
+TOP_GROUP = "trunk_top"  # the blocks above a cut inside a stage (writer.write_top)
 # what a file without the attribute (format version 1) means
 _SETTING_DEFAULTS = {"views": 0, "view_seed": 0}
 

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from amnet.cache.schema import feature_datasets, now
+from amnet.core.provenance import arrays_sha256
+from amnet.cache.schema import TOP_GROUP, feature_datasets, now
 
 
 def _early() -> h5py.h5p.PropDCID:
@@ -19,8 +20,12 @@ def _early() -> h5py.h5p.PropDCID:
     return dcpl
 
 
-def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File:
-    """Create an empty cache for `names` (open for writing; the caller closes it)."""
+def create(path: Path, names: Sequence[str], attrs: dict[str, Any],
+           top: dict[str, np.ndarray] | None = None) -> h5py.File:
+    """Create an empty cache for `names` (open for writing; the caller closes it). `top`: the
+    unfolded weights of the trunk blocks above a cut inside a stage (`{"layer4.2.conv1.weight":
+    array, ...}`), stored in the `trunk_top` group (amnet/cache/schema.py) with their sha256;
+    `attrs` must name them (`trunk_top`)."""
     n, c, (h, w) = len(names), int(attrs["channels"]), [int(x) for x in attrs["grid"]]
     f = h5py.File(path, "w", rdcc_nbytes=0)  # no chunk cache: a write goes straight to the file
     try:
@@ -42,6 +47,8 @@ def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File
         for name in ("names", "reasons"):
             g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,),
                              dtype=h5py.string_dtype("utf-8"))
+        if top:
+            write_top(f, top)
         k = int(attrs.get("views", 0) or 0)
         for name, shape, chunks in feature_datasets(n, c, (h, w), bool(attrs["flip"]), k):
             # metadata final from here on (all chunks allocated), and no fill: sparse until written
@@ -52,6 +59,23 @@ def create(path: Path, names: Sequence[str], attrs: dict[str, Any]) -> h5py.File
         f.close()
         raise
     return f
+
+
+def write_top(f: h5py.File, top: dict[str, np.ndarray]) -> None:
+    """The `trunk_top` group: one dataset per state-dict entry (float32; BN's
+    num_batches_tracked int64), named by its full key, and the group's `sha256`
+    (`amnet.core.provenance.arrays_sha256`), also a root attribute (`trunk_top_sha256`)."""
+    arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in top.items()}
+    g = f.create_group(TOP_GROUP)
+    for key in sorted(arrays):
+        g.create_dataset(key, data=arrays[key])
+    g.attrs["sha256"] = f.attrs["trunk_top_sha256"] = arrays_sha256(arrays)
+
+
+def copy_top(src: h5py.File, dst: h5py.File) -> None:
+    """Carry the `trunk_top` group (if any) over into a rewritten or merged cache."""
+    if TOP_GROUP in src and TOP_GROUP not in dst:
+        src.copy(src[TOP_GROUP], dst, name=TOP_GROUP)
 
 
 def row_runs(idx: Sequence[int]):

@@ -50,20 +50,26 @@ CACHE = click.option("--cache", required=True,
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for head.pt, history.csv, predictions.csv, metrics.json.")
 @options_from(TrainConfig, exclude=("progress",))   # progress: -q
-@options_from(AMNetConfig, rename={"use_attention": "--attention"})
+@options_from(AMNetConfig, exclude=("trainable_layers",), rename={"use_attention": "--attention"})
+@click.option("--trainable-layers", default="", metavar="BLOCKS",
+              help="Comma list of trunk blocks trained with the head: layer4.2 (over a cache "
+                   "extracted with --layers layer4.1) or layer4.1,layer4.2; empty: frozen trunk.  "
+                   "[default: []]")
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch log lines or progress bars.")
 @WAIT
 @amnet_errors
-def train_cmd(cache, train_file, val_file, test_file, out, quiet, wait, **settings) -> None:
+def train_cmd(cache, train_file, val_file, test_file, out, trainable_layers, quiet, wait,
+              **settings) -> None:
     """Train the AMNet head on one split of cached features; evaluate the best epoch on --test."""
     import json
 
-    mc = AMNetConfig(**settings_of(AMNetConfig, settings))
+    blocks = [x.strip() for x in trainable_layers.split(",") if x.strip()]
+    mc = AMNetConfig(**settings_of(AMNetConfig, settings), trainable_layers=blocks)
     tc = TrainConfig(**settings_of(TrainConfig, settings), progress=False if quiet else None)
     assert not settings, settings
     m = run_train(cache, train_file, val_file, test_file, out, mc, tc, quiet=quiet, wait=wait)
     keys = ("rho", "mse", "n", "best_epoch", "val_rho", "val_mse", "selection", "precision", "views",
-            "tta", "skipped_nonfinite")
+            "tta", "skipped_nonfinite", "trainable_layers")
     click.echo(json.dumps({k: m[k] for k in keys if k in m}))
 
 

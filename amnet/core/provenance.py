@@ -46,6 +46,17 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def arrays_sha256(arrays: Mapping[str, Any]) -> str:
+    """sha256 over named arrays: sorted names, then each name and its array's C-order bytes.
+    What identifies a trunk's weights (`amnet.extract.backbone.trunk_sha256`, over tensors) and
+    a cache's trunk top (amnet.cache.reader), so both sides hash the same way."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()
+
+
 # ---- library versions ----------------------------------------------------------------------------
 
 _VERSION_LINE = re.compile(r"""^__version__\s*(?::\s*\w+\s*)?=\s*['"]([^'"]+)['"]""", re.M)
@@ -220,8 +231,10 @@ COMPARED = ("weights_sha256", "arch", "layer", "image_size", "mean", "std")
 
 def hashed_layers(layer: str | None) -> str:
     """What a trunk's weights_sha256 covers (amnet.extract.backbone.trunk_sha256): conv1 up to
-    the deepest layer the set uses; a record without a layer set is a layer3 one."""
-    return "conv1..layer4" if "layer4" in (layer or "layer3") else "conv1..layer3"
+    the deepest layer (or layer4 block, `layer4.1`) the set uses; a record without a layer set is
+    a layer3 one."""
+    deepest = (layer or "layer3").split(",")[-1].strip()
+    return f"conv1..{deepest}" if deepest.startswith("layer4") else "conv1..layer3"
 
 
 def weights_difference(a: tuple[str | None, str, str | None],
@@ -262,6 +275,6 @@ def check_compatible(have: BackboneRecord, want: BackboneRecord, what_have: str,
                     + (f"; {hint}" if hint else ""))
 
 
-__all__ = ["file_sha256", "package_version", "versions", "BackboneRecord", "COMPARED",
-           "weights_difference", "hashed_layers",
+__all__ = ["arrays_sha256", "file_sha256", "package_version", "versions", "BackboneRecord",
+           "COMPARED", "weights_difference", "hashed_layers",
            "as_record", "check_compatible"]

@@ -7,10 +7,8 @@ choices and range.
 
 Kinds of setting (the field's metadata):
   knob      a speed / resource setting (batch size of a loop, decoding workers, where data is
-            held, progress bars): it does not change what is computed, so DVC does not track it
-            and a resumed training run may differ in it. (Float rounding aside: a kernel may
-            round differently for another batch shape or device -- the knobs are marked where
-            re-running an expensive stage for that would be wasted.)
+            held, progress bars): it does not change what is computed (float rounding of another
+            batch shape or device aside), so DVC does not track it and a resumed run may differ.
   internal  set by the library itself (the head's input shape comes from the feature cache), not
             a user setting: neither a params.yaml key nor a CLI option.
   choices   the allowed values of a string setting; `min` / `max`: the lowest / highest allowed
@@ -20,10 +18,10 @@ Kinds of setting (the field's metadata):
 values coerced to the field types (`int`, `float`, `bool`, `str`, `X | None`, `list[int]`, a
 nested settings dataclass), choices and ranges; anything wrong is a `ParamsError` of one line.
 
-The settings dataclasses themselves live here too, free of torch, so that the CLIs can build their
-options from them at import time and `--help` stays instant: `AMNetConfig` (the head; also
-exported by amnet.head.model), `TrainConfig` (stage two; also exported by amnet.head.run), `ExtractConfig`
-(stage one), `DataConfig` (prepare), `EvaluateConfig`.
+The settings dataclasses live here too, free of torch, so that the CLIs build their options at
+import time and `--help` stays instant: `AMNetConfig` (the head; also exported by amnet.head.model),
+`TrainConfig` (stage two; also in amnet.head.run), `ExtractConfig` (stage one), `DataConfig`
+(prepare), `EvaluateConfig`.
 """
 from __future__ import annotations
 
@@ -263,6 +261,9 @@ class AMNetConfig:
                                        "the mean of the training scores, fixed when training "
                                        "starts", choices=(TRAIN_MEAN,))
     target_scale: float = setting(2.0, "the scale of the normalised targets (see target_mean)")
+    trainable_layers: list[str] = setting([], "trunk blocks trained with the head: [] (frozen), "
+                                          "[layer4.2] (on a layer4.1 cache) or [layer4.1, "
+                                          "layer4.2]")
 
     @property
     def locations(self) -> int:
@@ -293,6 +294,10 @@ class TrainConfig:
     eval_batch_size: int = setting(370, "val/test batch; every image is used", min=1)
     lr: float = setting(1e-4, "Adam learning rate, constant (no schedule)", min=0.0)
     weight_decay: float = setting(1e-6, "Adam L2: LaMem 1e-6, SUN 1e-4", min=0.0)
+    trunk_lr: float = setting(1e-5, "Adam lr of model.trainable_layers' blocks", min=0.0)
+    trunk_weight_decay: float = setting(1e-4, "Adam L2 of the trained trunk blocks", min=0.0)
+    trunk_bn: str = setting("frozen", "their BatchNorm: frozen (eval mode, fixed) or train",
+                            choices=("frozen", "train"))
     gamma: float = setting(1e-5, "weight of the attention term of the loss", min=0.0)
     seed: int = setting(12345, "seeds the head's weights, batch order and view/flip draws")
     # not a knob: another device rounds differently, and precision "auto" resolves per device
@@ -334,8 +339,10 @@ class ExtractConfig:
                               "(224 -> 14 x 14, the paper's 196 locations)", min=32)
     layers: str = setting("layer3", "the trunk's output: layer3 (the paper's 43rd layer, "
                           "1024 x 14 x 14 at 224), layer4 (2048 x 7 x 7), or layer3,layer4 "
-                          "(3072 x 7 x 7: layer3 average-pooled to 7 x 7, then layer4)",
-                          choices=("layer3", "layer4", "layer3,layer4"))
+                          "(3072 x 7 x 7: layer3 average-pooled to 7 x 7, then layer4); layer4.K: "
+                          "cut after block K, the blocks above stored (model.trainable_layers)",
+                          choices=("layer3", "layer4", "layer3,layer4", "layer4.0", "layer4.1",
+                                   "layer3,layer4.0", "layer3,layer4.1"))
     flip: bool = setting(False, "also store features of the horizontally flipped image")
     precision: str = setting("auto", "auto: mixed where bf16 is native (AMX/AVX512-BF16 CPU, "
                              "CUDA), else fp32. mixed: conv1..layer2 fp32, layer3 bf16 (~1% from "
@@ -360,10 +367,8 @@ class ProtocolConfig:
 
     seed: int = setting(2018, "seeds the image halves / random splits drawn by prepare "
                         "(isola-mat, csv, sun val) and the demo's images")
-    val_fraction: float = setting(0.1, "part of the training images held out for model "
-                                  "selection", min=0.0)
-    test_fraction: float = setting(0.2, "csv and demo only: part of the images held out for "
-                                   "testing", min=0.0)
+    val_fraction: float = setting(0.1, "part of the training images held out to select", min=0.0)
+    test_fraction: float = setting(0.2, "csv and demo only: the part held out for testing", min=0.0)
 
 
 @dataclass
@@ -381,10 +386,8 @@ class DataConfig:
     dataset: str = setting("demo", "demo | lamem | sun | isola-mat | csv", choices=DATASET_KINDS)
     root: str = setting("", "the source: LaMem/SUN folder, Isola .mat folder (e.g. "
                         "../shared/data/lnsim) or a CSV file; the demo needs none")
-    download: bool = setting(False, "lamem only: fetch lamem.tar.gz (2.7 GB) into root when it "
-                             "is not there")
-    splits: list[int] = setting([1, 2], "which splits to train and evaluate (LaMem has 5, "
-                                "SUN/Isola 25)")
+    download: bool = setting(False, "lamem only: fetch lamem.tar.gz (2.7 GB) into root if absent")
+    splits: list[int] = setting([1, 2], "which splits to run (LaMem has 5, SUN/Isola 25)")
     protocol: ProtocolConfig = setting(ProtocolConfig, "how the splits are drawn")
     demo: DemoConfig = setting(DemoConfig, "the demo data set's images")
 

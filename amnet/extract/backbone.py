@@ -24,7 +24,6 @@ folding + channels-last + bf16 for the costliest stage); on an AVX2-only CPU it 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from torch import nn
 
 from amnet.core.device import resolve_trunk_precision
 from amnet.core.errors import AmnetError, WeightsError, load_failure
-from amnet.extract.layers import DEFAULT_LAYERS, parse_layers
+from amnet.core.provenance import arrays_sha256
+from amnet.extract.layers import DEFAULT_LAYERS, cut_block, parse_layers, stage_of, top_blocks
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,14 +86,18 @@ class Trunk(nn.Module):
     """
 
     def __init__(self, net: nn.Module, precision: str = "mixed", layers: str = DEFAULT_LAYERS):
-        """Takes over `net`'s modules (its convolutions are modified in place)."""
+        """Takes over `net`'s modules (its convolutions are modified in place). A cut inside
+        layer4 ("layer4.1") keeps layer4's blocks up to and including that one."""
         super().__init__()
         net = net.eval()
         self.layers = parse_layers(layers)
         self.stem = nn.Sequential(_fold_bn(net.conv1, net.bn1), nn.ReLU(inplace=True), net.maxpool)
-        blocks = ("layer1", "layer2", "layer3") + (("layer4",) if "layer4" in self.layers else ())
+        deep = {stage_of(x): cut_block(x) for x in self.layers}.get("layer4", -1)
+        blocks = ("layer1", "layer2", "layer3") + (("layer4",) if deep != -1 else ())
         for name in blocks:
             layer = getattr(net, name)
+            if name == "layer4" and deep is not None:
+                layer = layer[:deep + 1]  # the blocks above the cut are stage two's
             for block in layer:
                 for i in (1, 2, 3):
                     conv, bn = getattr(block, f"conv{i}"), getattr(block, f"bn{i}")
@@ -108,22 +112,23 @@ class Trunk(nn.Module):
         self.precision = precision
         # bf16 stages hold bf16 weights: the same numbers autocast would use, without casting
         # (and re-laying-out) the weights on every call -- 17x faster on tiny inputs, ~20% at 224
-        bf16_from = {"bf16": 0, "mixed": 3, "fp32": 4}[precision]
+        bf16_from = {"bf16": 0, "mixed": 3, "fp32": 5}[precision]  # 5: layer4 too in fp32
         for stage in self.stages()[bf16_from:]:
             stage.to(torch.bfloat16)
         self.eval()
         self.requires_grad_(False)
 
     def stages(self) -> tuple[nn.Module, ...]:
-        deep = (self.layer4,) if "layer4" in self.layers else ()
+        deep = (self.layer4,) if hasattr(self, "layer4") else ()
         return (self.stem, self.layer1, self.layer2, self.layer3) + deep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = {}
+        wanted = {stage_of(name): name for name in self.layers}
         for name, stage in zip(("stem", "layer1", "layer2", "layer3", "layer4"), self.stages()):
             x = stage(x.to(next(stage.parameters()).dtype))
-            if name in self.layers:
-                maps[name] = x
+            if name in wanted:
+                maps[wanted[name]] = x
         out = [maps[name].float() for name in self.layers]
         if len(out) == 1:
             return out[0]
@@ -215,23 +220,52 @@ def _build(arch: str, sd: dict[str, torch.Tensor] | None, where: str) -> nn.Modu
     return net
 
 
+def _prefixes(layers: str) -> tuple[str, ...]:
+    """State-dict key prefixes of the trunk up to a layer set's cut."""
+    parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+    deepest = parse_layers(layers)[-1]
+    if stage_of(deepest) == "layer4":
+        k = cut_block(deepest)
+        parts += ("layer4.",) if k is None else tuple(f"layer4.{j}." for j in range(k + 1))
+    return parts
+
+
+def state_sha256(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...] | None = None) -> str:
+    """sha256 over the entries of a state dict whose keys start with one of `prefixes` (all
+    when None): `amnet.core.provenance.arrays_sha256` of their tensors (sorted keys, bytes)."""
+    return arrays_sha256({k: v.detach().cpu().numpy() for k, v in sd.items()
+                          if prefixes is None or k.startswith(prefixes)})
+
+
 def trunk_sha256(net: nn.Module, layers: str = DEFAULT_LAYERS) -> str:
-    """sha256 over conv1/bn1/layer1..3 of the state dict (and layer4 when `layers` use it):
-    sorted keys, then each tensor's bytes -- so a layer3 trunk's hash is what it always was.
+    """sha256 over conv1/bn1/layer1..3 of the state dict (and layer4, or its blocks up to the
+    cut, when `layers` use it): sorted keys, then each tensor's bytes -- so a layer3 trunk's
+    hash is what it always was, and so is a layer4 one's.
 
     Taken before BN folding, so it identifies the source weights, not our numerics. One source
-    hashes otherwise with and without layer4: mismatch messages say so
+    hashes otherwise with and without layer4 (or with another cut): mismatch messages say so
     (amnet.core.provenance.hashed_layers, which must follow this rule)."""
-    h = hashlib.sha256()
+    return state_sha256(net.state_dict(), _prefixes(layers))
+
+
+def top_state(net: nn.Module, layers: str) -> dict[str, torch.Tensor]:
+    """The unfolded fp32 weights (convs, BN parameters and running statistics) of the blocks
+    above a layer set's cut, keyed as in the full network ("layer4.2.conv1.weight", ...); {}
+    for a whole-stage cut. Taken before BN folding (stage two trains these blocks)."""
+    blocks = top_blocks(layers)
+    if not blocks:
+        return {}
     sd = net.state_dict()
-    parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
-    if "layer4" in parse_layers(layers):
-        parts += ("layer4.",)
-    for k in sorted(sd):
-        if k.startswith(parts):
-            h.update(k.encode())
-            h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).clone()
+            for k, v in sd.items() if k.startswith(tuple(b + "." for b in blocks))}
+
+
+def top_attrs(top: dict[str, torch.Tensor], layers: str) -> dict[str, str]:
+    """The cache attributes naming a trunk top (`top_state`): `trunk_top` (its blocks, e.g.
+    "layer4.2") and `trunk_top_sha256` (`state_sha256`); {} without one."""
+    if not top:
+        return {}
+    return {"trunk_top": ",".join(top_blocks(layers)), "trunk_top_sha256": state_sha256(top)}
 
 
 def load_network(weights: str) -> tuple[nn.Module, str, tuple | None, tuple | None]:
@@ -282,7 +316,9 @@ def load_network(weights: str) -> tuple[nn.Module, str, tuple | None, tuple | No
 def load_backbone(weights: str, precision: str = "auto", device: torch.device | str = "cpu",
                   layers: str = DEFAULT_LAYERS) -> tuple[Trunk, BackboneSpec]:
     """The frozen trunk (conv1..layer3 or layer4, eval, no grad, CPU) for a weight source, and
-    its spec (`spec.layer`: the canonical layer set, e.g. "layer3" or "layer3,layer4").
+    its spec (`spec.layer`: the canonical layer set, e.g. "layer3" or "layer3,layer4"). For a
+    cut inside layer4 ("layer4.1"), `trunk.top_state` holds the unfolded weights of the blocks
+    above it (`top_state`; {} otherwise).
 
     trunk: `[B, 3, S, S]` -> `[B, 1024, S/16, S/16]` float32 for layer3 (input normalised per
     spec.mean/std); other layer sets: `[B, channels_for(layers), *grid_for(S, layers)]`.
@@ -299,7 +335,10 @@ def load_backbone(weights: str, precision: str = "auto", device: torch.device | 
                            f"--layers {layer} cannot be extracted; use --layers layer3")
     spec = BackboneSpec(weights_id=weights, arch=arch, mean=mean, std=std,
                         weights_sha256=trunk_sha256(net, layer), layer=layer, precision=precision)
-    return Trunk(net, precision, layer), spec
+    top = top_state(net, layer)   # before Trunk folds BN into the convolutions in place
+    trunk = Trunk(net, precision, layer)
+    trunk.top_state = top         # what a cache of this cut carries for stage two (may be {})
+    return trunk, spec
 
 
 # ---- preprocessing and running ----------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Stage one's loop: images -> trunk -> float16 rows of an HDF5 feature cache, resumably.
 
-Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader
-workers (amnet.extract.decode_workers: uint8 `[1 + K, 3, S, S]` per image); ToTensor/Normalize
-happen on the device; one trunk forward per batch covers every view (and flip); one process writes. `done[i]` is set after all of row i's datasets are written, and the
-file is flushed every few batches, so a killed run resumes where it stopped (amnet/cache/schema.py
-says why). The workers start while the file is closed (none shares it, nor HDF5's lock on it)
-and die with the writer (`die_with_parent`): a resume right after a kill -9 finds the file free.
+Decoding, resizing and (with `views=K`) the K seeded random resized crops run in DataLoader workers
+(amnet.extract.decode_workers: uint8 `[1 + K, 3, S, S]` per image); ToTensor/Normalize happen on the
+device; one trunk forward per batch covers every view (and flip); one process writes. `done[i]` is
+set after all of row i's datasets are written, and the file is flushed every few batches, so a
+killed run resumes where it stopped (amnet/cache/schema.py says why). The workers start while the
+file is closed (none shares it, nor HDF5's lock on it) and die with the writer (`die_with_parent`):
+a resume right after a kill -9 finds the file free.
 
 Many processes (`--shard auto` under torchrun, one or many nodes): each takes every n-th image
 (`shard`) and writes its own file, so they need no process group, no communication and no shared
@@ -33,7 +34,7 @@ from amnet.core.errors import CacheError, CacheInUseError, DamagedCacheError, Im
 from amnet.core.lockfile import Lock, hold, wait_for_leftovers
 from amnet.core.progress import progress_bar
 from amnet.cache import ops as cache_ops, schema, writer
-from amnet.extract.backbone import features, load_backbone, normalize_uint8
+from amnet.extract.backbone import features, load_backbone, normalize_uint8, top_attrs
 from amnet.extract.decode_workers import ImageRows, collate_rows, die_with_parent
 from amnet.extract.layers import channels_for, grid_for, layer_attrs
 
@@ -116,7 +117,7 @@ def _open_rw(out: Path, lock: Lock):
     return schema.open_existing(out, "r+")
 
 
-def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, lock: Lock):
+def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, lock: Lock, top):
     """(h5py file open in r+ mode, True if it was already complete, names dropped from it).
 
     An existing file must have the same settings (and shard); made for a longer list whose
@@ -154,31 +155,31 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
         return f, bool(f.attrs.get("complete")), dropped
     remove_stale_temps(out, "creating")             # a creation that a kill interrupted
     with atomic_path(out, tag="creating", check=lock.check) as tmp:  # a file at `out` is a
-        writer.create(tmp, names, attrs).close()                      # fully created cache
+        writer.create(tmp, names, attrs, top).close()                 # fully created cache
     return schema.open_existing(out, "r+"), False, dropped
 
 
 def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
             image_size: int = 224, layers: str = "layer3", flip: bool = False, views: int = 0,
             view_seed: int = 0, device: str = "auto", batch_size: int = 32, workers: int = 0,
-            on_error: str = "fail",
-            overwrite: bool = False, shard: tuple[int, int] | str | None = None,
+            on_error: str = "fail", overwrite: bool = False, shard: tuple[int, int] | str | None = None,
             progress: bool = True, precision: str = "auto", source: str | None = None,
             backbone: tuple | None = None, on_batch: BatchCallback | None = None,
             retry_failed: bool = False, wait: float = 0.0) -> dict:
     """Extract feature maps (the `layers` set) of `items` (`(name, path)`, in this order) into `out`.
 
     layers: "layer3" (`[N, 1024, 14, 14]` at 224), "layer4" or "layer3,layer4" (`[N, 3072, 7, 7]`;
-    `amnet.extract.backbone.Trunk`); recorded in the file, which another layer set cannot resume.
+    `amnet.extract.backbone.Trunk`), or a cut inside layer4 ("layer4.1", which also stores the
+    blocks above it: group `trunk_top`); recorded in the file, which another set cannot resume.
 
     views K > 0: also store K seeded random-resized-crop views per image (`views` dataset,
     `[N, K, C, h, w]`; `views_flip` with flip), the crops drawn from (view_seed, name, j) only.
 
     shard (i, n): only items i, i+n, i+2n, ..., into `shard_path(out, shard)`; "auto" (and None
     under torchrun): (RANK, WORLD_SIZE) from the environment (`auto_shard`; outside torchrun
-    "auto" is the whole list into `out`, placeholders filled). Returns a summary dict (counts, seconds, images/s; `out` is
-    the file written; `first_frame`: how many multi-frame
-    files gave their first frame, the first few of whose notes are in `first_frame_notes`).
+    "auto" is the whole list into `out`, placeholders filled). Returns a summary dict (counts,
+    seconds, images/s; `out` is the file written; `first_frame`: how many multi-frame files gave
+    their first frame, the first few of whose notes are in `first_frame_notes`).
     An existing `out` is resumed: same settings, and the same list, or the list it was made for
     less names that hold no features (failed or not yet extracted; the file is rewritten for the
     shorter list, every extracted row kept byte for byte). Images recorded as failed are not
@@ -190,9 +191,9 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     rows (every view, flip included), then their `done` flags, and (on_error="skip") its failed
     images recorded -- and before the periodic flush; `batches` counts this run's batches (1, 2,
     ...), `extracted` the images extracted so far in this run (not called for a batch that stops
-    the run with ImageError under on_error="fail"). An exception it raises ends the
-    run like any other (the file is flushed and closed, rows marked done stay done); progress
-    reports, benchmarks and tests (killing the process at a batch boundary) use it.
+    the run with ImageError under on_error="fail"). An exception it raises ends the run like
+    any other (the file is flushed and closed, rows marked done stay done); progress reports,
+    benchmarks and tests (killing the process at a batch boundary) use it.
     Raises ImageError (on_error="fail", after flushing everything extracted so far),
     CacheError (a file made with other settings or for other images), LockedError, WeightsError.
     """
@@ -237,7 +238,7 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                     workers: int, on_error: str, overwrite: bool, progress: bool, precision: str,
                     source: str | None, backbone: tuple | None, on_batch: BatchCallback | None,
                     retry_failed: bool) -> dict:
-    """`extract` once `out`'s lock is held (`total`: the length of the list before sharding)."""
+    """`extract` once `out`'s lock is held (`total`: the list's length before sharding)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
@@ -247,11 +248,12 @@ def _extract_locked(out: Path, names: list[str], paths: list[Path], lock: Lock,
                                     grid=grid_for(image_size, spec.layer), views=views,
                                     view_seed=view_seed), **layer_attrs(spec.layer, image_size)}
     attrs["source"] = str(source) if source is not None else ""
+    attrs.update(top_attrs(top := getattr(trunk, "top_state", {}), spec.layer))  # blocks above a cut
     if shard is not None:
         attrs.update(shard_index=shard[0], shard_count=shard[1], shard_total=total)
 
     with disk_full_guard(out, kept="nothing was extracted yet"):
-        f, complete, dropped = _open_or_create(out, names, attrs, overwrite, lock)
+        f, complete, dropped = _open_or_create(out, names, attrs, overwrite, lock, top)
     summary = {"out": str(out), "images": len(names), "extracted": 0, "skipped": 0,
                "already": 0, "failed_total": 0, "complete": complete, "seconds": 0.0,
                "images_per_s": 0.0, "device": str(dev), "weights": weights, "views": views,
@@ -303,13 +305,12 @@ def _forward(trunk, spec, dev, x: torch.Tensor, flip: bool, batch_size: int
              ) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 `[b, V, 3, S, S]` -> float16 features `[b, V, C, h, w]` (+ those of the mirrored
     images, or None), from one trunk forward over all batch_size x V (x 2) images.
-
-    A short batch (a run's or shard's last one, or one with failed images) is padded with
-    zero images up to `batch_size`: fp32 convolution kernels round an image's features
-    differently at another batch size (not with other images beside it), so every forward has
-    one shape and a row's bytes do not depend on where the run, its shards or a resume cut the
-    list (a single run and its merged shards agree to the byte for one --batch-size and thread
-    count). Without failed images, one padded forward per run at most."""
+    A short batch (a run's or shard's last one, or one with failed images) is padded with zero
+    images up to `batch_size`: fp32 convolution kernels round an image's features differently at
+    another batch size (not with other images beside it), so every forward has one shape and a row's
+    bytes do not depend on where the run, its shards or a resume cut the list (a single run and its
+    merged shards agree to the byte for one --batch-size and thread count). Without failed images,
+    one padded forward per run at most."""
     b, v = x.shape[:2]
     if b < batch_size:
         x = torch.cat([x, x.new_zeros((batch_size - b, *x.shape[1:]))])
@@ -388,8 +389,7 @@ def _run(f, decoded, plan: _RunPlan, trunk, spec, dev, summary: dict) -> None:
             bar.update(len(idx) + len(fails))
             if plan.on_batch is not None:
                 plan.on_batch(batches, summary["extracted"])
-            if (batches % FLUSH_EVERY_BATCHES == 0
-                    or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS):
+            if batches % FLUSH_EVERY_BATCHES == 0 or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
                 f.flush()
                 last_flush = time.perf_counter()
     finally:

@@ -3,8 +3,9 @@
 A checkpoint is `torch.save` of a dict holding only tensors and plain Python values, so it loads
 with `torch.load(..., weights_only=True)`:
 
-    format_version  int (1)
-    model_config    AMNetConfig as a dict
+    format_version  int: 1, or 2 for a head that trained the top of the trunk (older amnet
+                    then says to upgrade instead of failing on the `top.*` keys)
+    model_config    AMNetConfig as a dict (`trainable_layers`: [] for a frozen trunk)
     state_dict      the head's state dict (keys as in spec section 9: inconv.*, ..., regnet4.*)
     backbone        {arch, layer, weights_id, weights_sha256, image_size, mean, std, precision}:
                     the features this head expects (`amnet.core.provenance.BackboneRecord.to_dict`,
@@ -13,6 +14,9 @@ with `torch.load(..., weights_only=True)`:
     metrics         that epoch's metrics (val_rho, val_mse, ...)
     train_config    the training settings (or the import's source and its sha256)
     versions        {amnet, torch, torchvision, python}
+    trunk_top       only with trainable_layers: {blocks, cut (the cache's layer), source_sha256
+                    (the cache's hash of the blocks' weights before training), bn}; the
+                    trained weights are in state_dict (`top.blocks.<i>.*`)
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from amnet.core.provenance import BackboneRecord, versions
 from amnet.core.settings import AMNetConfig
 from amnet.head.model import AMNet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: a head on a frozen trunk; 2: also the trained top (`trunk_top`)
 # the `backbone` dict's keys (precision: the trunk's bf16 policy, so predict matches the cache)
 BACKBONE_KEYS = tuple(BackboneRecord().to_dict())
 
@@ -61,17 +65,19 @@ def backbone_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def make_checkpoint(model: AMNet, *, backbone: BackboneRecord | Mapping[str, Any],
                     epoch: int | None = None, metrics: Mapping[str, Any] | None = None,
-                    train_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    train_config: Mapping[str, Any] | None = None,
+                    trunk_top: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict for `model` (its state dict is copied to CPU). Refuses (TrainingError)
-    weights holding NaN/Inf: such a head scores nothing."""
+    weights holding NaN/Inf: such a head scores nothing. `trunk_top`: the record of a trained
+    trunk top (module docstring); a frozen head's checkpoint stays format 1."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise TrainingError(f"refusing to save a checkpoint whose weights hold NaN/Inf "
                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
-    return {
-        "format_version": FORMAT_VERSION,
+    ckpt = {
+        "format_version": FORMAT_VERSION if model.top is not None else 1,
         "model_config": model.config.to_dict(),
         "state_dict": state,
         "backbone": (backbone.to_dict() if isinstance(backbone, BackboneRecord)
@@ -81,6 +87,9 @@ def make_checkpoint(model: AMNet, *, backbone: BackboneRecord | Mapping[str, Any
         "train_config": plain(dict(train_config or {})),
         "versions": versions(),
     }
+    if model.top is not None:
+        ckpt["trunk_top"] = plain(dict(trunk_top or {}))
+    return ckpt
 
 
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:

@@ -8,6 +8,9 @@ paper's LaMem/SUN configuration with exactly 13,323,461 trainable parameters, an
 names (`inconv`, `bn1`, `hs1`, `hc1`, `e1`, `eh1`, `eh3`, `rnn`, `regnet1`, `regnet4`) are the
 original's, so the released checkpoints' head keys load directly (spec section 9).
 
+With `trainable_layers` (e.g. ["layer4.2"]) the head first runs those trunk blocks over the
+cached map of the cut below them (`top`, amnet.head.top_blocks), and trains them with the rest.
+
 Shapes (B = batch, C = input channels, D = feature_dim, H = hidden_dim, L = grid*grid, T = steps):
   input x       [B, C, grid, grid]   cached features (float16 or float32)
   a             [B, L, D]            adapted features, location l = y*grid + x (row-major)
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amnet.core.settings import AMNetConfig  # the head's settings (torch-free, for the CLIs)
+from amnet.head.top_blocks import TopBlocks
 
 
 class AMNet(nn.Module):
@@ -66,6 +70,13 @@ class AMNet(nn.Module):
         self.regnet4 = nn.Linear(R, 1)
         self.drop = nn.Dropout(cfg.dropout)
         # PyTorch default initialisation only (spec 2.9)
+        # 0. the trained top of the trunk (model.trainable_layers; amnet.head.top_blocks), built
+        # last and off the global generator: the head's initial weights (and dropout draws) are
+        # those of the frozen run with the same seed; its weights come from the cache
+        self.top: TopBlocks | None = None
+        if cfg.trainable_layers:
+            with torch.random.fork_rng(devices=[]):
+                self.top = TopBlocks(cfg.trainable_layers)
 
     # ------------------------------------------------------------------------------------------
     def _attend(self, e: Tensor | None, a: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,6 +102,10 @@ class AMNet(nn.Module):
             raise ValueError(
                 f"AMNet expects features [B, {cfg.in_channels}, {cfg.grid}, {cfg.grid}], got {tuple(x.shape)}")
         x = x.float()  # caches hold float16; autocast (when on) picks the compute dtype
+        if self.top is not None:  # the cut's map -> layer4's (a fused map: its last channels)
+            c = self.top.channels
+            x = torch.cat([x[:, :-c], self.top(x[:, -c:]).float()], 1) if x.shape[1] > c else \
+                self.top(x).float()
         a = self.feature_drop(F.relu(self.bn1(self.inconv(x))))   # [B, D, g, g]
         a = a.flatten(2).transpose(1, 2)                          # [B, L, D], l = y*g + x
         af = a.mean(dim=1)                                        # [B, D]

@@ -68,6 +68,7 @@ from amnet.head.evaluation import (check_names, predict_split, predictions_frame
 from amnet.head.feeding import SplitPart, attach_sources, open_cache
 from amnet.head.epochs import FitProgress, fit
 from amnet.head.model import AMNet
+from amnet.head.top_blocks import cache_top
 from amnet.head.publish import Outputs
 from amnet.head.train_state import fingerprint, remove_state, state_path
 
@@ -174,6 +175,9 @@ def _train_locked(cache_path: PathLike, train_file: PathLike, val_file: PathLike
     parts: dict[str, SplitPart] = {}
     try:
         selection = _load_parts(cache, cache_path, train_file, val_file, test_file, cfg, parts)
+        top = None  # the trainable trunk blocks' weights from the cache, and their sha256
+        if model_config.trainable_layers:  # refused here, before any data is read
+            top = cache_top(cache, cache_path, model_config.trainable_layers)
         g = cache.grid
         if g[0] != g[1]:
             raise CacheError(f"{cache_path}: feature grid {g[0]}x{g[1]} is not square; AMNet needs a square grid")
@@ -203,9 +207,9 @@ def _train_locked(cache_path: PathLike, train_file: PathLike, val_file: PathLike
 
         # ---- model: seeds first (the original seeded after building it, spec 4) ----
         seed_everything(cfg.seed)
-        model = AMNet(model_config).to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model = AMNet(model_config)
+        opt = _optimizer(model, cfg, top, cache_path)
+        model.to(device)  # in place: the optimizer keeps the same parameters
         gen = torch.Generator().manual_seed(cfg.seed)        # batch order, flips and views
         targets = torch.as_tensor(parts["train"].scores, dtype=torch.float32, device=device)
         run = fit(model, opt, parts, targets, gen, cfg, device, precision, use_flip=use_flip,
@@ -232,6 +236,8 @@ def _train_locked(cache_path: PathLike, train_file: PathLike, val_file: PathLike
                        cache_views=cache.views, tta=bool(cfg.tta and "test" in parts),
                        tta_views=len(tta_views(parts["test"], cfg.tta)) if "test" in parts else 0,
                        data=data_mode, device=str(device), precision=precision)
+        if model.top is not None:  # only then: frozen runs' metrics.json stay byte for byte
+            metrics.update(trainable_layers=list(model.top.names), trunk_bn=cfg.trunk_bn)
         skipped = {k: s.skipped for k, s in parts.items() if s.skipped}
         if skipped:  # only then: other runs' metrics.json stay byte for byte what they were
             metrics["skipped_nonfinite"] = skipped
@@ -242,7 +248,10 @@ def _train_locked(cache_path: PathLike, train_file: PathLike, val_file: PathLike
         full = {**metrics, "backbone": backbone_from_attrs(cache.attrs), "cache": str(cache_path),
                 "splits": split_files, "checkpoint": str(files.paths["checkpoint"]),
                 "versions": versions()}
-        _publish(files, model, run, metrics, full, train_record, pred_df)
+        trunk_top = None if top is None else {
+            "blocks": list(model.top.names), "cut": cache.attrs.get("layer"),
+            "source_sha256": top[1], "bn": cfg.trunk_bn}
+        _publish(files, model, run, metrics, full, train_record, pred_df, trunk_top)
         remove_state(state_file)          # the run is complete: a rerun starts afresh
         return full
     finally:
@@ -252,8 +261,25 @@ def _train_locked(cache_path: PathLike, train_file: PathLike, val_file: PathLike
         cache.close()
 
 
+def _optimizer(model: AMNet, cfg: TrainConfig, top, cache_path) -> torch.optim.Adam:
+    """Adam over the head (lr, weight_decay) and, with a trunk top, over its blocks (trunk_lr,
+    trunk_weight_decay), which first get the cache's weights (`top`: state and sha256) and
+    their BatchNorm mode (trunk_bn)."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("top.")]
+    if model.top is None:
+        return torch.optim.Adam(head, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.top.load_trunk_state(top[0], f"{cache_path} (trunk_top)")
+    model.top.set_bn_trainable(cfg.trunk_bn == "train")
+    trunk = [p for p in model.top.parameters() if p.requires_grad]
+    return torch.optim.Adam([{"params": head},
+                             {"params": trunk, "lr": cfg.trunk_lr,
+                              "weight_decay": cfg.trunk_weight_decay}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _publish(files: Outputs, model: AMNet, run: FitProgress, metrics: dict[str, Any],
-             full: dict[str, Any], train_record: dict[str, Any], pred_df) -> None:
+             full: dict[str, Any], train_record: dict[str, Any], pred_df,
+             trunk_top: dict[str, Any] | None = None) -> None:
     """Stage head.pt, history.csv, predictions.csv (with a test file) and metrics.json under temp
     names, then rename them into place together, metrics.json last."""
     import pandas as pd
@@ -261,7 +287,7 @@ def _publish(files: Outputs, model: AMNet, run: FitProgress, metrics: dict[str, 
     ckpt = make_checkpoint(model, backbone=full["backbone"], epoch=run.best["epoch"],
                            metrics={k: metrics[k] for k in ("val_rho", "val_mse", "rho", "mse")
                                     if k in metrics},
-                           train_config=train_record)
+                           train_config=train_record, trunk_top=trunk_top)
     with files.together():        # a failure (a full disk) removes what was staged
         files.stage("checkpoint", lambda p: torch_save(ckpt, p), needed=save_size(ckpt))
         files.stage_csv("history", pd.DataFrame(
