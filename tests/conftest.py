@@ -29,6 +29,24 @@ def _restore_log_levels():
         logging.getLogger(name or None).setLevel(before.get(name, logging.NOTSET))
 
 
+# ---- the fast set: what `-m "not slow"` (setup.cfg's addopts) left out, and how to run it ---------
+
+_SLOW_LEFT_OUT: list = []
+
+
+def pytest_deselected(items) -> None:
+    _SLOW_LEFT_OUT.extend(i for i in items if i.get_closest_marker("slow") is not None)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say that the slow tests were left out and how to run them, so that a green fast run is
+    not taken for the whole suite."""
+    if _SLOW_LEFT_OUT and config.getoption("markexpr") == "not slow":
+        terminalreporter.write_line(
+            f"{len(_SLOW_LEFT_OUT)} slow tests deselected (setup.cfg: -m \"not slow\"); run them "
+            f"with `python -m pytest -q -m slow`, everything with `python -m pytest -q -m \"\"`")
+
+
 # ---- small images (stage one): every kind `amnet-cache extract` must handle -------------------
 
 GOOD_KINDS = ("rgb", "gray", "cmyk", "palette", "rgba", "png16", "png16rgb", "exif", "bmp",

@@ -1,7 +1,7 @@
 """Fault injection (issue 11, "The suite"): kill -9 at chosen and at seeded random points of
 `amnet-cache extract`, `amnet-cache merge`, `amnet train` and the `dvc repro` stage children; each
 killed run is resumed with the same command and compared byte for byte with an uninterrupted run
-(CPU, fp32). tests/test_faults.py runs a fixed set fast and the seeded and DVC ones as slow tests;
+(CPU, fp32). tests/test_faults.py runs them all (slow tests: `python -m pytest -q -m slow`);
 bench/faults.py counts them.
 
 A kill point is `(target, when, at)`: the child python replaces `target` (`module:attr`, e.g.
@@ -146,7 +146,6 @@ class FaultOutcome:
 class Fault:
     id: str
     run: Callable[["FaultWorld", Path], FaultOutcome]
-    slow: bool = False
     pending: str | None = None
 
 
@@ -352,26 +351,26 @@ def seeded_kills(command: str, seed: int, extra: int = 0, timed: int = 0) -> lis
     return kills
 
 
-# the fixed points CI runs: a batch boundary and mid-write in extract, a merge killed before its
+# the fixed points: a batch boundary and mid-write in extract, a merge killed before its
 # rename, a training killed mid-epoch
-FAST = [("extract", Kill("amnet.cache.writer:write_rows", "after", 2)),
-        ("extract", Kill("h5py:Dataset.__setitem__", "before", 6)),
-        ("merge", Kill("os:replace", "before", 1)),
-        ("train", Kill("amnet.head.epochs:amnet_loss", "after", 6))]
+FIXED = [("extract", Kill("amnet.cache.writer:write_rows", "after", 2)),
+         ("extract", Kill("h5py:Dataset.__setitem__", "before", 6)),
+         ("merge", Kill("os:replace", "before", 1)),
+         ("train", Kill("amnet.head.epochs:amnet_loss", "after", 6))]
 
 
 def faults(seed: int = 0, extra: int = 0, timed: int = 2) -> list[Fault]:
-    """The fast points, then per command the seeded points (one per target, `extra` more,
-    `timed` timer points; slow), then the DVC ones (slow)."""
-    out = [Fault(f"{c}/{k.label()}", MAKERS[c](k)) for c, k in FAST]
+    """The fixed points, then per command the seeded points (one per target, `extra` more,
+    `timed` timer points), then the DVC ones."""
+    out = [Fault(f"{c}/{k.label()}", MAKERS[c](k)) for c, k in FIXED]
     seen = {f.id for f in out}
     for command in ("extract", "merge", "train"):
         for k in seeded_kills(command, seed, extra, timed):
             fid = f"{command}/{k.label()}"
             if fid not in seen:
                 seen.add(fid)
-                out.append(Fault(fid, MAKERS[command](k), slow=True))
-    out += [Fault(f"dvc/{stage}-kill-{who}", dvc_fault(stage, who, seed), slow=True)
+                out.append(Fault(fid, MAKERS[command](k)))
+    out += [Fault(f"dvc/{stage}-kill-{who}", dvc_fault(stage, who, seed))
             for stage in ("extract", "train") for who in ("stage", "dvc")]
     return out
 

@@ -110,6 +110,7 @@ def _busy_pattern(path, pid: int, waited: str = "") -> str:
                 "then rerun"))
 
 
+@pytest.mark.slow
 def test_a_live_writer_is_named_then_waited_for(image_dir, tmp_path, backbones):
     """A second extract (and a merge into the same file) of a file a live child process writes
     is refused with one line naming it, the file untouched; with --wait it waits for the child,
@@ -229,6 +230,7 @@ def test_a_writer_that_lost_its_lock_renames_nothing(tmp_path):
 
 # ---- resuming after the list changed; --retry-failed ------------------------------------------
 
+@pytest.mark.slow
 def test_fail_then_delete_the_bad_image_resumes(image_dir, tmp_path, backbones):
     """--on-error fail stops at a bad image; deleting it and re-running resumes: every kept row
     byte-identical, only the missing ones extracted. Dropping an extracted image is refused."""
@@ -293,6 +295,7 @@ def test_relist_keeps_the_file_when_it_fails(image_dir, tmp_path, backbones, mon
         relist(out, [n for n, _ in items[1:-1]])
 
 
+@pytest.mark.slow
 def test_retry_failed(image_dir, tmp_path, backbones):
     """--on-error skip records a bad image; once fixed, --retry-failed extracts it (and a still
     bad one is recorded again); without the flag nothing is retried."""

@@ -123,6 +123,7 @@ def test_cli_boundary_turns_any_enospc_into_error_line(tmp_path):
 
 # ---- extract ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_extract_disk_full_keeps_rows_and_resumes(tmp_path, image_dir, backbones, monkeypatch):
     monkeypatch.setattr(amnet.extract.run, "load_backbone", lambda *a, **k: backbones("random:0"))
     out = tmp_path / "c.h5"

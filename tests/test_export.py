@@ -91,6 +91,7 @@ def onnx_file(env):
 
 # ---- ONNX ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_onnx_matches_predictor_on_generated_images(env, predictor, onnx_file):
     """S x S input in [0, 1]: onnxruntime equals Predictor.predict on the image files (fp32)."""
     from amnet.predict.export import run_exported
@@ -115,6 +116,7 @@ def test_onnx_matches_predictor_on_generated_images(env, predictor, onnx_file):
         _assert_close(part, {k: v[rows] for k, v in got.items()})
 
 
+@pytest.mark.slow
 def test_onnx_resizes_other_sizes_inside(env, predictor, onnx_file):
     """Native-size input: the in-graph antialiased resize matches torch's, and stays close to
     `amnet predict`'s PIL resize (which rounds to uint8 after resizing)."""
@@ -133,6 +135,7 @@ def test_onnx_resizes_other_sizes_inside(env, predictor, onnx_file):
         assert abs(float(got["score"][0]) - predictor.predict(p).score) < 5e-3
 
 
+@pytest.mark.slow
 def test_onnx_metadata_records_provenance(env, onnx_file):
     import onnx
 

@@ -101,6 +101,7 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, backbones):
         assert f["features"].chunks == (1, 1024, 4, 4) and f["features"].compression is None
 
 
+@pytest.mark.slow
 def test_complete_refusals_and_overwrite(image_dir, tmp_path):
     from amnet.core.device import resolve_trunk_precision
     auto = resolve_trunk_precision("auto", "cpu")  # what this host's default resolves to
@@ -167,6 +168,7 @@ def test_on_batch_is_called_after_each_batch_is_written(image_dir, tmp_path, bac
     assert calls[2:] == [(1, 3)]  # counted per run
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(image_dir, tmp_path, backbones):
     """fp32, one image per batch: the resumed file holds the same bytes as an uninterrupted run."""
     out = tmp_path / "killed.h5"
@@ -197,6 +199,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(image_dir, tmp_path, back
     assert run_cli("verify", str(out)).exit_code == 0
 
 
+@pytest.mark.slow
 def test_on_error_fail_keeps_progress_then_skip(image_dir, tmp_path, backbones):
     write_image(image_dir / "img04b.jpg", "truncated")  # 6th in sorted order
     out = tmp_path / "f.h5"
@@ -221,6 +224,7 @@ def test_on_error_fail_keeps_progress_then_skip(image_dir, tmp_path, backbones):
     assert run_cli("verify", str(out)).exit_code == 0  # a recorded skip is not a problem
 
 
+@pytest.mark.slow
 def test_shards_and_merge_equal_single_run(image_dir, tmp_path, backbones, monkeypatch):
     items = list_image_folder(image_dir)
     kw = dict(weights="random:0", image_size=32, device="cpu", batch_size=1, progress=False,

@@ -53,6 +53,7 @@ def test_bad_kinds_raise_image_error_naming_file(tmp_path, kind):
     assert str(path) in str(e.value) and REASON[kind] in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_extract_converts_good_and_skips_or_fails_on_bad(tmp_path):
     root = tmp_path / "imgs"
     for kind in GOOD_KINDS + BAD_KINDS:

@@ -18,10 +18,12 @@ import pytest
 import kill_resume
 from conftest import subprocess_env
 
+# processes killed and rerun, some under a full CPU load: the slow set (`-m slow`)
+pytestmark = pytest.mark.slow
+
 KILLS = 8
 
 
-@pytest.mark.slow
 def test_kill_9_at_random_points_under_load_resumes_identical(tmp_path):
     images = kill_resume.make_images(tmp_path / "images", 24)
     runner = kill_resume.Warm(tmp_path)
@@ -67,7 +69,7 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("tied", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("tied", [True, False])
 def test_workers_die_with_their_parent(tmp_path, tied):
     """`die_with_parent`: a DataLoader's workers end as soon as kill -9 ends the process that
     iterates it, in the middle of an item (without it they finish that item first, and the

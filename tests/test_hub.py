@@ -301,6 +301,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_predict_model_averages_the_splits(hub_env, server, photos, tmp_path):
     from amnet.predict.predictor import Predictor
 
@@ -335,6 +336,7 @@ def test_predict_model_averages_the_splits(hub_env, server, photos, tmp_path):
     assert np.abs(shared - per_split[:, 1]).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_from_pretrained(hub_env, server, photos):
     from amnet.predict.predictor import Predictor
 

@@ -77,6 +77,7 @@ def _image(seed=1):
     return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 def test_import_matches_reference_forward(tmp_path, published_sd):
     src = tmp_path / "lamem_ResNet50FC_lstm3_train_5" / "weights_35.pkl"
     src.parent.mkdir()
@@ -145,6 +146,7 @@ def test_import_rejects_non_amnet_files(tmp_path):
     assert r.exit_code == 1 and "cannot load" in r.output
 
 
+@pytest.mark.slow
 def test_import_resnet101_release(tmp_path):
     """lamem_ResNet101FC / ava_ResNet101FC: layer3 of ResNet101 (23 blocks) is also 1024 wide."""
     sd = release_state_dict("resnet101", width=64, hidden=64, regressor=32)

@@ -83,6 +83,7 @@ def test_loss_value_and_reductions(heads, predictor):
         amnet.MemorabilityLoss(predictor, reduction="max")
 
 
+@pytest.mark.slow
 def test_adam_on_pixels_raises_the_score(heads):
     loss_fn = amnet.MemorabilityLoss(heads, device="cpu")
     x = _images(1, 72, 72, seed=3).requires_grad_(True)
@@ -134,6 +135,7 @@ def test_modules_stay_frozen_and_in_eval(heads):
     assert all(q.requires_grad and q.grad is None for h in mine.heads for q in h.parameters())
 
 
+@pytest.mark.slow
 def test_bf16_trunk_gradients(heads, predictor):
     # "mixed" (what "auto" picks where bf16 is native): layer3 in bf16, still differentiable
     loss_fn = amnet.MemorabilityLoss(heads, reduction="none", device="cpu", precision="mixed")

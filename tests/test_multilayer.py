@@ -47,6 +47,7 @@ def test_layer_geometry():
         "layer3 1024x14x14, layer4 2048x7x7"
 
 
+@pytest.mark.slow
 def test_fused_map_is_pooled_layer3_then_layer4():
     t3, s3 = B.load_backbone("random:0", "fp32")
     t4, s4 = B.load_backbone("random:0", "fp32", layers="layer4")
@@ -106,6 +107,7 @@ def test_cache_records_its_layers_and_refuses_another_set(images, tmp_path):
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
     """A head over the fused map: the checkpoint records the layer set, and Predictor rebuilds
     the same trunk, so end-to-end scores equal the cached features' scores."""
@@ -148,6 +150,7 @@ def test_head_on_multilayer_cache_scores_images_end_to_end(images, tmp_path):
         check_cache_provenance(dict(fc.attrs), dict(prov, image_size=SIZE), l3, ckpt)
 
 
+@pytest.mark.slow
 def test_multilayer_cache_resumes_and_merges_byte_for_byte(images, tmp_path):
     """A run stopped after its first batch resumes to the rows of an uninterrupted run, and two
     shards merge to them too: the layer set travels with every operation on the file."""

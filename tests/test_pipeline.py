@@ -23,6 +23,9 @@ import yaml
 
 from conftest import REPO, subprocess_env
 
+# each stage in its own python, as `dvc repro` runs them: minutes in all (`-m slow`)
+pytestmark = pytest.mark.slow
+
 N_IMAGES = 40
 
 

@@ -214,6 +214,7 @@ def test_list_file_gt_and_on_error_fail(env, tmp_path):
 
 # ---- cached path -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_end_to_end_equals_cached_scores(env, predictor, tmp_path):
     from amnet.cache.reader import FeatureCache
     from amnet.extract.run import extract
@@ -356,6 +357,7 @@ def test_default_precision_api(env, predictor):
     np.testing.assert_allclose(got.attention.sum(axis=(2, 3)), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_default_precision_cli(env, tmp_path):
     from amnet.core.device import resolve_trunk_precision
     from amnet.extract.backbone import normalize_uint8

@@ -37,6 +37,11 @@ def test_first_lines_are_the_two_setup_commands_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r'^pip install (-q )?-e "\.\[dev\]"$', ci, re.M), ".ci/run installs otherwise"
     assert re.search(r"^python -m pytest -q$", ci, re.M), ".ci/run tests otherwise"
+    # the slow tests, deselected by default (setup.cfg), are one more command that CI runs and
+    # the README names
+    slow = "python -m pytest -q -m slow"
+    assert re.search(f"^{slow}$", ci, re.M), ".ci/run does not run the slow tests"
+    assert f"`{slow}`" in README.read_text(), f"the README does not name `{slow}`"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

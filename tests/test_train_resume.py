@@ -83,6 +83,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
                                   check_exact=True)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_resumes_to_identical_outputs(tmp_path, caplog):
     epochs = 8                  # ~0.3 s each: the kill lands well before the last one
     cache, files = synthetic(tmp_path, n=(400, 40, 40), flip=True)

@@ -95,6 +95,7 @@ def test_crop_depends_only_on_seed_name_and_view(image_dir):
 
 # ---- the file --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_view_shapes_attrs_and_reproducible_bytes(image_dir, tmp_path, kw):
     items = list_image_folder(image_dir)
     s = extract(items, tmp_path / "a.h5", flip=True, views=2, batch_size=4, **kw)
@@ -135,6 +136,7 @@ def test_view_shapes_attrs_and_reproducible_bytes(image_dir, tmp_path, kw):
     assert _rel_err(p["features_flip"], a["features_flip"]).max() < 2e-2
 
 
+@pytest.mark.slow
 def test_resume_with_views_after_sigkill(image_dir, tmp_path, backbones):
     """fp32, one image per batch: resumed = uninterrupted, byte for byte, every view and flip."""
     out = tmp_path / "killed.h5"
@@ -164,6 +166,7 @@ def test_resume_with_views_after_sigkill(image_dir, tmp_path, backbones):
     assert verify(out) == []
 
 
+@pytest.mark.slow
 def test_merge_of_shards_with_views_equals_single_run(image_dir, tmp_path, kw):
     items = list_image_folder(image_dir)
     kw = dict(flip=True, views=2, batch_size=1, **kw)

@@ -29,6 +29,7 @@ def test_the_zoo_is_big_enough():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+@pytest.mark.slow  # a fresh CLI run per case: minutes in all (`python -m pytest -q -m slow`)
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_zoo(case, world, tmp_path):
     with zoo.shared_trunks():
