@@ -56,11 +56,22 @@ def committed(repo: Path) -> set[str]:
     return set(files) | {str(p) for f in files for p in Path(f).parents if str(p) != "."}
 
 
+def outputs(repo: Path) -> set[str]:
+    """The stages' outputs as dvc.lock records them (`models/1.pt`, `data/demo`, ...)."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"] for s in lock["stages"].values() for o in s.get("outs", [])}
+
+
 def stale_entries(repo: Path) -> list[str]:
     """What `dvc status` in `repo` says changed among committed things: `stage: dep (status)`
     for a committed dependency, `stage: params ...` and `stage: changed command`. Missing
-    outputs (and dependencies that are outputs of another stage) are not listed."""
-    ours = committed(repo)
+    outputs, and dependencies on them (`models`: a folder of outputs that git holds only a
+    .gitignore of), are not listed."""
+    ours, outs = committed(repo), outputs(repo)
+
+    def an_output(path: str) -> bool:
+        return any(o == path or o.startswith(path + "/") or path.startswith(o + "/")
+                   for o in outs)
     found = []
     for stage, entries in dvc_status(repo).items():
         for entry in entries:
@@ -68,7 +79,7 @@ def stale_entries(repo: Path) -> list[str]:
                 found.append(f"{stage}: {entry}")
                 continue
             for path, state in entry.get("changed deps", {}).items():
-                if path in ours:
+                if path in ours and not an_output(path):
                     found.append(f"{stage}: {path} ({state})")
             for path, params in entry.get("changed params", {}).items():
                 found.append(f"{stage}: params {path} {params}")
