@@ -3,7 +3,8 @@
 salvaged and resumed by both, Ctrl-C says in both what was kept and that a rerun resumes, and
 both end with the same summary line naming the file the rows are in.
 
-Uses test_pipeline's toy project (40 demo images, random:0 at 32 px)."""
+The library function itself is tested in-process (fast); the CLI and the stage each in a python
+of their own, on test_pipeline's toy project (40 demo images, random:0 at 32 px; slow)."""
 from __future__ import annotations
 
 import re
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from amnet.core.errors import DamagedCacheError, RunInterrupted
+from amnet.extract.image_files import list_image_folder
+from amnet.extract.resume import extract_to, partial_path
 from conftest import subprocess_env
 from test_pipeline import N_IMAGES, _command, _copy, _features, _stage, _summary, project  # noqa: F401
-
-pytestmark = pytest.mark.slow  # each test runs a stage or the CLI in a python of its own
 
 # `amnet-cache extract` with the settings of the toy project's params.yaml (test_pipeline._params)
 SETTINGS = ["--weights", "random:0", "--image-size", "32", "--batch-size", "8", "--workers", "0",
@@ -65,6 +67,59 @@ def _kept(err: str) -> int:
     return int(m[1])
 
 
+# ---- extract_to in-process: fast --------------------------------------------------------------
+
+def _kw(backbones) -> dict:
+    return dict(weights="random:0", image_size=32, device="cpu", batch_size=4, progress=False,
+                backbone=backbones("random:0"))
+
+
+def test_extract_to_salvages_a_damaged_file_then_resumes(image_dir, tmp_path, backbones):
+    items = list_image_folder(image_dir)
+    whole = tmp_path / "whole.h5"
+    ref = extract_to(items, whole, **_kw(backbones))
+    assert ref["complete"] and ref["extracted"] == 11 and ref["out"] == str(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[:int(len(data) * 0.75)])
+    notes: list[str] = []
+    s = extract_to(items, cut, note=notes.append, **_kw(backbones))
+    assert notes[0].startswith(f"{cut}: truncated: ") and notes[0].endswith(
+        "; salvaging its complete rows")
+    assert notes[1] == f"kept {s['already']} of 11 rows of {cut}; extracting the rest"
+    assert 0 < s["already"] < 11 and s["extracted"] == 11 - s["already"] and s["complete"]
+    assert _features(cut)["features"].tobytes() == _features(whole)["features"].tobytes()
+
+    junk = tmp_path / "junk.h5"                     # nothing to salvage: refused, one line
+    junk.write_bytes(b"not a cache at all" * 100)
+    with pytest.raises(DamagedCacheError, match=r"nothing to salvage.*\(--overwrite starts it "
+                                                r"afresh\)$"):
+        extract_to(items, junk, note=notes.append, **_kw(backbones))
+
+
+def test_extract_to_via_partial_renames_only_when_complete(image_dir, tmp_path, backbones):
+    items = list_image_folder(image_dir)
+    out = tmp_path / "feats.h5"
+    partial = partial_path(out)
+    assert partial == tmp_path / "feats.partial.h5"
+
+    def stop(batches, _):
+        if batches == 2:
+            raise KeyboardInterrupt  # a Ctrl-C right after batch 2 was written
+
+    with pytest.raises(RunInterrupted) as e:
+        extract_to(items, out, via_partial=True, on_batch=stop, **_kw(backbones))
+    assert str(e.value) == (f"interrupted: 8 of 11 images extracted are kept in {partial}; "
+                            "rerun the same command to resume")
+    assert e.value.exit_code == 130 and partial.is_file() and not out.exists()
+    s = extract_to(items, out, via_partial=True, **_kw(backbones))
+    assert s["already"] == 8 and s["extracted"] == 3 and s["out"] == str(out)
+    assert out.is_file() and not partial.exists()
+
+
+# ---- the CLI and the stage, each in a python of its own: slow ---------------------------------
+
+@pytest.mark.slow
 def test_cli_and_stage_salvage_the_same_damaged_file_alike(project, tmp_path):
     """issue 24: the same truncated file was salvaged under DVC and an error from the CLI."""
     proj = _copy(project, tmp_path)
@@ -103,6 +158,7 @@ def test_cli_and_stage_salvage_the_same_damaged_file_alike(project, tmp_path):
     assert "partial" not in stage.stdout and "{" not in stage.stdout   # no raw dict
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_is_kept_and_that_a_rerun_resumes(project, tmp_path):
     proj = _copy(project, tmp_path)
     cache = proj / "data" / "features" / "demo.h5"

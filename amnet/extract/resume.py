@@ -75,8 +75,8 @@ def extract_to(items: list[tuple[str, Path]], out: str | os.PathLike, *, via_par
     def extract(overwrite: bool) -> dict:
         return run.extract(items, target, overwrite=overwrite, shard=shard, **options)
 
-    try:
-        with hold(written, wait) as lock:
+    with hold(written, wait) as lock:  # Ctrl-C while waiting for it: a plain KeyboardInterrupt
+        try:
             try:
                 summary = _resume_or_salvage(extract, written, overwrite, say)
             except CacheError as e:
@@ -86,12 +86,12 @@ def extract_to(items: list[tuple[str, Path]], out: str | os.PathLike, *, via_par
                 # holds it: we hold its lock): the params are what the user wants now.
                 say(f"not resuming {written}: {e}")
                 summary = extract(overwrite=True)
-            if via_partial and summary["complete"]:
-                lock.check()  # still ours: never rename a file another process now writes
-                os.replace(written, final)
-                summary["out"] = str(final)
-    except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted: {rows_kept(written)}; {resume_hint}") from None
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted: {rows_kept(written)}; {resume_hint}") from None
+        if via_partial and summary["complete"]:
+            lock.check()  # still ours: never rename a file another process now writes
+            os.replace(written, final)
+            summary["out"] = str(final)
     return summary
 
 
@@ -101,7 +101,7 @@ def _resume_or_salvage(extract: Callable[[bool], dict], written: Path, overwrite
     rest left to extract) and then resumed."""
     try:
         return extract(overwrite)
-    except DamagedCacheError as e:
+    except DamagedCacheError as e:  # its hint to pass --overwrite is for the refusal, not here
         say(f"{str(e).split('; or pass --overwrite')[0]}; salvaging its complete rows")
     try:
         s = repair(written, written, lost="resume", overwrite=True)
