@@ -159,6 +159,19 @@ def backbones():
     return get
 
 
+def copy_pipeline(dest: Path) -> None:
+    """This checkout's pipeline into the project folder `dest`: dvc.yaml, .dvcignore, the stage
+    scripts and the library code the stages depend on (dvc.yaml lists amnet/ folders: DVC
+    refuses a stage whose dependency is missing). The stages import the checkout's amnet
+    (`subprocess_env`); the copy is what DVC hashes."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copyfile(REPO / name, dest / name)
+    for name in ("pipeline", "amnet"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a child python that must import this checkout's amnet."""
     import os

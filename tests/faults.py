@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import zoo
-from conftest import REPO, subprocess_env, write_image
+from conftest import REPO, copy_pipeline, subprocess_env, write_image
 
 N_IMAGES = 12
 NAMES = [f"p{i:02d}.jpg" for i in range(N_IMAGES)]
@@ -400,9 +400,7 @@ def dvc_project(folder: Path) -> Path:
     """A git + DVC repository holding this checkout's pipeline with `dvc_params()`."""
     import yaml
     folder.mkdir(parents=True)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copyfile(REPO / name, folder / name)
-    shutil.copytree(REPO / "pipeline", folder / "pipeline")
+    copy_pipeline(folder)
     (folder / "params.yaml").write_text(yaml.safe_dump(dvc_params(), sort_keys=False))
     env = dvc_env()
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],

@@ -30,7 +30,8 @@ from amnet.core.errors import CacheError, LockedError, LockLostError
 from amnet.cache.ops import merge, relist
 from amnet.cache.reader import FeatureCache
 from amnet.extract.image_files import list_image_folder
-from amnet.extract.run import extract, shard_path
+from amnet.extract.run import extract
+from amnet.extract.shards import shard_path
 from conftest import subprocess_env, write_image
 
 NAMES = ["UPPER.JPEG"] + [f"img{i:02d}.jpg" for i in range(9)] + ["sub/deep.jpg"]

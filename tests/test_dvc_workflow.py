@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, copy_pipeline, subprocess_env
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -94,10 +94,8 @@ def repo(tmp_path_factory) -> Path:
     """A committed toy run of the whole pipeline (splits 1 and 2)."""
     r = tmp_path_factory.mktemp("dvc") / "proj"
     r.mkdir()
-    for name in ("pipeline",):
-        shutil.copytree(REPO / name, r / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, r / name)
+    copy_pipeline(r)
+    shutil.copy(REPO / ".gitignore", r / ".gitignore")
     run(r, "git", "init", "-q")
     run(r, "dvc", "init", "-q")
     shutil.copy(REPO / ".dvc" / "config", r / ".dvc" / "config")

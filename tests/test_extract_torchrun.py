@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from amnet.cli import cache_cli
 from amnet.core.errors import CacheError
 from amnet.extract.image_files import list_image_folder
-from amnet.extract.run import auto_shard, extract
+from amnet.extract.run import extract
+from amnet.extract.shards import auto_shard
 from conftest import subprocess_env, write_image
 
 # batch 3 over 16 images: the single run's last batch holds 1 image, each shard's (8 images)

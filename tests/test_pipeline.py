@@ -8,8 +8,8 @@ evaluate, that evaluate writes the same metrics/summary.json bytes from the same
 its report holds exactly the configured splits. tests/test_dvc_workflow.py runs them under DVC."""
 from __future__ import annotations
 
-import ast
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -65,10 +65,24 @@ def _stage(proj: Path, script: str, *args: str, check: bool = True) -> subproces
     return p
 
 
+_SUMMARY = re.compile(
+    r"extract: (?P<out>\S+): (?:extracted (?P<extracted>\d+) images in \d+\.\d s \(.*\), "
+    r"(?P<already>\d+) already there, \d+ skipped now, \d+ failed in total; "
+    r"(?P<state>complete|INCOMPLETE)|already complete \((?P<all>\d+) images\); nothing to do)"
+    r"(?: \((?P<dropped>\d+) images no longer listed, [^)]*\))?$")
+
+
 def _summary(p: subprocess.CompletedProcess) -> dict:
-    """The dict pipeline/extract.py prints as its last line (`extract: {...}`)."""
-    line = [ln for ln in p.stdout.splitlines() if ln.startswith("extract: {")][-1]
-    return ast.literal_eval(line[len("extract: "):])
+    """The numbers of the line pipeline/extract.py ends with: `amnet-cache extract`'s summary
+    line (amnet.cli.cache.extract_report), led by `extract: `."""
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("extract: ")][-1]
+    m = _SUMMARY.fullmatch(line)
+    assert m, line
+    if m["all"]:
+        return {"out": m["out"], "extracted": 0, "already": int(m["all"]), "complete": True,
+                "dropped": int(m["dropped"] or 0)}
+    return {"out": m["out"], "extracted": int(m["extracted"]), "already": int(m["already"]),
+            "complete": m["state"] == "complete", "dropped": int(m["dropped"] or 0)}
 
 
 def _features(path: Path) -> dict[str, np.ndarray]:
@@ -438,6 +452,26 @@ def test_evaluate_summary_is_reproducible_to_the_byte(trained):
         assert s[key]["mean"] == pytest.approx((vals[0] + vals[1]) / 2, rel=1e-12)
         assert s[key]["sd"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5, rel=1e-12)
     assert "human_rho" not in s  # the demo records no human consistency
+
+
+def test_evaluate_draws_its_figures_as_predict_does(trained, tmp_path):
+    """issue 24: evaluate's figures go through `amnet predict`'s code (report.write_predictions),
+    its cache-provenance check included: a cache of other features is refused in one line,
+    where its own loop scored it silently."""
+    from amnet.extract.run import extract
+    proj = _copy(trained, tmp_path)
+    p = _stage(proj, "evaluate.py")
+    assert p.stdout.strip().splitlines()[-1] == (
+        f"evaluate: 2 attention figures of split 1 -> {Path('metrics/attention')}")
+    other = proj / "data" / "features" / "demo.h5"
+    other.unlink()
+    extract(_items(proj), other, weights="random:1", image_size=32, device="cpu",
+            batch_size=8, progress=False)
+    p = _stage(proj, "evaluate.py", check=False)
+    assert p.returncode == 1
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"evaluate: feature cache {Path('data/features/demo.h5')}"), line
+    assert "random:1" in line and line.endswith("score it with a head trained on this cache"), line
 
 
 def test_evaluate_changes_when_a_split_metric_changes(trained, tmp_path):

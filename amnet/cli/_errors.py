@@ -27,7 +27,9 @@ def amnet_errors(func: Callable | None = None, *,
             def line(e: AmnetError) -> click.ClickException:
                 template = next((t for typ, t in (messages or {}).items() if isinstance(e, typ)),
                                 "{error}")
-                return click.ClickException(template.format(error=e, **kwargs))
+                exc = click.ClickException(template.format(error=e, **kwargs))
+                exc.exit_code = getattr(e, "exit_code", 1)  # 130 for RunInterrupted (Ctrl-C)
+                return exc
             try:
                 return f(*args, **kwargs)
             except AmnetError as e:

@@ -50,20 +50,30 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
     shard_t = _parse_shard(shard)
     from amnet.cli.params import extract_options
     from amnet.extract.image_files import collect_images, left_out_line
-    from amnet.extract.run import extract
+    from amnet.extract.resume import extract_to
 
     skipped: list[tuple[str, str]] = []
     items = collect_images(images, images_root, skipped)
     if skipped:  # a warning, so even with -q
         click.echo(f"warning: {left_out_line(images, skipped)}", err=True)
     options = extract_options(ExtractConfig(**settings_of(ExtractConfig, settings)))  # auto workers
-    s = extract(items, out, **options, on_error=on_error, overwrite=overwrite, shard=shard_t,
-                progress=not quiet, source=images, retry_failed=retry_failed, wait=wait)
+    s = extract_to(items, out, **options, on_error=on_error, overwrite=overwrite, shard=shard_t,
+                   progress=not quiet, source=images, retry_failed=retry_failed, wait=wait,
+                   note=lambda line: click.echo(f"warning: {line}", err=True))
     if quiet:
         return
     notes = ""
     if shard_t is not None and "{i}" not in out:
         notes += f" (--shard {shard}: --out has no {{i}}, so this shard's file is {s['out']})"
+    for line in extract_report(s, notes):
+        click.echo(line, err=True)
+
+
+def extract_report(s: dict, notes: str = "") -> list[str]:
+    """The lines `amnet-cache extract` ends with, and so does the DVC stage `extract`, from the
+    summary of `amnet.extract.resume.extract_to`: a `note:` on multi-frame files if any, then
+    one line naming the file the rows are in (`notes` appended to it)."""
+    lines = []
     if s["dropped"]:
         notes += (f" ({s['dropped']} images no longer listed, none extracted, dropped from the "
                   "file; every extracted row kept)")
@@ -71,17 +81,17 @@ def cache_extract(images, out, images_root, on_error, retry_failed, overwrite, s
         notes += f" (retried {s['retried']} images that had failed)"
     if s["first_frame"]:
         more = ", ..." if s["first_frame"] > len(s["first_frame_notes"]) else ""
-        click.echo(f"note: first frame used of {s['first_frame']} multi-frame file(s): "
-                   f"{', '.join(s['first_frame_notes'])}{more}", err=True)
+        lines.append(f"note: first frame used of {s['first_frame']} multi-frame file(s): "
+                     f"{', '.join(s['first_frame_notes'])}{more}")
     if s["complete"] and s["extracted"] == 0 and s["skipped"] == 0:
-        click.echo(f"{s['out']}: already complete ({s['already']} images); nothing to do{notes}",
-                   err=True)
-        return
-    click.echo(f"{s['out']}: extracted {s['extracted']} images in {s['seconds']:.1f} s "
-               f"({s['images_per_s']:.1f} img/s on {s['device']}, precision {s['precision']}, "
-               f"{s['threads']} threads, {s['workers']} workers), {s['already']} already there, "
-               f"{s['skipped']} skipped now, {s['failed_total']} failed in total; "
-               f"{'complete' if s['complete'] else 'INCOMPLETE'}{notes}", err=True)
+        return lines + [f"{s['out']}: already complete ({s['already']} images); nothing to "
+                        f"do{notes}"]
+    return lines + [
+        f"{s['out']}: extracted {s['extracted']} images in {s['seconds']:.1f} s "
+        f"({s['images_per_s']:.1f} img/s on {s['device']}, precision {s['precision']}, "
+        f"{s['threads']} threads, {s['workers']} workers), {s['already']} already there, "
+        f"{s['skipped']} skipped now, {s['failed_total']} failed in total; "
+        f"{'complete' if s['complete'] else 'INCOMPLETE'}{notes}"]
 
 
 @click.command("merge")

@@ -5,7 +5,7 @@ verbs share (`--cache` of `amnet train`, `--wait`), reads its settings from the 
 (amnet/cli/params.py), and calls what the CLI verb calls:
 
   prepare   amnet.data.prepare_dataset
-  extract   amnet.extract.run.extract, as `amnet-cache extract` (into a partial file renamed when done)
+  extract   amnet.extract.resume.extract_to, as `amnet-cache extract` (via a partial file)
   train@k   `run_train` of `amnet train` (amnet/cli/train.py): the same log and progress
   evaluate  amnet.head.gather / amnet.core.metrics (the report), the figures as `amnet predict` draws them
 
@@ -62,7 +62,9 @@ def stage_errors(stage: str) -> Callable:
             except click.UsageError:
                 raise
             except click.ClickException as e:
-                raise StageError(stage.format(**kwargs), e.format_message()) from e
+                err = StageError(stage.format(**kwargs), e.format_message())
+                err.exit_code = e.exit_code
+                raise err from e
         return wrapper
     return decorate
 
@@ -94,51 +96,22 @@ def prepare_stage(out: Path, params: Path) -> None:
 @stage_errors("extract")
 def extract_stage(data: Path, out: Path, params: Path, wait: float) -> None:
     """DVC stage `extract`: features of every image in DATA/images.txt into OUT."""
-    import os
-
-    from amnet.cache.repair import repair
+    from amnet.cli.cache import extract_report
     from amnet.cli.params import extract_options, load_params
     from amnet.data import images_root
     from amnet.data.listfiles import read_name_list
-    from amnet.core.errors import CacheError, DamagedCacheError
-    from amnet.extract.run import extract
-    from amnet.core.lockfile import hold
+    from amnet.extract.resume import extract_to
 
-    partial = out.with_name(f"{out.stem}.partial{out.suffix}")
     options = extract_options(load_params(params).extract)
     out.parent.mkdir(parents=True, exist_ok=True)
     images = images_root(data)  # the folder, or the source a link pointed to
     items = [(name, images / name) for name, _ in read_name_list(data / "images.txt")]
-
-    def run(overwrite: bool) -> dict:
-        return extract(items, partial, **options, on_error="fail", overwrite=overwrite,
-                       progress=True, source=str(data))
-    # The partial file's writer lock, held to the final rename: a run whose `dvc` was killed
-    # goes on as an orphan; the next `dvc repro` must neither resume, replace nor rename the
-    # file it writes (it waits for it or stops with one line naming it).
-    with hold(partial, wait) as lock:
-        try:
-            try:
-                summary = run(overwrite=False)
-            except DamagedCacheError as e:
-                # truncated or corrupt (a full disk, a crash of the machine): keep every
-                # complete row (amnet-cache repair), then resume; the rest is redone
-                click.echo(f"extract: {e}; salvaging its complete rows", err=True)
-                s = repair(partial, partial, lost="resume", overwrite=True)
-                click.echo(f"extract: kept {s['saved']} of {s['images']} rows of {partial}",
-                           err=True)
-                summary = run(overwrite=False)
-        except CacheError as e:
-            if not partial.exists():
-                raise
-            # A left-over of a killed run made with other params or images (no process holds
-            # it: we hold its lock): the params are what the user wants now, so it is replaced
-            # rather than resumed.
-            click.echo(f"extract: not resuming {partial}: {e}", err=True)
-            summary = run(overwrite=True)
-        lock.check()  # still ours: never rename a file another process now writes
-        os.replace(partial, out)
-    click.echo(f"extract: {summary}")
+    # into OUT's partial file, renamed when complete: DVC deletes OUT before it runs the stage
+    s = extract_to(items, out, via_partial=True, **options, on_error="fail", progress=True,
+                   source=str(data), wait=wait, resume_hint="the next `dvc repro` resumes",
+                   note=lambda line: click.echo(f"extract: {line}", err=True))
+    for line in extract_report(s):
+        click.echo(f"extract: {line}")
 
 
 @click.command("train", context_settings=CONTEXT)
@@ -212,32 +185,31 @@ def evaluate_stage(data: Path, cache: Path, models: Path, runs: Path, splits_dir
     shutil.rmtree(attention, ignore_errors=True)
     attention.mkdir(parents=True)
     k = splits[0]
-    draw_attention_figures(data, cache, models / f"{k}.pt", k, p.evaluate.attention_figures,
-                           attention)
+    counts = attention_figures(data, cache, models / f"{k}.pt", k, p.evaluate.attention_figures,
+                               attention)
+    for line in counts["warnings"]:
+        click.echo(f"evaluate: {line}", err=True)
+    click.echo(f"evaluate: {counts['figures']} attention figures of split {k} -> {attention}")
 
 
-def draw_attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
-                           count: int, out_dir: Path) -> None:
-    """Attention figures of the first `count` test images of split k, scored by `checkpoint`."""
-    from amnet.predict import viz
-    from amnet.cache.reader import FeatureCache
+def attention_figures(dataset_dir: Path, cache_path: Path, checkpoint: Path, k: int,
+                      count: int, out_dir: Path) -> dict:
+    """The attention figures of the first `count` test images of split k, scored by
+    `checkpoint` from the cache, drawn as `amnet predict --cache ... --attention-maps` draws them
+    (amnet.predict.report.write_predictions, which first checks that the cache is the kind the
+    checkpoint was trained on). Returns its counts."""
     from amnet.data import images_root
     from amnet.data.listfiles import read_split, split_path
     from amnet.predict.predictor import Predictor
-    from amnet.predict.report import figure_path
-    from amnet.predict.scoring import InputItem, predict_cached
+    from amnet.predict.report import write_predictions
+    from amnet.predict.scoring import InputItem
 
     test = read_split(split_path(dataset_dir, "test", k), score_range=None)[:count]
     images = images_root(dataset_dir)
     items = [InputItem(name, images / name, gt) for name, gt in test]
     predictor = Predictor.from_checkpoint(checkpoint, backbone=False)
-    used: set[str] = set()
-    with FeatureCache(cache_path) as cache:
-        for r in predict_cached(predictor, cache, items, keep_images=True, progress=False):
-            if r.image is not None:
-                viz.save_attention_figure(figure_path(out_dir, r.item.name, used), r.image,
-                                          r.attention, r.step_scores, r.score, gt=r.item.gt,
-                                          title=f"{r.item.name} (split {k})")
+    return write_predictions(predictor, items, None, cache=cache_path, attention_maps=out_dir,
+                             progress=False, title_suffix=f" (split {k})")
 
 
 def run(command: click.Command) -> None:

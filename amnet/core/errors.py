@@ -61,6 +61,12 @@ class LockLostError(AmnetError):
     file another process may now be writing."""
 
 
+class RunInterrupted(AmnetError):
+    """A long run stopped by Ctrl-C (SIGINT) that keeps its work: the message says what was kept
+    and that a rerun resumes. Exit code 130, as a shell reports a SIGINT."""
+    exit_code = 130
+
+
 class ExportError(AmnetError):
     """A model export that cannot be written (exporter libraries missing, unknown format) or
     whose saved file does not reproduce the torch model."""

@@ -37,6 +37,7 @@ from amnet.cache import ops as cache_ops, schema, writer
 from amnet.extract.backbone import features, load_backbone, normalize_uint8, top_attrs
 from amnet.extract.decode_workers import ImageRows, collate_rows, die_with_parent
 from amnet.extract.layers import channels_for, grid_for, layer_attrs
+from amnet.extract.shards import resolve_shard, shard_path
 
 FLUSH_EVERY_BATCHES = 4
 FLUSH_EVERY_SECONDS = 30.0
@@ -50,38 +51,6 @@ def auto_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return max(1, min(16, (os.cpu_count() or 2) - 1))
     return 1
-
-
-def auto_shard() -> tuple[int, int]:
-    """`--shard auto`: (RANK, WORLD_SIZE) as torchrun sets them for each process (RANK counts
-    over all nodes), (0, 1) outside torchrun. CacheError for values that are not a shard."""
-    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    try:
-        i, n = int(rank), int(world)
-    except ValueError:
-        i = n = -1
-    if not (n >= 1 and 0 <= i < n):
-        raise CacheError(f"--shard auto: RANK={rank!r} and WORLD_SIZE={world!r} in the "
-                         "environment are not a shard (0 <= RANK < WORLD_SIZE); launch with "
-                         "torchrun, or pass --shard I/N")
-    return i, n
-
-
-def shard_from_env() -> tuple[int, int] | None:
-    """(RANK, WORLD_SIZE) under torchrun (WORLD_SIZE > 1), else None."""
-    return auto_shard() if os.environ.get("WORLD_SIZE", "1") != "1" else None
-
-
-def shard_path(out: Path, shard: tuple[int, int]) -> Path:
-    """The file of shard (i, n): `{i}`/`{n}` placeholders in `out` filled (`part{i}.h5` ->
-    `part0.h5`), or else `.shard<i>of<n>` put before the extension (`feats.h5` ->
-    `feats.shard0of4.h5`; also when `out` has `{n}` only), so that shards never share a file."""
-    i, n = shard
-    text = str(out)
-    filled = Path(text.replace("{i}", str(i)).replace("{n}", str(n)))
-    if "{i}" in text:
-        return filled
-    return filled.with_name(f"{filled.stem}.shard{i}of{n}{filled.suffix}")
 
 
 def _shard_words(a: dict) -> str:
@@ -204,12 +173,7 @@ def extract(items: list[tuple[str, Path]], out: str | Path, *, weights: str,
     if views < 0:
         raise CacheError(f"--views {views}: expected 0 or more")
     out = Path(out)
-    if shard == "auto":
-        shard = auto_shard()
-        if shard == (0, 1) and "{i}" not in str(out) and "{n}" not in str(out):
-            shard = None  # not under torchrun: the whole list, into OUT itself
-    elif shard is None:
-        shard = shard_from_env()  # under torchrun every rank got the same --out
+    shard = resolve_shard(out, shard)
     total = len(items)
     if shard is not None:
         i, n = shard

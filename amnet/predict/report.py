@@ -4,8 +4,11 @@ per image and a contact sheet, from the results of amnet.predict.scoring's batch
 from __future__ import annotations
 
 import csv
+import io
 import math
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from PIL import Image
 
@@ -50,21 +53,26 @@ def csv_row(predictor: Predictor, r: ItemResult, shown: str, has_gt: bool) -> li
             + [_fmt(float(v)) for v in r.per_checkpoint] + [""])
 
 
-def write_predictions(predictor: Predictor, items: list[InputItem], out: str | Path, *,
+def write_predictions(predictor: Predictor, items: list[InputItem], out: str | Path | None, *,
                       cache: str | Path | None = None, batch_size: int = 32, workers: int = 0,
                       on_error: str = "skip", attention_maps: str | Path | None = None,
-                      grid: str | Path | None = None, progress: bool = True) -> dict:
-    """Score `items` (from images, or from `cache` by name) and write the CSV (path, score[, gt],
-    step_1..step_T, score_<checkpoint>..., error), one row per item in input order; optionally one
-    attention figure per image into `attention_maps` and a contact sheet at `grid`.
+                      grid: str | Path | None = None, progress: bool = True,
+                      title_suffix: str = "") -> dict:
+    """Score `items` (from images, or from `cache` by name, after checking that the cache is the
+    kind the checkpoint was trained on) and write the CSV `out` (path, score[, gt],
+    step_1..step_T, score_<checkpoint>..., error), one row per item in input order (out=None:
+    no CSV; the DVC stage `evaluate` draws its figures this way); optionally one attention
+    figure per image into `attention_maps` (titled with the name, then `title_suffix`) and a
+    contact sheet at `grid`.
     Returns counts {"n", "scored", "failed", "figures", "grid", "first_frame" (multi-frame
     files scored on their first frame), "warnings" (lines, amnet.core.caveats), "first_error" (the
     first failed input and its reason)}."""
     from amnet.predict import viz
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out, "partial")      # CSVs of killed runs (dead processes only)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out, "partial")      # CSVs of killed runs (dead processes only)
     has_gt = any(it.gt is not None for it in items)
     fig_dir = Path(attention_maps) if attention_maps else None
     keep = fig_dir is not None
@@ -86,9 +94,8 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
     sheet: list = []
     used: set[str] = set()
     try:  # a run stopped by --on-error fail (or a full disk) leaves no CSV (amnet.core.atomic)
-        with disk_full_guard(out, kept=f"no CSV was written to {out}"), \
-                atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
+        with _csv_file(out) as fh:
+            w = csv.writer(fh if fh is not None else io.StringIO())  # out=None: no CSV kept
             w.writerow(csv_header(predictor, has_gt))
             for r in results:
                 it = r.item
@@ -103,7 +110,7 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                 if fig_dir is not None and r.image is not None:
                     viz.save_attention_figure(figure_path(fig_dir, it.name, used), r.image,
                                               r.attention, r.step_scores, r.score, gt=it.gt,
-                                              title=it.name)
+                                              title=it.name + title_suffix)
                     counts["figures"] += 1
                 if grid is not None and it.path is not None and (fc is None or r.image is not None
                                                                  or Path(it.path).is_file()):
@@ -119,6 +126,17 @@ def write_predictions(predictor: Predictor, items: list[InputItem], out: str | P
                 return Image.new("RGB", (8, 8))  # vanished since scoring: a black cell
         counts["grid"] = [str(p) for p in viz.contact_sheet(sheet, grid, loader=_thumb)]
     return counts
+
+
+@contextmanager
+def _csv_file(out: Path | None) -> Iterator[TextIO | None]:
+    """`out` opened for the CSV, written whole or not at all (amnet.core.atomic); None: none."""
+    if out is None:
+        yield None
+        return
+    with disk_full_guard(out, kept=f"no CSV was written to {out}"), \
+            atomic_open(out, "w", tag="partial", newline="", encoding="utf-8") as fh:
+        yield fh
 
 
 def _named(shown: str, item, error: str) -> str:
