@@ -140,3 +140,25 @@ def test_no_typed_throughput_or_run_time_outside_blocks() -> None:
     typed = re.findall(r"\d[\d.,]*\s*(?:img/s|images/s|samples/s|min \d+ s|\d+x (?:faster|slower)"
                        r"|minutes on a real)", text)
     assert not typed, f"hand-typed measurements outside rendered blocks: {typed}"
+
+
+def test_lamem_cost_model_follows_its_formula() -> None:
+    """The README's LaMem cost model (bench:scale block, checked against its rendering above) is
+    the stated formula over docs/bench/scale.json's rows, recomputed here from the raw rows."""
+    from bench import scale_model
+
+    res = record.load("scale")
+    rows = res["rows"]
+    ext = max((r for r in rows if r["stage"] == "extract"), key=lambda r: r["n"])
+    train = max((r for r in rows if r["stage"] == "train"), key=lambda r: r["n"])
+    assert {"stage", "n", "seconds", "peak_rss_mb", "cache_gb"} <= set(train) and train["feeding"]
+    s_item = train["steps_s"] / (train["steps"] * train["batch"])
+    epoch = train["setup_s"] + 45_000 * s_item
+    m = scale_model.model(res)
+    assert m["extract_s"] == pytest.approx(60_000 * ext["seconds"] / ext["n"])
+    assert m["disk_b"] == pytest.approx(60_000 * train["cache_gb"] * 1e9 / train["n"])
+    assert m["all_s"] == pytest.approx(5 * 54 * epoch)
+    block = record.block(_text(), "scale")
+    assert f"*{scale_model._hours(5 * 54 * epoch)}*" in block
+    assert f"*{60_000 * train['cache_gb'] / train['n']:.1f} GB*" in block
+    assert "No GPU" in _text()[_text().index(record.markers("scale")[1]):][:600]
