@@ -36,8 +36,8 @@ def model(res: dict) -> dict:
     rows = res["rows"]
     ext_big, ext_small = _largest(rows, stage="extract"), _smallest(rows, stage="extract")
     tr_big, tr_small = _largest(rows, stage="train"), _smallest(rows, stage="train")
-    lazy_big, lazy_small = _largest(rows, stage="train", feeding="lazy"), _smallest(
-        rows, stage="train", feeding="lazy")
+    lazy = [r for r in rows if r.get("feeding") == "lazy"] or [tr_small]
+    lazy_big, lazy_small = max(lazy, key=lambda r: r["n"]), min(lazy, key=lambda r: r["n"])
     s_extract = ext_big["s_per_item"]
     per_image = tr_big["cache_gb"] * 1e9 / tr_big["n"]
     epoch = tr_big["setup_s"] + LAMEM_TRAIN * tr_big["s_per_item"]
@@ -63,17 +63,22 @@ def render(res: dict) -> str:
     lines = [record.source_line("scale", res, f"RAM budget {p['ram_budget_gb']:g} GB, {p['steps']} "
                                 "train steps of batch " f"{p['batch']} per row"), "",
              "| stage | N | feeding | seconds | s per item | peak RSS (MB) | cache (GB) | "
-             "lazy reads, rows/s: one get per row -> sorted |",
-             "|---|---:|---|---:|---:|---:|---:|---|"]
+             "lazy reads, rows/s: one get per row -> sorted | load (1 min) |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in sorted(res["rows"], key=lambda r: (r["stage"], r["n"], r.get("feeding", ""))):
         feed = (f"{r['feed_rows_per_s_get']:.0f} -> {r['feed_rows_per_s_sorted']:.0f}"
                 if "feed_rows_per_s_get" in r else "–")
         lines.append(f"| {r['stage']} | {r['n']:,} | {r.get('feeding', '–')} | {r['seconds']:.1f} | "
-                     f"{r['s_per_item']:.3f} | {r['peak_rss_mb']:.0f} | {r['cache_gb']:.2f} | {feed} |")
+                     f"{r['s_per_item']:.3f} | {r['peak_rss_mb']:.0f} | {r['cache_gb']:.2f} | {feed} | "
+                     + (f"{r['load_avg_1min']:.0f} |" if "load_avg_1min" in r else "– |"))
     if not any(r["stage"] == "train" for r in res["rows"]) or not any(
             r["stage"] == "extract" for r in res["rows"]):
         return "\n".join(lines) + "\n"
     m = model(res)
+
+    def val(text: str, target_n: int, measured_n: int) -> str:
+        return f"*{text}*" if measured_n < target_n else text  # italic: beyond the measured N
+    disk, train_disk = f"{m['disk_b'] / 1e9:.1f} GB", f"{m['train_disk_b'] / 1e9:.1f} GB"
     (e0, e1), (t0, t1), (l0, l1) = m["extract_span"], m["train_span"], m["lazy_span"]
     lines += ["", f"Per item, largest N against smallest: extract {m['extract_flat']:.2f}x "
               f"({e0:,} -> {e1:,} images), train {m['train_flat']:.2f}x ({t0:,} -> {t1:,} rows; "
@@ -84,11 +89,13 @@ def render(res: dict) -> str:
               "beyond the measured N):", "",
               "| what | formula | value |", "|---|---|---:|",
               f"| extract all images once | {LAMEM_IMAGES:,} x {m['s_extract']:.3f} s "
-              f"(s per image at N = {m['measured_extract_n']:,}) | *{_hours(m['extract_s'])}* |",
+              f"(s per image at N = {m['measured_extract_n']:,}) | "
+              f"{val(_hours(m['extract_s']), LAMEM_IMAGES, m['measured_extract_n'])} |",
               f"| cache on disk, all images | {LAMEM_IMAGES:,} x {m['bytes_per_image'] / 1e3:.0f} KB "
-              f"| *{m['disk_b'] / 1e9:.1f} GB* |",
+              f"| {val(disk, LAMEM_IMAGES, m['measured_train_n'])} |",
               f"| cache on disk, one split's train part | {LAMEM_TRAIN:,} x "
-              f"{m['bytes_per_image'] / 1e3:.0f} KB | {m['train_disk_b'] / 1e9:.1f} GB |",
+              f"{m['bytes_per_image'] / 1e3:.0f} KB | "
+              f"{val(train_disk, LAMEM_TRAIN, m['measured_train_n'])} |",
               f"| one epoch of {LAMEM_TRAIN:,} | setup + {LAMEM_TRAIN:,} x {m['s_train']:.3f} s "
               f"(N = {m['measured_train_n']:,}, steps-scaled) | *{_hours(m['epoch_s'])}* |",
               f"| one split | {LAMEM_EPOCHS} x epoch | *{_hours(m['split_s'])}* |",
