@@ -153,12 +153,12 @@ def test_lamem_cost_model_follows_its_formula() -> None:
     train = max((r for r in rows if r["stage"] == "train"), key=lambda r: r["n"])
     assert {"stage", "n", "seconds", "peak_rss_mb", "cache_gb"} <= set(train) and train["feeding"]
     s_item = train["steps_s"] / (train["steps"] * train["batch"])
-    epoch = train["setup_s"] + 45_000 * s_item
+    split = train["setup_s"] + 54 * 45_000 * s_item
     m = scale_model.model(res)
     assert m["extract_s"] == pytest.approx(60_000 * ext["seconds"] / ext["n"])
     assert m["disk_b"] == pytest.approx(60_000 * train["cache_gb"] * 1e9 / train["n"])
-    assert m["all_s"] == pytest.approx(5 * 54 * epoch)
+    assert m["all_s"] == pytest.approx(5 * split)
     block = record.block(_text(), "scale")
-    assert f"*{scale_model._hours(5 * 54 * epoch)}*" in block
+    assert f"*{scale_model._hours(5 * split)}*" in block
     assert f"*{60_000 * train['cache_gb'] / train['n']:.1f} GB*" in block
     assert "No GPU" in _text()[_text().index(record.markers("scale")[1]):][:600]
