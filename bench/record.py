@@ -77,13 +77,18 @@ def save(name: str, result: dict, argv: list[str] | None = None) -> Path:
     return out
 
 
-def save_run(name: str, run: dict, key: str = "cpu", argv: list[str] | None = None) -> Path:
+def save_run(name: str, run: dict, key: str = "cpu", argv: list[str] | None = None,
+             also: tuple[str, ...] = ()) -> Path:
     """Add one labelled run to docs/bench/<name>.json ({"runs": [...]}), replacing the run of the
-    same machine[key] (e.g. the same CPU label, capped or not)."""
+    same machine[key] (e.g. the same CPU label, capped or not) and the same top-level `also`
+    fields (e.g. the weights)."""
     from amnet.core.atomic import atomic_write_text
     run = {**label(argv), **run}
-    runs = [r for r in load(name).get("runs", []) if r["machine"][key] != run["machine"][key]] \
-        if path(name).is_file() else []
+
+    def same(r: dict) -> bool:
+        return r["machine"][key] == run["machine"][key] and all(
+            r.get(k, r.get("args", {}).get(k)) == run[k] for k in also)
+    runs = [r for r in load(name).get("runs", []) if not same(r)] if path(name).is_file() else []
     out = path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"runs": [*runs, run]}, indent=1, default=str) + "\n")

@@ -152,7 +152,7 @@ def backbones():
     loaded: dict = {}
 
     def get(weights: str = "random:0", precision: str = "auto"):
-        key = (weights, resolve_trunk_precision(precision, "cpu"))
+        key = (weights, resolve_trunk_precision(precision, "cpu", weights))
         if key not in loaded:
             loaded[key] = load_backbone(weights, precision, "cpu")
         return loaded[key]

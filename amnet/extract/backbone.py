@@ -325,7 +325,7 @@ def load_backbone(weights: str, precision: str = "auto", device: torch.device | 
     `precision` "auto" is resolved for `device` (amnet.core.device); the spec records the result.
     """
     try:
-        precision = resolve_trunk_precision(precision, device)
+        precision = resolve_trunk_precision(precision, device, weights)
     except AmnetError as e:
         raise WeightsError(str(e)) from None
     layer = ",".join(parse_layers(layers))

@@ -36,16 +36,18 @@ log = logging.getLogger("amnet.train")
 
 def train_epoch(model: AMNet, opt: torch.optim.Optimizer, split: SplitPart, targets: torch.Tensor,
                 gen: torch.Generator, use_flip: bool, cfg, device: torch.device, precision: str,
-                bar, views: int = 0) -> float:
+                bar, views: int = 0, max_batches: int | None = None) -> float:
     """One epoch; returns the mean training loss over the samples seen. Per image, the view
-    (0 = plain, 1..views = crops, uniformly) and the flip (p = 0.5) come from `gen`."""
+    (0 = plain, 1..views = crops, uniformly) and the flip (p = 0.5) come from `gen`.
+    max_batches: stop after that many batches of the epoch's order (bench/scale.py times a few
+    steps of a 45,000-image epoch)."""
     model.train()
     n = len(split)
     bs = min(cfg.batch_size, n)  # a split smaller than one batch trains on all of it each step
     perm = torch.randperm(n, generator=gen)
     flips = (torch.rand(n, generator=gen) < 0.5) if use_flip else None
     choice = torch.randint(0, views + 1, (n,), generator=gen) if views else None   # [N]
-    batches = [perm[i * bs:(i + 1) * bs] for i in range(n // bs)]       # drop_last
+    batches = [perm[i * bs:(i + 1) * bs] for i in range(n // bs)][:max_batches]   # drop_last
     total = torch.zeros((), device=device)
     # the first batch (1-based) whose loss is not finite, and that loss; 0 = none so far
     bad_batch = torch.zeros((), dtype=torch.long, device=device)

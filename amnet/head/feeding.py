@@ -108,6 +108,23 @@ class Preloaded(Source):
             yield x
 
 
+def read_batch(cache, names: list[str], flips: Sequence[bool], views: Sequence[int]) -> torch.Tensor:
+    """One batch from the file: `[b, C, g, g]` float16, row k = `names[k]`'s view `views[k]`
+    (flipped where `flips[k]`). The rows of each (flip, view) are read in one `cache.load`, which
+    reads in ascending file order: a random batch of a cache larger than RAM then seeks forward
+    only (bench/scale.py measured the one-`get`-per-row order it replaces)."""
+    out = None
+    groups: dict[tuple[bool, int], list[int]] = {}
+    for k, key in enumerate(zip(flips, views)):
+        groups.setdefault((bool(key[0]), int(key[1])), []).append(k)
+    for (f, v), ks in groups.items():
+        x = cache.load([names[k] for k in ks], flip=f, view=v)
+        if out is None:
+            out = torch.empty((len(names), *x.shape[1:]), dtype=x.dtype)
+        out[ks] = x
+    return out
+
+
 class _LazyBatches(torch.utils.data.Dataset):
     """Reads one batch per item from the cache; opens its own FeatureCache in each process."""
 
@@ -122,8 +139,7 @@ class _LazyBatches(torch.utils.data.Dataset):
         if self._cache is None or self._pid != os.getpid():
             self._cache, self._pid = open_cache(self.cache_path), os.getpid()
         idx, flips, views = key
-        return torch.stack([torch.as_tensor(self._cache.get(self.names[i], flip=f, view=v))
-                            for i, f, v in zip(idx, flips, views)])
+        return read_batch(self._cache, [self.names[i] for i in idx], flips, views)
 
     def __getstate__(self):  # never ship an open h5py handle to a worker
         state = self.__dict__.copy()
@@ -207,13 +223,16 @@ def _nonfinite(cache_path, part: str, s: SplitPart, bad: list[str], on_nonfinite
 
 def attach_sources(cache_path, cache, parts: dict[str, SplitPart],
                    needs: dict[str, tuple[int, bool]], preload: str, workers: int,
-                   device: torch.device, on_nonfinite: str = "fail") -> str:
+                   device: torch.device, on_nonfinite: str = "fail",
+                   ram_budget: int | None = None) -> str:
     """Give each part a source; returns where the data lives: device, ram or lazy.
 
     needs: part name -> (crop views K it must serve, whether it serves flips); parts not
     named serve the plain view only. preload: auto | device | ram | lazy. on_nonfinite: what
     to do with images whose features (of the views the part serves) hold NaN/Inf: "fail"
-    (CacheError naming them) or "skip" (left out of the part, listed in its `skipped`)."""
+    (CacheError naming them) or "skip" (left out of the part, listed in its `skipped`).
+    ram_budget: bytes of RAM this run may use (None: what is available); "auto" preloads into
+    RAM only what fits in half of the smaller of the two, else reads lazily."""
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"on_nonfinite must be fail or skip, not {on_nonfinite!r}")
     per_image = 2 * cache.channels * cache.grid[0] * cache.grid[1]          # float16 bytes
@@ -222,7 +241,7 @@ def attach_sources(cache_path, cache, parts: dict[str, SplitPart],
                 for k, s in parts.items())
     mode = preload
     if mode == "auto":
-        ram = available_ram()
+        ram = available_ram() if ram_budget is None else min(ram_budget, available_ram() or ram_budget)
         if device.type == "cuda" and total <= 0.5 * torch.cuda.mem_get_info(device)[0]:
             mode = "device"
         elif total <= 0.5 * ram:

@@ -124,8 +124,8 @@ class Predictor:
         """Load heads (all must share one backbone provenance) and, unless `backbone=False` (for
         scoring cached features), the backbone they were trained on. `weights`: optional weights
         id the user insists on; it must match the checkpoints' (for `file:` by sha256).
-        `precision`: the trunk's numerics (amnet.core.device): "auto" (mixed where bf16 is native,
-        else fp32), "mixed", "bf16" or "fp32" -- with "fp32" the whole route from image to score
+        `precision`: the trunk's numerics (amnet.core.device): "auto" (the fastest within 1e-2 of fp32
+        for this device and weights: `resolve_trunk_precision`), "mixed", "bf16" or "fp32" -- with "fp32" the whole route from image to score
         is fp32, no rounding anywhere. `match_cache`: reproduce the cached path instead: the
         trunk precision the checkpoint's cache was made with, and features rounded through
         float16 as the cache stores them (then image and cached scores agree)."""
