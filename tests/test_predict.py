@@ -336,7 +336,7 @@ def test_default_precision_api(env, predictor):
     from amnet.extract.backbone import image_transform
     from amnet.extract.image_files import open_image_rgb
     from amnet.predict.predictor import Predictor
-    auto = resolve_trunk_precision("auto", "cpu")
+    auto = resolve_trunk_precision("auto", "cpu", weights="random:0")  # the heads' trunk
     default = Predictor.from_checkpoint([env["heads"]["h1"], env["heads"]["h2"]], device="cpu")
     assert default.spec.precision == auto and not default.round_fp16
     paths = [env["images"] / n for n in env["names"]]
