@@ -15,7 +15,7 @@ model:, train:, backbone.views); choose recipes with bench/lnsim_sweep.py, on va
 Extra variants: `--models 'amnet-tuned[lr=1e-3,batch_size=32]'`, keys of AMNetConfig or
 TrainConfig (checked by amnet.core.settings) and `layers` (the cache's layer set);
 `target_mean=train` sets the target shift to the split's train mean. The headline follows the
-rule fixed in --config's `headline` comment block (bench/lnsim_report.py, `headline_rule`).
+rule fixed in --config's headline-rule comment block (bench/lnsim_headline.py).
 
 Work files go to --work (default bench/results/lnsim, gitignored): the prepared splits, one
 feature cache per backbone (flip views, plus crop views when the recipe asks; reused when
