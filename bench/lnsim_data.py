@@ -1,4 +1,4 @@
-"""LNSIM benchmark, data side: prepared splits, feature caches, pooled features, ResMem scores.
+"""LNSIM benchmark, data side: prepared splits, feature caches and their identity, ResMem scores.
 
 Everything here is made once and reused from --work (default bench/results/lnsim, gitignored);
 each step resumes where a killed run stopped. Used by bench/lnsim.py and bench/lnsim_sweep.py.

@@ -14,9 +14,10 @@ elsewhere; pooled in fp32 and stored as float32 (the caches store float16 maps a
 a cache's pooled layer3 and this file's differ by that rounding).
 
 Saved as --work/pool/<backbone>.npy with a .json beside it recording what produced it (weights
-id, the trunk's sha256 over conv1..layer4, image size, the names' sha256, torch version);
-`load_pool` refuses a file whose record disagrees. Partial work lives in --work/pool/<backbone>.
-parts/ (one .npy per block of images), so a killed run resumes at the first missing block.
+id, the trunk's sha256 over conv1..layer4, image size, precision, the names' sha256);
+`compute_pool` reuses it only when that record matches, else makes it again. Partial work lives
+in --work/pool/<backbone>.parts/ (one .npy per block of images, a record beside them), so a
+killed run resumes at the first missing block.
 """
 from __future__ import annotations
 
@@ -155,20 +156,6 @@ def _load_if_same(path: Path, record: dict) -> np.ndarray | None:
         log(f"pool: {path} was made by other weights, names or settings; made again")
         return None
     return np.load(path)
-
-
-def load_pool(work: Path, backbone: str, names: list[str]) -> tuple[np.ndarray, dict]:
-    """The saved pooled features and their record, checked against `names` (no torch)."""
-    path = pool_path(work, backbone)
-    meta = path.with_suffix(".json")
-    if not (path.exists() and meta.exists()):
-        raise SystemExit(f"{path}: not found; run python bench/lnsim_pool.py --backbones "
-                         f"{backbone} first")
-    record = json.loads(meta.read_text())
-    if record.get("names_sha256") != names_sha256(names) or record.get("format") != FORMAT:
-        raise SystemExit(f"{path}: made for other images (names sha256) or format; delete it "
-                         "and run bench/lnsim_pool.py again")
-    return np.load(path), record
 
 
 def main(argv: list[str] | None = None) -> int:
