@@ -94,9 +94,10 @@ def select_probe(rows: list[dict], backbone: str, rule: dict) -> dict | None:
 def rule_text(rule: dict) -> str:
     a, p, g = rule["amnet"], rule["probe"], rule.get("goal") or {}
     best = lambda m: "highest" if SELECTABLE[m] else "lowest"   # noqa: E731
+    which = "every one, ablations included" if a.get("rows", "all") == "all" else a["rows"]
     return (f"the rule fixed in {rule.get('source')} ({rule.get('fixed', 'date not given')}): "
-            f"per trunk, the AMNet row ({'every one, ablations included' if a.get('rows', 'all') == 'all' else a['rows']}, "
-            f">= {a.get('min_splits', 1)} splits) with the {best(a['select'])} mean `{a['select']}`, "
+            f"per trunk, the AMNet row ({which}, >= {a.get('min_splits', 1)} splits) with the "
+            f"{best(a['select'])} mean `{a['select']}`, "
             f"against the probe (ridge rows, >= {p.get('min_splits', 1)} splits) with the "
             f"{best(p['select'])} mean `{p['select']}`; paired two-sided Wilcoxon on test rho; "
             f"goal +{g.get('margin', 0.03):.3f} at p < {g.get('p', 0.01)}")

@@ -226,7 +226,8 @@ def test_headline_rule_probe_choice_and_val_choices():
     assert H.select_amnet(rows, "resmem", rule)["model"] == "amnet-multi"
     tests = R.paired_tests(rows, rule)
     vs = {(t["a"], t["b"], t["metric"]) for t in tests}
-    assert ("amnet-tuned", "ridge", "rho") in vs and ("amnet-tuned", "ridge-layer34", "rho") not in vs
+    assert ("amnet-tuned", "ridge", "rho") in vs
+    assert ("amnet-tuned", "ridge-layer34", "rho") not in vs
     choice = next(t for t in tests if t["metric"] == "val_rho")
     assert (choice["a"], choice["b"]) == ("amnet-multi", "amnet-tuned")
     assert choice["mean_diff"] == pytest.approx(0.05) and choice["sd_diff"] == pytest.approx(0)
@@ -371,7 +372,8 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     assert "extract random:0 layer3,layer4" in table.read_text()
     run1 = isola / "work" / "runs" / "random:0" / multi / "split_1"
     key = json.loads((run1 / "result.json").read_text())["fingerprint"]
-    assert key["cache"]["attrs"]["layer"] == "layer3,layer4" and len(key["cache"]["rows_sha256"]) == 64
+    assert key["cache"]["attrs"]["layer"] == "layer3,layer4"
+    assert len(key["cache"]["rows_sha256"]) == 64
     assert set(key["splits"]) == {"train", "val", "test"} and key["model"]["feature_dim"] == 16
     from amnet.head.checkpoint import load_checkpoint
     head, _ = load_checkpoint(run1 / "head.pt")
