@@ -147,10 +147,14 @@ class RidgeProbe:
             raise ValueError("RidgeProbe.fit: no alpha (call select, or give one)")
         z, yt = self._prepare(x, y)
         y_mean = float(yt.mean())
-        # z = U S V^T; ridge coefficients V diag(s / (s^2 + alpha)) U^T y
-        # = z^T U diag(1 / (s^2 + alpha)) U^T y (gram_eig: z^T u_j = s_j v_j)
-        s2, u = gram_eig(z)
-        self.coef = z.T @ (u @ ((u.T @ (yt - y_mean)) / (s2 + alpha)))
+        # one linear solve, in the smaller of the two spaces: (z^T z + alpha I)^-1 z^T y, or its
+        # dual z^T (z z^T + alpha I)^-1 y when there are more channels than images
+        n, c = z.shape
+        yc = yt - y_mean
+        if c <= n:
+            self.coef = np.linalg.solve(z.T @ z + alpha * np.eye(c), z.T @ yc)
+        else:
+            self.coef = z.T @ np.linalg.solve(z @ z.T + alpha * np.eye(n), yc)
         self.alpha, self.intercept = float(alpha), y_mean
         return self
 

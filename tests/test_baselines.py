@@ -55,11 +55,12 @@ def test_ridge_recovers_a_linear_signal_and_beats_the_mean():
     assert not probe.at_edge
 
 
-def test_ridge_closed_form_matches_the_normal_equations():
-    x, y = _linear_data(80, 12, noise=0.05, seed=1)
+@pytest.mark.parametrize("n,d", [(80, 12), (20, 40)])   # the primal and the dual solve
+def test_ridge_closed_form_matches_the_normal_equations(n, d):
+    x, y = _linear_data(n, d, noise=0.05, seed=1)
     probe = RidgeProbe().fit(x, y, alpha=3.0)
     z = (x - x.mean(0)) / x.std(0)
-    coef = np.linalg.solve(z.T @ z + 3.0 * np.eye(12), z.T @ (y - y.mean()))
+    coef = np.linalg.solve(z.T @ z + 3.0 * np.eye(d), z.T @ (y - y.mean()))
     assert np.allclose(probe.coef, coef, atol=1e-9)
     assert np.allclose(probe.predict(x), z @ coef + y.mean())
 
