@@ -2,9 +2,11 @@
 
 * `TrainingMean`: predicts the training scores' mean for every image. Its Spearman rho is
   undefined (a constant prediction has no ranks) and its MSE is the floor any model must beat.
-* `RidgeProbe`: ridge regression on globally average-pooled layer3 features (`[N, 1024]`, the
-  same cache AMNet trains on), alpha chosen on the validation part only. Closed form through one
-  SVD of the standardised training features, so the whole alpha grid costs one decomposition.
+* `RidgeProbe`: ridge regression on pooled trunk features (bench/lnsim_pool.py), alpha chosen by
+  exact leave-one-out on the training part (closed-form hat-matrix residuals: one
+  eigendecomposition of the standardised features' Gram matrix for the whole alpha grid), no
+  validation noise; then refitted on
+  train + val at that alpha (bench/lnsim_runs.run_ridge).
 * `ResMemScorer`: the published ResMem model (`resmem` wheel, Needell & Bainbridge) scoring
   images zero-shot with its own preprocessing (resize 256, centre crop 227, ToTensor, no
   Normalize). No one here trained it; it is a peer, not a baseline we tune.
@@ -21,11 +23,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from amnet.core.metrics import mse, spearman
+from amnet.core.metrics import spearman
 
 # standardised features: alpha is in units of "number of samples' worth of prior"; the grid spans
-# almost-OLS to almost-constant for n ~ 1e3 images x 1024 channels
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 29))
+# almost-OLS to almost-constant for n ~ 1e3 images x 1e3-7e3 channels, 4 steps a decade
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 7, 33))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,81 +52,110 @@ class TrainingMean:
 
 
 # ---------------------------------------------------------------------------------------------
-# pooled features + ridge
+# ridge
 
-def pooled_features(cache: Any, names: Sequence[str], *, flip: bool = False,
-                    block: int = 256) -> np.ndarray:
-    """Global average pool of cached layer3 maps: `[N, C, h, w]` float16 -> `[N, C]` float32.
+def gram_eig(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s^2 `[n]`, U `[n, n]`) of z `[n, C]` = U S V^T, from one eigendecomposition of the
+    `[n, n]` Gram matrix z z^T: cheaper than an SVD when C >> n (n ~ 1,200 images, C up to
+    ~7,000 channels), and enough for every ridge quantity (z^T u_j = s_j v_j)."""
+    lam, u = np.linalg.eigh(z @ z.T)
+    return np.clip(lam, 0.0, None), u
 
-    `cache` is an `amnet.cache.reader.FeatureCache` (anything with `load(names, flip)`); read in blocks
-    of `block` images so memory stays at one block (~100 MB at 224 x 224).
-    """
-    out = []
-    for i in range(0, len(names), block):
-        x = cache.load(list(names[i:i + block]), flip=flip)        # [b, C, h, w] float16
-        out.append(x.float().mean(dim=(2, 3)).numpy())              # fp32 sum: no fp16 overflow
-    if not out:
-        return np.zeros((0, int(getattr(cache, "channels", 0))), dtype=np.float32)
-    return np.concatenate(out).astype(np.float32)
+
+def loo_residuals(z: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+    """Exact leave-one-out residuals of ridge with an unpenalised intercept, for every alpha:
+    `[A, n]`. z: `[n, C]` centred features, y: `[n]` scores.
+
+    With z = U S V^T (one decomposition for the whole grid, `gram_eig`) the hat matrix of the
+    centred problem is U diag(s^2 / (s^2 + alpha)) U^T; the intercept adds 1/n to every diagonal
+    entry. The LOO residual of image i is its training residual e_i over 1 - H_ii (the PRESS
+    identity, exact for linear smoothers fitted by least squares with a fixed penalty)."""
+    n = y.size
+    yc = y - y.mean()
+    s2, u = gram_eig(z)
+    uty = u.T @ yc
+    u2 = u ** 2
+    out = np.empty((len(alphas), n))
+    for i, a in enumerate(alphas):
+        shrink = s2 / (s2 + a)
+        fitted = u @ (shrink * uty)                      # centred fitted values
+        h = 1.0 / n + u2 @ shrink                        # diag of the full hat matrix
+        out[i] = (yc - fitted) / (1.0 - h)
+    return out
 
 
 @dataclass
 class RidgeProbe:
-    """Ridge regression on standardised features, alpha selected on a validation set.
+    """Ridge regression on standardised features; alpha chosen by exact leave-one-out on the
+    training set it is given (`select`), never on a validation or test part.
 
-    After `fit`: `alpha`, `coef` `[C]`, `intercept`, `x_mean`/`x_scale` `[C]` and `curve` (one
-    dict per alpha: alpha, val_rho, val_mse). Selection maximises validation Spearman rho (the
-    criterion AMNet's epochs are selected by), ties broken by lower validation MSE.
+    `select(x, y)` scores every alpha of the grid by its LOO mean squared error (PRESS, closed
+    form: `loo_residuals`), keeps the lowest (ties: the larger alpha) and fits (x, y) at it;
+    `fit(x, y)` fits at a fixed `alpha`. bench/lnsim_runs.run_ridge selects on the training part
+    and refits on train + val at the chosen alpha. After either: `alpha`, `coef` `[C]`,
+    `intercept`, `x_mean`/`x_scale` `[C]`; after `select` also `curve` (one dict per alpha:
+    alpha, loo_mse, loo_rho) and `at_edge` (the choice is an end of the grid).
     """
 
     alphas: Sequence[float] = DEFAULT_ALPHAS
-    criterion: str = "rho"               # "rho" (max) | "mse" (min)
     alpha: float = float("nan")
     coef: np.ndarray | None = None
     intercept: float = 0.0
     x_mean: np.ndarray | None = None
     x_scale: np.ndarray | None = None
     curve: list[dict[str, float]] = field(default_factory=list)
+    at_edge: bool = False
 
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.x_mean) / self.x_scale
 
-    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-            y_val: np.ndarray) -> "RidgeProbe":
-        """x: `[N, C]` features, y: `[N]` scores. Only the validation set chooses alpha; the
-        model is then the one fitted on the training set with that alpha."""
-        if self.criterion not in ("rho", "mse"):
-            raise ValueError(f"criterion must be 'rho' or 'mse', not {self.criterion!r}")
-        xt = np.asarray(x_train, dtype=np.float64)
-        yt = np.asarray(y_train, dtype=np.float64).ravel()
-        if xt.ndim != 2 or xt.shape[0] != yt.size or xt.shape[0] < 2:
-            raise ValueError(f"RidgeProbe.fit: x_train {xt.shape} and y_train {yt.shape} disagree")
+    def _prepare(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xt = np.asarray(x, dtype=np.float64)
+        yt = np.asarray(y, dtype=np.float64).ravel()
+        if xt.ndim != 2 or xt.shape[0] != yt.size or xt.shape[0] < 3:
+            raise ValueError(f"RidgeProbe: x {xt.shape} and y {yt.shape} disagree (or < 3 rows)")
         if len(self.alphas) == 0 or min(self.alphas) <= 0:
             raise ValueError("RidgeProbe: alphas must be a non-empty list of positive numbers")
         self.x_mean = xt.mean(axis=0)
         sd = xt.std(axis=0)
         self.x_scale = np.where(sd > 1e-12, sd, 1.0)   # constant channels stay 0 after centring
-        z = self._standardise(xt)
-        y_mean = float(yt.mean())
-        # z = U S V^T; ridge coefficients for every alpha: V diag(s / (s^2 + alpha)) U^T y
-        u, s, vt = np.linalg.svd(z, full_matrices=False)
-        uty = u.T @ (yt - y_mean)
-        zv = self._standardise(x_val)
-        yv = np.asarray(y_val, dtype=np.float64).ravel()
-        best: tuple[tuple[float, float], float, np.ndarray] | None = None
+        return self._standardise(xt), yt
+
+    def select(self, x: np.ndarray, y: np.ndarray) -> "RidgeProbe":
+        """x: `[N, C]` features, y: `[N]` scores. Alpha by exact LOO MSE on (x, y), then the
+        fit on (x, y) at that alpha."""
+        z, yt = self._prepare(x, y)
+        res = loo_residuals(z, yt, self.alphas)
         self.curve = []
-        for a in self.alphas:
-            coef = vt.T @ (s / (s ** 2 + a) * uty)
-            pred = zv @ coef + y_mean
-            rho, err = spearman(yv, pred), mse(yv, pred)
-            self.curve.append({"alpha": float(a), "val_rho": rho, "val_mse": err})
-            rho_key = rho if math.isfinite(rho) else -math.inf
-            key = (rho_key, -err) if self.criterion == "rho" else (-err, rho_key)
-            if best is None or key > best[0]:
-                best = (key, float(a), coef)
-        assert best is not None
-        _, self.alpha, self.coef = best
-        self.intercept = y_mean
+        for a, r in zip(self.alphas, res):
+            loo_pred = yt - r
+            self.curve.append({"alpha": float(a), "loo_mse": float(np.mean(r ** 2)),
+                               "loo_rho": spearman(yt, loo_pred)})
+        best = min(range(len(self.curve)),
+                   key=lambda i: (self.curve[i]["loo_mse"], -self.curve[i]["alpha"]))
+        self.at_edge = len(self.alphas) > 1 and self.curve[best]["alpha"] in (
+            min(self.alphas), max(self.alphas))
+        return self.fit(x, y, self.curve[best]["alpha"])
+
+    def fit(self, x: np.ndarray, y: np.ndarray, alpha: float | None = None) -> "RidgeProbe":
+        """The ridge fit of (x, y) at `alpha` (default: the one `select` chose, else the only
+        alpha of the grid). Standardisation and intercept come from this x and y."""
+        if alpha is None:
+            alpha = self.alpha if math.isfinite(self.alpha) else (
+                self.alphas[0] if len(self.alphas) == 1 else float("nan"))
+        if not (alpha and alpha > 0):
+            raise ValueError("RidgeProbe.fit: no alpha (call select, or give one)")
+        z, yt = self._prepare(x, y)
+        y_mean = float(yt.mean())
+        # one linear solve, in the smaller of the two spaces: (z^T z + alpha I)^-1 z^T y, or its
+        # dual z^T (z z^T + alpha I)^-1 y when there are more channels than images
+        n, c = z.shape
+        yc = yt - y_mean
+        if c <= n:
+            self.coef = np.linalg.solve(z.T @ z + alpha * np.eye(c), z.T @ yc)
+        else:
+            self.coef = z.T @ np.linalg.solve(z @ z.T + alpha * np.eye(n), yc)
+        self.alpha, self.intercept = float(alpha), y_mean
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -134,11 +165,11 @@ class RidgeProbe:
         return self._standardise(x) @ self.coef + self.intercept
 
     @property
-    def val(self) -> dict[str, float]:
-        """Validation rho / MSE at the chosen alpha."""
+    def loo(self) -> dict[str, float]:
+        """LOO MSE and rho at the chosen alpha (after `select`)."""
         for row in self.curve:
             if row["alpha"] == self.alpha:
-                return {"val_rho": row["val_rho"], "val_mse": row["val_mse"]}
+                return {"loo_mse": row["loo_mse"], "loo_rho": row["loo_rho"]}
         return {}
 
 
@@ -224,4 +255,4 @@ class ResMemScorer:
         return have
 
 
-__all__ = ["TrainingMean", "RidgeProbe", "ResMemScorer", "pooled_features", "DEFAULT_ALPHAS"]
+__all__ = ["TrainingMean", "RidgeProbe", "ResMemScorer", "loo_residuals", "DEFAULT_ALPHAS"]

@@ -85,13 +85,6 @@ def table(records: list[dict]) -> str:
     return head + "\n".join(rows) + miss + ("\n\nNot clean:" + notes if bad else "") + "\n"
 
 
-def replace_block(text: str, block: str) -> str:
-    i, j = text.find(BLOCK_START), text.find(BLOCK_END)
-    if i < 0 or j < i:
-        raise ValueError(f"no {BLOCK_START} ... {BLOCK_END} block")
-    return text[:i + len(BLOCK_START)] + "\n" + block.strip("\n") + "\n" + text[j:]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=("zoo", "faults"), help="run one half only")
@@ -119,9 +112,12 @@ def main() -> None:
     text = table(records)
     print(text)
     from amnet.core.atomic import atomic_write_text
+    sys.path.insert(0, str(ROOT / "bench"))
+    from record import replace_block
     for doc in args.doc:
         if doc.is_file() and BLOCK_START in doc.read_text() and records:
-            atomic_write_text(doc, replace_block(doc.read_text(), text))
+            atomic_write_text(doc, replace_block(doc.read_text(), "faults-table", text,
+                                                 (BLOCK_START, BLOCK_END)))
 
 
 def run(args) -> None:

@@ -3,7 +3,8 @@
 
     python bench/lnsim.py --splits all --models mean,ridge,resmem,human --device cuda   # baselines
     python bench/lnsim.py --splits all --models amnet-paper --device cuda               # paper row
-    python bench/lnsim.py --splits all --models amnet-tuned,amnet-tuned-noatt,amnet-tuned-noviews
+    python bench/lnsim.py --splits all --models ridge,ridge-layer4,ridge-layer34,ridge-layer34-meanmax,ridge-layer234
+    python bench/lnsim.py --splits all --models amnet-tuned,amnet-tuned-noatt
     python bench/lnsim.py --render          # docs/lnsim-results.md + README block from the JSON
 
 Per split k (train on one image half with hrs1 scores, test on the other half against hrs2;
@@ -12,12 +13,16 @@ each model id of bench/lnsim_runs.py gives one row per backbone (`mean`, `resmem
 do not depend on it). `amnet-tuned*` take their recipe from --config (configs/lnsim.yaml:
 model:, train:, backbone.views); choose recipes with bench/lnsim_sweep.py, on validation only.
 Extra variants: `--models 'amnet-tuned[lr=1e-3,batch_size=32]'`, keys of AMNetConfig or
-TrainConfig; `target_mean=train` sets the target shift to the split's train mean.
+TrainConfig (checked by amnet.core.settings) and `layers` (the cache's layer set);
+`target_mean=train` sets the target shift to the split's train mean. The headline follows the
+rule fixed in --config's headline-rule comment block (bench/lnsim_headline.py).
 
 Work files go to --work (default bench/results/lnsim, gitignored): the prepared splits, one
 feature cache per backbone (flip views, plus crop views when the recipe asks; reused when
-complete, resumed when not), pooled features, ResMem scores, one folder per (backbone, model,
-split) with result.json (a killed run skips what is done). Rows are merged into the results
+complete, resumed when not), the probes' pooled layer2/3/4 features (bench/lnsim_pool.py, one
+forward pass per trunk), ResMem scores, one folder per (backbone, model, split) with
+result.json (a killed run skips what is done; reused only when its reuse key -- cache identity,
+split files, settings -- matches). Rows are merged into the results
 JSON (default docs/lnsim-results.json, next to --table), which is rendered to --table and the
 README's lnsim-table block; `--results NAME` sends a side run to --work/NAME.json and .md
 instead. Data: Lu et al., "Understanding and Predicting the Memorability of Outdoor Natural
@@ -103,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.chdir(D.ROOT)  # relative defaults are relative to the project root
     json_path, md_path, readme = output_paths(args)
+    import lnsim_headline as H
+    # the headline rule of --config, or configs/lnsim.yaml's when --config has none
+    has_rule = args.config.is_file() and H.START in args.config.read_text()
+    rule = H.load_rule(args.config if has_rule else None)
     if args.merge:
         results = R.load_results(json_path)
         for side in map(R.load_results, args.merge):
@@ -110,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             for key, timing in (side.get("timings") or {}).items():
                 if isinstance(timing, dict):
                     results.setdefault("timings", {}).setdefault(key, {}).update(timing)
-        R.write_results(json_path, R.finalize(results))
+        R.write_results(json_path, R.finalize(results, rule))
         D.log(f"merged {len(args.merge)} side runs into {json_path}")
     if args.render or args.merge:
         if not json_path.is_file():
             raise SystemExit(f"--render: {json_path} not found; run the benchmark first")
-        print(R.render(json_path, md_path, readme, args.notes))
+        print(R.render(json_path, md_path, readme, args.notes, rule))
         D.log(f"rendered {md_path}" + (f" and {readme}'s lnsim-table block" if readme else ""))
         return 0
 
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # expensive things are made when first needed: cheap rows and the first AMNet runs do not
     # wait for the second backbone or the ResMem scores
-    feats: dict[str, Any] = {}
+    pools: dict[str, Any] = {}
+    pool_records: dict[str, dict] = {}
     extracted: set[str] = set()
     scores: dict[str, float] | None = None
 
@@ -183,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                 layers)
             extracted.add(key)
 
-    def need_feats(bb: str, layers: str = "layer3"):
-        key = bb if layers == "layer3" else f"{bb} {layers}"
-        if key not in feats:
-            need_cache(bb, layers)
-            feats[key] = D.pooled(work, bb, names, views, layers)
-            results["timings"]["pool_seconds"][key] = feats[key][2]
-        return feats[key]
+    def need_pool(bb: str):
+        if bb not in pools:
+            from lnsim_pool import compute_pool
+            x, rec = compute_pool(work, bb, names, work / "data" / "images")
+            pools[bb], pool_records[bb] = ({n: i for i, n in enumerate(names)}, x), rec
+            results["timings"]["pool_seconds"][bb] = rec.get("seconds")
+        return pools[bb]
 
     # run order within a split: backbone-free rows, then each backbone's rows, ResMem last
     model_of = {slug: (base, ov) for slug, base, ov in models}
@@ -202,10 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     settings_of = {s: M.recipe(b, ov, tuned, args.epochs) for s, b, ov in models if b in M.AMNET}
     per: dict[tuple[str, str | None], dict[int, dict]] = {}
 
-    def row_extra(slug: str) -> dict:
+    def row_extra(slug: str, bb: str | None) -> dict:
         base, ov = model_of[slug]
         run = {"command": command, "date": time.strftime("%Y-%m-%d"),
                "machine": results["settings"]["device_name"]}
+        if base in M.RIDGES:
+            from baselines import DEFAULT_ALPHAS
+            return {"run": run, "config": {
+                "features": [f"{layer}.{how}" for layer, how in M.RIDGES[base]],
+                "pool": {k: v for k, v in (pool_records.get(bb) or {}).items()
+                         if k in ("weights_id", "trunk_sha256", "precision", "image_size")},
+                "alpha": "exact leave-one-out MSE on the training part, then refit on train + val",
+                "alphas": [min(DEFAULT_ALPHAS), max(DEFAULT_ALPHAS), len(DEFAULT_ALPHAS)]}}
         if base not in M.AMNET:
             return {"config": {}, "run": run}
         kind = M.AMNET[base][0]
@@ -216,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                            "views_in_cache": views}}
 
     def publish() -> None:
-        new = [R.make_row(slug, bb, res, **row_extra(slug)) for (slug, bb), res in per.items()]
+        new = [R.make_row(slug, bb, res, **row_extra(slug, bb)) for (slug, bb), res in per.items()]
         results["rows"] = R.merge_rows(old["rows"], new)
-        R.finalize(results)
+        R.finalize(results, rule)
         R.write_results(json_path, results)
         md_path.parent.mkdir(parents=True, exist_ok=True)
-        md_path.write_text(R.render_markdown(results, args.notes))
+        md_path.write_text(R.render_markdown(results, args.notes, rule))
 
     for k in splits:
         for slug, bb in entries:
@@ -243,10 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                 r = M.run_tta(work, bb, k, trained, layers, args)
                 D.log(f"{bb}/{slug}/split {k}: val rho {r['val_rho']:.4f} ({r['tta_views']} views)")
             elif base in M.RIDGES:
-                layers, channels = M.RIDGES[base]
-                r = M.run_ridge(work, k, need_feats(bb, layers), channels)
-                D.log(f"{bb}/ridge/split {k}: test rho {r['rho']:.4f}, mse {r['mse']:.5f}, "
-                      f"val rho {r['val_rho']:.4f} (alpha {r['alpha']:.3g})")
+                r = M.run_ridge(work, k, need_pool(bb), M.RIDGES[base])
+                D.log(f"{bb}/{slug}/split {k}: test rho {r['rho']:.4f}, mse {r['mse']:.5f}, "
+                      f"LOO mse {r['loo_mse']:.5f} (alpha {r['alpha']:.3g})")
             else:
                 need_cache(bb, settings_of[slug].get("layers", "layer3"))
                 r = M.run_amnet(work, bb, slug, settings_of[slug], k, args, force=args.force,
@@ -254,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             per.setdefault((slug, bb), {})[k] = r
             publish()
     if readme is not None:
-        R.render(json_path, md_path, readme, args.notes)
+        R.render(json_path, md_path, readme, args.notes, rule)
     D.log(f"done: {md_path} and {json_path}" + (f"; {readme} block" if readme else ""))
     print(md_path.read_text())
     return 0

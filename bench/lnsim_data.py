@@ -1,4 +1,4 @@
-"""LNSIM benchmark, data side: prepared splits, feature caches, pooled features, ResMem scores.
+"""LNSIM benchmark, data side: prepared splits, feature caches and their identity, ResMem scores.
 
 Everything here is made once and reused from --work (default bench/results/lnsim, gitignored);
 each step resumes where a killed run stopped. Used by bench/lnsim.py and bench/lnsim_sweep.py.
@@ -26,26 +26,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _json_default(o: Any) -> Any:
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def json_safe(x: Any) -> Any:
-    """nan/inf -> None, recursively (JSON has no nan), numpy scalars -> Python."""
+    """Plain Python for JSON: numpy / tuple / path values as amnet.head.checkpoint.plain makes
+    them, then nan/inf -> None, recursively (JSON has no nan). The bench's one JSON-plainer."""
+    from amnet.head.checkpoint import plain
+
+    x = plain(x)
     if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
         return [json_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        try:
-            x = x.item()
-        except (TypeError, ValueError):
-            pass
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -56,7 +46,7 @@ def write_json(path: Path, obj: Any) -> None:
     from amnet.core.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True,
-                                       default=_json_default, allow_nan=False) + "\n")
+                                       default=str, allow_nan=False) + "\n")
 
 
 def have_lnsim(data_root: Path) -> bool:
@@ -135,6 +125,32 @@ def cache_views(cache: Any) -> int:
         return 0
 
 
+# what a cache records that does not decide its features (when and where it was written)
+VOLATILE_ATTRS = frozenset({"created", "updated", "source", "merged_from", "repaired_from",
+                            "amnet_version", "complete", "shard_count", "shard_total",
+                            "shard_index", "merged_shard_total"})
+
+
+def cache_identity(path: Path) -> dict[str, Any]:
+    """What a feature cache holds, cheaply and by content rather than by name: its recorded
+    attributes (backbone, trunk weights' sha256, layer set, image size, precision, flip, views,
+    torch/torchvision versions, device, ...; VOLATILE_ATTRS left out) and the sha256 of its
+    names, done flags and failed list. A re-extracted cache with other weights, settings or rows
+    gets another identity; hashing the GBs of features themselves is not needed for that."""
+    import hashlib
+
+    from amnet.cache.reader import FeatureCache
+
+    with FeatureCache(path) as c:
+        attrs = {k: v for k, v in c.attrs.items() if k not in VOLATILE_ATTRS}
+        rows = hashlib.sha256()
+        for n in c.names:
+            rows.update(f"{n}\t{int(n in c)}\n".encode())     # `in`: the row is done
+        rows.update(json.dumps(sorted(c.failed.items())).encode())
+        return json_safe({"attrs": attrs, "rows_sha256": rows.hexdigest(),
+                          "n": len(c.names), "views": c.views, "flip": c.has_flip})
+
+
 def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int = 0,
                  layers: str = "layer3") -> dict:
     """One cache per backbone: plain + flip (+ `views` crop views) of every image.
@@ -188,31 +204,6 @@ def ensure_cache(work: Path, backbone: str, names: list[str], args, views: int =
         raise SystemExit(f"extract: {path} is not complete ({s}); see the failed images in it")
     log(f"extract: {backbone} complete ({s['extracted']} extracted now, {s['already']} before)")
     return report()
-
-
-def pooled(work: Path, backbone: str, names: list[str], views: int = 0,
-           layers: str = "layer3") -> tuple[dict[str, int], Any, float]:
-    """(name -> row, [N, C] average-pooled features, seconds to pool), saved next to the cache.
-    A layer3,layer4 cache pools to [N, 1024 + 2048]: layer3's global mean (its 2 x 2 pooling
-    keeps it), then layer4's."""
-    import numpy as np
-
-    from amnet.cache.reader import FeatureCache
-    from baselines import pooled_features
-
-    npy = cache_path(work, backbone, 0, layers).with_suffix(".gap.npy")
-    meta = npy.with_suffix(".json")
-    if npy.exists() and meta.exists():
-        m = json.loads(meta.read_text())
-        if m["names"] == names:
-            return {n: i for i, n in enumerate(names)}, np.load(npy), m["seconds"]
-    t0 = time.perf_counter()
-    with FeatureCache(cache_path(work, backbone, views, layers)) as cache:  # its plain view
-        x = pooled_features(cache, names)
-    seconds = time.perf_counter() - t0
-    np.save(npy, x)
-    write_json(meta, {"names": names, "seconds": seconds})
-    return {n: i for i, n in enumerate(names)}, x, seconds
 
 
 def resmem_scores(work: Path, names: list[str], args) -> tuple[dict[str, float], dict]:

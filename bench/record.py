@@ -124,8 +124,11 @@ def block(text: str, name: str) -> str | None:
     return text[i + len(start):j].strip("\n")
 
 
-def replace_block(text: str, name: str, body: str) -> str:
-    start, end = markers(name)
+def replace_block(text: str, name: str, body: str,
+                  marks: tuple[str, str] | None = None) -> str:
+    """`text` with what lies between the `name` markers (or the `marks` given: the faults and
+    LNSIM tables keep their own) replaced by `body`; bench/'s one block renderer."""
+    start, end = marks or markers(name)
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
         raise ValueError(f"no {start} ... {end} block")

@@ -16,7 +16,7 @@ from amnet.core.metrics import mse, spearman
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from baselines import (DEFAULT_ALPHAS, ResMemScorer, RidgeProbe, TrainingMean,  # noqa: E402
-                       pooled_features)
+                       loo_residuals)
 
 
 
@@ -40,111 +40,118 @@ def test_training_mean_predicts_the_train_mean():
         TrainingMean().fit([])
 
 
-# ---- ridge --------------------------------------------------------------------------------
+# ---- ridge: alpha by exact leave-one-out ---------------------------------------------------
 
 def test_ridge_recovers_a_linear_signal_and_beats_the_mean():
     x, y = _linear_data(600, 40, noise=0.02)
-    tr, va, te = slice(0, 400), slice(400, 500), slice(500, 600)
-    probe = RidgeProbe().fit(x[tr], y[tr], x[va], y[va])
+    tr, te = slice(0, 500), slice(500, 600)
+    probe = RidgeProbe().select(x[tr], y[tr])
     pred = probe.predict(x[te])
     assert spearman(y[te], pred) > 0.9
     floor = mse(y[te], TrainingMean().fit(y[tr]).predict(100))
     assert mse(y[te], pred) < 0.3 * floor
     assert probe.alpha in DEFAULT_ALPHAS and len(probe.curve) == len(DEFAULT_ALPHAS)
-    assert probe.val["val_rho"] == max(r["val_rho"] for r in probe.curve)
+    assert probe.loo["loo_mse"] == min(r["loo_mse"] for r in probe.curve)
+    assert not probe.at_edge
 
 
-def test_ridge_closed_form_matches_the_normal_equations():
-    x, y = _linear_data(80, 12, noise=0.05, seed=1)
-    probe = RidgeProbe(alphas=(3.0,)).fit(x, y, x[:10], y[:10])
+@pytest.mark.parametrize("n,d", [(80, 12), (20, 40)])   # the primal and the dual solve
+def test_ridge_closed_form_matches_the_normal_equations(n, d):
+    x, y = _linear_data(n, d, noise=0.05, seed=1)
+    probe = RidgeProbe().fit(x, y, alpha=3.0)
     z = (x - x.mean(0)) / x.std(0)
-    coef = np.linalg.solve(z.T @ z + 3.0 * np.eye(12), z.T @ (y - y.mean()))
+    coef = np.linalg.solve(z.T @ z + 3.0 * np.eye(d), z.T @ (y - y.mean()))
     assert np.allclose(probe.coef, coef, atol=1e-9)
     assert np.allclose(probe.predict(x), z @ coef + y.mean())
 
 
-def test_ridge_alpha_is_chosen_on_validation_and_the_fit_on_train():
-    """Another validation set changes the alpha chosen, nothing fitted on train; another train
-    set changes the fit. The model is always the train fit at the chosen alpha."""
-    x, y = _linear_data(500, 20, noise=0.02, seed=2)
-    tr, tr2, va, te = slice(0, 150), slice(150, 300), slice(300, 400), slice(400, 500)
-    y_noise = 0.6 + 0.1 * np.random.default_rng(7).normal(size=100)  # unrelated to x
-    fit = lambda t, yv: RidgeProbe(criterion="mse").fit(x[t], y[t], x[va], yv)  # noqa: E731
-    signal, noise = fit(tr, y[va]), fit(tr, y_noise)
-    # validation decides: where it follows x, little shrinkage; where it is noise, shrink to the mean
-    assert signal.alpha <= 10 and noise.alpha >= 1e3
-    assert [r["val_mse"] for r in signal.curve] != [r["val_mse"] for r in noise.curve]
-    # ... and nothing fitted on the training set depends on it
-    for a, b in ((signal.x_mean, noise.x_mean), (signal.x_scale, noise.x_scale)):
-        assert np.array_equal(a, b)
-    assert signal.intercept == noise.intercept == pytest.approx(y[tr].mean(), abs=1e-12)
-    for probe in (signal, noise):  # = the train fit at that alpha, whatever validated it
-        alone = RidgeProbe(alphas=(probe.alpha,)).fit(x[tr], y[tr], x[te], y[te])
-        assert np.allclose(probe.coef, alone.coef, rtol=1e-10, atol=1e-12)
-        assert np.allclose(probe.predict(x[te]), alone.predict(x[te]), rtol=0, atol=1e-12)
-    assert spearman(y[te], signal.predict(x[te])) > 0.9
-    assert np.ptp(noise.predict(x[te])) < 0.25 * np.ptp(signal.predict(x[te]))  # shrunk
-    # another training set, same validation set: another fit (and validation curve)
-    other = fit(tr2, y[va])
-    assert not np.allclose(other.x_mean, signal.x_mean) and other.intercept != signal.intercept
-    assert [r["val_mse"] for r in other.curve] != [r["val_mse"] for r in signal.curve]
-    same_alpha = RidgeProbe(alphas=(signal.alpha,)).fit(x[tr2], y[tr2], x[va], y[va])
-    assert not np.allclose(same_alpha.coef, signal.coef, rtol=1e-3)
-    assert spearman(y[te], other.predict(x[te])) > 0.9  # both recover the same signal
+def _brute_loo(z, y, alpha):
+    """Refit ridge (unpenalised intercept, penalised slopes) without image i, for every i."""
+    out = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        zk, yk = z[keep], y[keep]
+        zm, ym = zk.mean(0), yk.mean()
+        coef = np.linalg.solve((zk - zm).T @ (zk - zm) + alpha * np.eye(z.shape[1]),
+                               (zk - zm).T @ (yk - ym))
+        out.append(y[i] - ((z[i] - zm) @ coef + ym))
+    return np.asarray(out)
 
 
-def test_ridge_regularises_pure_noise():
+@pytest.mark.parametrize("n,d", [(30, 5), (20, 40)])   # more images than channels, and fewer
+def test_loo_residuals_equal_brute_force_refits(n, d):
+    x, y = _linear_data(n, d, noise=0.1, seed=4)
+    z = (x - x.mean(0)) / x.std(0)
+    alphas = (0.3, 4.0, 250.0)
+    fast = loo_residuals(z, y, alphas)
+    assert fast.shape == (3, n)
+    for a, row in zip(alphas, fast):
+        assert np.allclose(row, _brute_loo(z, y, a), rtol=1e-9, atol=1e-11)
+
+
+def test_ridge_alpha_is_the_lowest_loo_mse_and_the_fit_is_on_the_data_given():
+    x, y = _linear_data(200, 30, noise=0.03, seed=5)
+    probe = RidgeProbe(alphas=(0.1, 1.0, 10.0, 100.0, 1e4)).select(x, y)
+    z = (x - x.mean(0)) / x.std(0)
+    press = {a: float(np.mean(_brute_loo(z, y, a) ** 2)) for a in probe.alphas}
+    assert probe.alpha == min(press, key=press.get)
+    assert [r["loo_mse"] for r in probe.curve] == pytest.approx(list(press.values()), rel=1e-9)
+    refit = RidgeProbe().fit(x, y, alpha=probe.alpha)            # select = fit at its alpha
+    assert np.allclose(probe.coef, refit.coef, rtol=1e-12, atol=1e-14)
+    # the run's rule: select on one part, refit on more data at that alpha
+    more = RidgeProbe().fit(np.vstack([x, x[:20] + 1]), np.r_[y, y[:20]], alpha=probe.alpha)
+    assert more.alpha == probe.alpha and not np.allclose(more.coef, probe.coef)
+
+
+def test_ridge_regularises_pure_noise_and_flags_the_grid_edge():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 50))
     y = 0.6 + 0.1 * rng.normal(size=300)          # pure noise: no signal to find
-    probe = RidgeProbe(criterion="mse").fit(x[:200], y[:200], x[200:250], y[200:250])
+    probe = RidgeProbe().select(x[:250], y[:250])
     assert probe.alpha >= 1e3                      # shrinks toward the mean
-    assert np.abs(probe.predict(x[250:]) - y[:200].mean()).max() < 0.01
+    assert np.abs(probe.predict(x[250:]) - y[:250].mean()).max() < 0.01
+    edge = RidgeProbe(alphas=(0.1, 1.0)).select(x[:250], y[:250])
+    assert edge.alpha == 1.0 and edge.at_edge      # wanted more shrinkage than the grid has
 
 
 def test_ridge_handles_constant_channels_and_rejects_bad_input():
     x, y = _linear_data(100, 8, noise=0.05, seed=3)
     x[:, 3] = 7.0                                    # a dead channel (all-zero ReLU maps)
-    probe = RidgeProbe().fit(x[:80], y[:80], x[80:], y[80:])
+    probe = RidgeProbe().select(x[:80], y[:80])
     assert np.all(np.isfinite(probe.predict(x)))
     assert abs(probe.coef[3]) < 1e-12
-    with pytest.raises(ValueError):
-        RidgeProbe().fit(x[:80], y[:70], x[80:], y[80:])
-    with pytest.raises(ValueError):
-        RidgeProbe(alphas=(0.0,)).fit(x[:80], y[:80], x[80:], y[80:])
+    with pytest.raises(ValueError, match="disagree"):
+        RidgeProbe().select(x[:80], y[:70])
+    with pytest.raises(ValueError, match="positive"):
+        RidgeProbe(alphas=(0.0,)).select(x[:80], y[:80])
+    with pytest.raises(ValueError, match="no alpha"):
+        RidgeProbe().fit(x[:80], y[:80])
     with pytest.raises(RuntimeError):
         RidgeProbe().predict(x)
 
 
-# ---- pooled features ------------------------------------------------------------------------
+# ---- pooled trunk features (bench/lnsim_pool.py) ---------------------------------------------
 
-class _FakeCache:
-    channels = 4
-
-    def __init__(self, maps: dict[str, torch.Tensor]):
-        self.maps, self.calls = maps, []
-
-    def load(self, names, flip=False):
-        self.calls.append(list(names))
-        return torch.stack([self.maps[n].flip(-1) if flip else self.maps[n] for n in names])
-
-
-def test_pooled_features_average_each_map_in_order_and_in_blocks():
-    g = torch.Generator().manual_seed(0)
-    maps = {f"{i}.jpg": (torch.rand(4, 3, 3, generator=g) * 100).half() for i in range(7)}
-    cache = _FakeCache(maps)
-    names = ["3.jpg", "0.jpg", "6.jpg", "1.jpg", "2.jpg"]
-    x = pooled_features(cache, names, block=2)
-    assert x.shape == (5, 4) and x.dtype == np.float32
-    want = np.stack([maps[n].float().mean(dim=(1, 2)).numpy() for n in names])
-    assert np.allclose(x, want, atol=1e-5)
-    assert [len(c) for c in cache.calls] == [2, 2, 1]
-    assert pooled_features(cache, [], block=2).shape == (0, 4)
-
-
-def test_pooled_features_do_not_overflow_float16():
-    maps = {"a": torch.full((4, 14, 14), 60000.0).half()}
-    assert np.allclose(pooled_features(_FakeCache(maps), ["a"]), 60000.0, rtol=1e-3)
+def test_pooled_maps_mean_and_max_of_layer2_3_4_in_column_order():
+    import torchvision
+    from lnsim_pool import COLUMNS, columns, pooled_maps
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None).eval()
+    x = torch.rand(2, 3, 64, 64)
+    got = pooled_maps(net, x)
+    assert got.shape == (2, 7168) and got.dtype == torch.float32
+    with torch.no_grad():
+        h = net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))
+        maps = {}
+        for name in ("layer2", "layer3", "layer4"):
+            h = getattr(net, name)(h)
+            maps[name] = h
+    for layer, how in COLUMNS:
+        want = maps[layer].mean(dim=(2, 3)) if how == "mean" else maps[layer].amax(dim=(2, 3))
+        assert torch.allclose(got[:, columns((layer, how))], want, rtol=1e-5, atol=1e-6)
+    assert list(columns(("layer4", "max"), ("layer2", "mean"))[[0, -1]]) == [5120, 511]
+    with pytest.raises(ValueError, match="unknown pooled feature groups"):
+        columns(("layer1", "mean"))
 
 
 # ---- ResMem scorer (tiny stand-in model; the real one is the resmem wheel) -----------------

@@ -17,16 +17,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import lnsim  # noqa: E402
 import lnsim_data as D  # noqa: E402
+import lnsim_headline as H  # noqa: E402
 import lnsim_report as R  # noqa: E402
 import lnsim_runs as M  # noqa: E402
 import lnsim_sweep as S  # noqa: E402
 from conftest import write_image  # noqa: E402
 
 LNSIM = ROOT / ".." / "shared" / "data" / "lnsim"
+# configs/lnsim.yaml's rule with room for the few splits of these tests
+RULE = {**H.load_rule(), "amnet": {"rows": "all", "select": "val_rho", "min_splits": 1},
+        "probe": {"select": "loo_mse", "min_splits": 1}}
 
 
-def make_row(model, backbone, rhos, mses=None, **extra):
-    res = {k: {"rho": r, "mse": (mses or [0.02] * len(rhos))[i], "val_rho": 0.4, "seconds": 1.5}
+def make_row(model, backbone, rhos, mses=None, loo_mse=0.02, **extra):
+    res = {k: {"rho": r, "mse": (mses or [0.02] * len(rhos))[i], "val_rho": 0.4, "seconds": 1.5,
+               "loo_mse": loo_mse}
            for i, (k, r) in enumerate(zip(range(1, len(rhos) + 1), rhos))}
     return R.make_row(model, backbone, res, **extra)
 
@@ -48,7 +53,7 @@ def sample_results(n=8):
            "settings": {"command": "python bench/lnsim.py --test", "backbones": ["resmem"],
                         "device_name": "CPU: Test CPU (2 cores, AMX)", "date": "2026-01-01"},
            "timings": {}}
-    return R.finalize(res)
+    return R.finalize(res, RULE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,16 +70,24 @@ def test_parse_splits():
 
 def test_parse_model():
     assert M.parse_model("ridge") == ("ridge", "ridge", {})
+    # values are YAML, as dvc exp run -S writes them ("1e-3" stays a string; settings coerce it)
     assert M.parse_model("amnet-tuned[lr=1e-3,batch_size=32]") == \
-        ("amnet-tuned_batch_size-32_lr-1e-3", "amnet-tuned", {"lr": "1e-3", "batch_size": "32"})
+        ("amnet-tuned_batch_size-32_lr-1e-3", "amnet-tuned", {"lr": "1e-3", "batch_size": 32})
     assert M.parse_model("amnet-paper[target_mean=train;flip=false]")[2] == \
-        {"target_mean": "train", "flip": "false"}
+        {"target_mean": "train", "flip": False}
+    # lists: a layer set and trainable blocks, commas inside brackets kept
+    slug, _, ov = M.parse_model("amnet-tuned[layers=[layer3,layer4],trainable_layers=[layer4.2]]")
+    assert ov == {"layers": ["layer3", "layer4"], "trainable_layers": ["layer4.2"]}
+    assert slug == "amnet-tuned_layers-layer3+layer4_trainable_layers-layer4.2"
     assert M.split_models("mean,amnet-tuned[lr=1,epochs=2],human") == \
         ["mean", "amnet-tuned[lr=1,epochs=2]", "human"]
+    assert M.split_models("amnet-tuned[lr=1,trainable_layers=[a,b]],ridge") == \
+        ["amnet-tuned[lr=1,trainable_layers=[a,b]]", "ridge"]
     for bad in ("amnet", "amnet-noflip", "ridge[alpha=1]", "amnet-tuned[lr]"):
         with pytest.raises(SystemExit):
             M.parse_model(bad)
     assert M.base_of("amnet-tuned-noatt_lr-1e-3") == "amnet-tuned-noatt"
+    assert "amnet-tuned-noviews" not in M.MODELS    # it trained what amnet-tuned trains
 
 
 def test_recipes_and_precision(tmp_path):
@@ -90,13 +103,23 @@ def test_recipes_and_precision(tmp_path):
     assert mc.feature_dim == 256 and mc.target_mean == 0.612346 and not mc.use_attention
     assert tc.lr == 1e-3 and tc.batch_size == 32 and tc.precision == "fp32" and tc.device == "cpu"
     assert tc.tta is True and tc.views is True
-    nv = M.recipe("amnet-tuned-noviews", {}, tuned)
-    _, tc2 = M.amnet_configs(nv, args, 0.6)
-    assert tc2.views is False
     paper = M.recipe("amnet-paper", {}, None, epochs=3)
     assert paper["epochs"] == 3 and paper["batch_size"] == 222 and paper["flip"] is True
-    with pytest.raises(SystemExit):
+    # every value is checked by amnet.core.settings, with one line naming the row
+    with pytest.raises(SystemExit, match="'no_such_key' is neither an AMNetConfig nor a "
+                                         "TrainConfig setting"):
         M.amnet_configs({"no_such_key": 1}, args, 0.6)
+    with pytest.raises(SystemExit, match=r"--models amnet-tuned: train.lr: expected a number"):
+        M.recipe("amnet-tuned", {"lr": "fast"}, tuned)
+    with pytest.raises(SystemExit, match="below the minimum"):
+        M.recipe("amnet-tuned", {"epochs": 0}, tuned)
+    with pytest.raises(SystemExit, match="--layers layer5"):
+        M.recipe("amnet-tuned", {"layers": "layer5"}, tuned)
+    assert M.recipe("amnet-tuned", {"layers": ["layer3", "layer4"]}, tuned)["layers"] == \
+        "layer3,layer4"
+    cfg.write_text("model: {feature_dim: wide}\n")
+    with pytest.raises(SystemExit, match="lnsim.yaml: model.feature_dim: expected an integer"):
+        M.load_tuned(cfg)
 
 
 def test_paper_settings_and_overrides():
@@ -105,8 +128,8 @@ def test_paper_settings_and_overrides():
     assert mc.use_attention and tc.flip and tc.weight_decay == 1e-4 and tc.batch_size == 222
     assert tc.epochs == 3 and mc.feature_dim == 1024 and mc.target_mean == 0.754
     assert tc.precision == "auto" and tc.workers == 0 and tc.progress is False
-    st = M.recipe("amnet-paper", {"lr": "1e-3", "target_mean": "train", "flip": "false",
-                                  "feature_dropout": "0.5"}, None)
+    st = M.recipe("amnet-paper", {"lr": "1e-3", "target_mean": "train", "flip": False,
+                                  "feature_dropout": 0.5}, None)
     mc, tc = M.amnet_configs(st, args, 0.6123456)
     assert not tc.flip and tc.lr == 1e-3 and mc.feature_dropout == 0.5 and tc.epochs == 49
     assert mc.target_mean == pytest.approx(0.612346)
@@ -180,38 +203,61 @@ def test_wilcoxon_matches_scipy_and_flags_small_n():
     assert zero["p"] is None and "zero" in zero["note"]
 
 
-def test_strongest_probe_headline_and_val_choices():
-    """Every AMNet row is held against the strongest probe of its trunk (not the weakest); the
-    headline's AMNet row is chosen by validation rho; recipe choices are compared on val rho."""
+def test_headline_rule_probe_choice_and_val_choices():
+    """The rule of configs/lnsim.yaml: every AMNet row (ablations included) competes on
+    validation rho; the probe is the ridge row with the lowest leave-one-out MSE (its own rule,
+    not its test rho); every AMNet row is tested against that probe."""
+    rule = H.load_rule()
+    assert rule["amnet"] == {"rows": "all", "select": "val_rho", "min_splits": 25}
+    assert rule["probe"]["select"] == "loo_mse" and rule["goal"] == {"margin": 0.03, "p": 0.01}
     n = 25
     rng = np.random.default_rng(1)
     weak = list(0.45 + rng.normal(0, 0.02, n))
     strong = [w + 0.04 for w in weak]
     tuned = [w + 0.05 for w in weak]
     multi = [s + 0.035 for s in strong]
-    rows = [make_row("ridge", "resmem", weak), make_row("ridge-layer34", "resmem", strong),
+    # the weak probe on test has the lower LOO MSE: the rule picks it, not the test-best one
+    rows = [make_row("ridge", "resmem", weak, loo_mse=0.010),
+            make_row("ridge-layer34", "resmem", strong, loo_mse=0.011),
             make_row("amnet-tuned", "resmem", tuned), make_row("amnet-multi", "resmem", multi)]
     for row, val in zip(rows[2:], (0.50, 0.55)):
         row["val_rho"] = {k: val + 0.001 * int(k) for k in row["per_split"]}
-    assert R.strongest_probe(rows, "resmem")["model"] == "ridge-layer34"
-    assert R.best_amnet(rows, "resmem")["model"] == "amnet-multi"
-    tests = R.paired_tests(rows)
+    assert H.select_probe(rows, "resmem", rule)["model"] == "ridge"
+    assert H.select_amnet(rows, "resmem", rule)["model"] == "amnet-multi"
+    tests = R.paired_tests(rows, rule)
     vs = {(t["a"], t["b"], t["metric"]) for t in tests}
-    assert ("amnet-tuned", "ridge-layer34", "rho") in vs and ("amnet-tuned", "ridge", "rho") not in vs
+    assert ("amnet-tuned", "ridge", "rho") in vs
+    assert ("amnet-tuned", "ridge-layer34", "rho") not in vs
     choice = next(t for t in tests if t["metric"] == "val_rho")
     assert (choice["a"], choice["b"]) == ("amnet-multi", "amnet-tuned")
     assert choice["mean_diff"] == pytest.approx(0.05) and choice["sd_diff"] == pytest.approx(0)
     assert "validation rho" in R.test_line(choice)
-    # a no-attention ablation with a better val rho is no headline candidate
-    abl = make_row("amnet-multi-noatt", "resmem", strong)
+    (line,) = H.headline(rows, rule, ["resmem"], R.wilcoxon_paired)
+    assert "`amnet-multi`" in line and "against `ridge`" in line and "+0.075" in line
+    assert "met" in line and "the probe with the best test rho, `ridge-layer34`" in line
+    # ablations included: a no-attention row with the best val rho is the headline's row
+    abl = make_row("amnet-multi-noatt", "resmem", [w + 0.01 for w in weak])
     abl["val_rho"] = {k: 0.9 for k in abl["per_split"]}
-    assert R.best_amnet(rows + [abl], "resmem")["model"] == "amnet-multi"
-    (line,) = R.headline(rows)
-    assert "`amnet-multi`" in line and "`ridge-layer34`" in line and "+0.035" in line
-    assert line.endswith("met")
-    rows[3] = make_row("amnet-multi", "resmem", [s + 0.01 for s in strong])
-    rows[3]["val_rho"] = {k: 0.6 for k in rows[3]["per_split"]}
-    assert R.headline(rows)[0].endswith("missed by 0.020")
+    assert H.select_amnet(rows + [abl], "resmem", rule)["model"] == "amnet-multi-noatt"
+    assert "missed by 0.020" in H.headline(rows + [abl], rule, ["resmem"], R.wilcoxon_paired)[0]
+    # rows short of 25 splits do not compete
+    short = make_row("amnet-paper", "resmem", [0.9] * 5)
+    short["val_rho"] = {k: 0.99 for k in short["per_split"]}
+    assert H.select_amnet(rows + [short], "resmem", rule)["model"] == "amnet-multi"
+
+
+def test_headline_rule_is_read_from_the_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {}\n# >>> headline-rule\n# amnet: {select: val_rho}\n"
+                   "# probe: {select: test_rho}\n# <<< headline-rule\n")
+    with pytest.raises(SystemExit, match="probe.select 'test_rho': choose from"):
+        H.load_rule(cfg)
+    cfg.write_text("model: {}\n")
+    with pytest.raises(SystemExit, match="no headline rule"):
+        H.load_rule(cfg)
+    # the config stays a valid params file with the rule in it
+    from amnet.cli.params import load_params
+    assert load_params(ROOT / "configs" / "lnsim.yaml").model.feature_dim == 256
 
 
 def test_render_markdown_and_readme_block(tmp_path):
@@ -224,7 +270,7 @@ def test_render_markdown_and_readme_block(tmp_path):
     readme.write_text(text)
     notes = tmp_path / "notes.md"
     notes.write_text("## Findings\n\nhand-written")
-    md = R.render(js, tmp_path / "lnsim-results.md", readme, notes)
+    md = R.render(js, tmp_path / "lnsim-results.md", readme, notes, RULE)
     assert (tmp_path / "lnsim-results.md").read_text() == md
     s = R.summarize_row(res["rows"][1])
     ridge_line = next(line for line in md.splitlines() if "(`ridge`)" in line)
@@ -239,7 +285,7 @@ def test_render_markdown_and_readme_block(tmp_path):
     block = new.split(R.README_START)[1].split(R.README_END)[0]
     assert ridge_line in block and "docs/lnsim-results.json" in block
     assert "amnet-noflip" not in block
-    R.render(js, tmp_path / "lnsim-results.md", readme, notes)   # idempotent
+    R.render(js, tmp_path / "lnsim-results.md", readme, notes, RULE)   # idempotent
     assert readme.read_text() == new
     # the CLI's --render: no data, no compute
     table = tmp_path / "t" / "lnsim-results.md"
@@ -296,7 +342,8 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
             "--backbones", "random:0", "--device", "cpu", "--table", str(table),
             "--readme", str(readme), "--notes", str(tmp_path / "none.md"),
             "--config", str(ROOT / "configs" / "lnsim.yaml"),  # amnet-multi: the tuned recipe
-            "--models", f"mean,ridge,ridge-layer4,ridge-layer34,human,amnet-paper[{SMALL}],"
+            "--models", f"mean,ridge,ridge-layer4,ridge-layer34,ridge-layer34-meanmax,"
+                        f"ridge-layer234,human,amnet-paper[{SMALL}],"
                         f"amnet-multi[{SMALL}],amnet-multi-tta"]
     assert lnsim.main(argv) == 0
     res = R.load_results(table.with_suffix(".json"))
@@ -304,16 +351,30 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     slug = M.parse_model(f"amnet-paper[{SMALL}]")[0]
     multi = M.parse_model(f"amnet-multi[{SMALL}]")[0]
     assert set(got) == {("mean", None), ("ridge", "random:0"), ("ridge-layer4", "random:0"),
-                        ("ridge-layer34", "random:0"), ("human", None), (slug, "random:0"),
+                        ("ridge-layer34", "random:0"), ("ridge-layer34-meanmax", "random:0"),
+                        ("ridge-layer234", "random:0"), ("human", None), (slug, "random:0"),
                         (multi, "random:0"), ("amnet-multi-tta", "random:0")}
+    # the probes: one forward pass per trunk, alpha by LOO, refit on train + val
+    pool = json.loads((isola / "work" / "pool" / "random:0.json").read_text())
+    assert pool["weights_id"] == "random:0" and len(pool["trunk_sha256"]) == 64
+    probe = got[("ridge-layer34-meanmax", "random:0")]
+    assert probe["config"]["features"] == ["layer3.mean", "layer3.max", "layer4.mean",
+                                           "layer4.max"]
+    assert probe["config"]["pool"]["trunk_sha256"] == pool["trunk_sha256"]
+    d = probe["details"]["1"]
+    assert d["channels"] == 6144 and d["alpha"] > 0 and math.isfinite(d["loo_mse"])
+    assert d["n_fit"] == len(D.read_part(isola / "work", "train", 1)[0]) + \
+        len(D.read_part(isola / "work", "val", 1)[0])
     # the layer3,layer4 rows read their own cache, and the stage-one table names it
     from amnet.cache.reader import FeatureCache
     with FeatureCache(isola / "work" / "cache" / "random:0.layer3+layer4.h5") as c:
         assert c.attrs["layer"] == "layer3,layer4" and c.channels == 3072
     assert "extract random:0 layer3,layer4" in table.read_text()
     run1 = isola / "work" / "runs" / "random:0" / multi / "split_1"
-    assert json.loads((run1 / "result.json").read_text())["fingerprint"]["cache"] == \
-        "random:0.layer3+layer4.h5"
+    key = json.loads((run1 / "result.json").read_text())["fingerprint"]
+    assert key["cache"]["attrs"]["layer"] == "layer3,layer4"
+    assert len(key["cache"]["rows_sha256"]) == 64
+    assert set(key["splits"]) == {"train", "val", "test"} and key["model"]["feature_dim"] == 16
     from amnet.head.checkpoint import load_checkpoint
     head, _ = load_checkpoint(run1 / "head.pt")
     assert (head.config.in_channels, head.config.grid) == (3072, 7)  # 224 px: 7 x 7
@@ -334,6 +395,15 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     assert capsys.readouterr().out.count("done before") == 2
     res = R.load_results(table.with_suffix(".json"))
     assert all(list(r["per_split"]) == ["1", "2", "3"] for r in res["rows"])
+    # a cache re-made under the same name (here: its weights' hash) is not trusted by name: the
+    # runs on it train again
+    import h5py
+    with h5py.File(isola / "work" / "cache" / "random:0.layer3+layer4.h5", "r+") as f:
+        f.attrs["weights_sha256"] = "0" * 64
+    assert lnsim.main([*argv[:5], "1", *argv[6:-1], f"amnet-multi[{SMALL}]"]) == 0
+    out = capsys.readouterr().out
+    assert "trained by another cache, split or setting; training again" in out
+    assert "done before" not in out
     # the sweep: validation only, resumable, no test metrics anywhere
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("base: paper\nconfigs:\n"
