@@ -13,6 +13,9 @@ and of each stage, the load average before and after, the precision `auto` chose
 the commit and the CPU (bench/record.py) in docs/bench/demo.json, one run per CPU label. Run it
 on a quiet machine: the table shows the load. `--set KEY=VALUE` (dotted params.yaml keys) makes a
 reduced run, which goes to another folder (`--results-dir`), never to the committed file.
+`--adopt` then copies the clone's `dvc.lock` and `metrics/` (the report DVC keeps in git) into
+this checkout: the run of the committed code, so the lock matches HEAD and one run gives both the
+time and the committed results (refused with uncommitted changes or `--set`).
 
 The README's `bench:demo` block and params.yaml's `demo time:` comment lines are rendered from
 docs/bench/demo.json; `tests/test_readme_numbers.py` checks the README, the block and params.yaml
@@ -167,10 +170,14 @@ def _outcome(clone: Path, params: dict) -> dict:
             "rho": stat(summary, "rho")[0]}
 
 
-def time_demo(overrides: list[str]) -> dict:
-    """`dvc repro` of HEAD's demo (with `overrides`) in a fresh clone: the run's record."""
+def time_demo(overrides: list[str], adopt: bool = False) -> dict:
+    """`dvc repro` of HEAD's demo (with `overrides`) in a fresh clone: the run's record. `adopt`:
+    copy the clone's dvc.lock and metrics/ into this checkout afterwards."""
     commit = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    if adopt and (dirty or overrides):
+        raise SystemExit("--adopt takes the lock and report of HEAD's own demo: commit your "
+                         "changes first, and drop --set")
     if dirty:
         print(f"note: uncommitted changes are not in the clone; timing commit {commit[:12]}",
               file=sys.stderr)
@@ -195,6 +202,11 @@ def time_demo(overrides: list[str]) -> dict:
         seconds = round(time.perf_counter() - t0, 1)
         if proc.returncode != 0:
             raise SystemExit(f"dvc repro failed (exit {proc.returncode}) in {clone}")
+        if adopt:
+            import shutil
+            shutil.copy2(clone / "dvc.lock", ROOT / "dvc.lock")
+            shutil.rmtree(ROOT / "metrics", ignore_errors=True)
+            shutil.copytree(clone / "metrics", ROOT / "metrics")
         demo = params["data"]["demo"]
         return {"seconds": seconds, "stages": stages, "commit": commit, "dirty": dirty,
                 "overrides": list(overrides), "load_avg_before_1_5_15_min": load_before,
@@ -275,6 +287,8 @@ def main() -> None:
                     help="time `dvc repro` of the demo in a fresh clone of HEAD (minutes)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a params.yaml value for the timed run (repeatable): a reduced demo")
+    ap.add_argument("--adopt", action="store_true",
+                    help="with --time: copy the run's dvc.lock and metrics/ into this checkout")
     ap.add_argument("--results-dir", type=Path,
                     help="write demo.json here instead of docs/bench/ (and render nothing)")
     ap.add_argument("--render", action="store_true",
@@ -286,7 +300,7 @@ def main() -> None:
     if args.time:
         if args.results_dir is not None:
             record.RESULTS = args.results_dir
-        out = record.save_run(NAME, time_demo(args.overrides))
+        out = record.save_run(NAME, time_demo(args.overrides, args.adopt))
         print(f"wrote {out}")
         if args.results_dir is not None:
             print(render(record.load(NAME)))
