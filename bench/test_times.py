@@ -14,6 +14,8 @@ its load, the date, the versions). A set's run replaces that set's previous run;
     python bench/test_times.py --slow     # the slow set (over half an hour on 2 cores)
     python bench/test_times.py --all      # both, one after the other
     python bench/test_times.py --render   # the README block from docs/bench/test_times.json
+    python bench/test_times.py --slow --junit artifacts/junit-slow.xml   # record a run made
+                                          # elsewhere (.ci/run keeps the slow set's JUnit report)
 
 Time it on a quiet machine: the load average at the end is recorded beside the figure.
 """
@@ -95,6 +97,27 @@ def run_set(which: str) -> tuple[dict, int]:
     return run, rc
 
 
+def run_from_junit(which: str, xml_path: Path) -> dict:
+    """The record of a set's run made elsewhere, from its JUnit XML (.ci/run writes the slow
+    set's to artifacts/): the suite's time and counts as pytest wrote them; exit code 0 only when
+    nothing failed."""
+    if not xml_path.is_file():
+        raise SystemExit(f"{xml_path}: no such JUnit report (pytest --junitxml=...)")
+    suites = list(ET.parse(xml_path).getroot().iter("testsuite"))
+    if not suites:
+        raise SystemExit(f"{xml_path}: no <testsuite> in it: not a pytest JUnit report")
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors",
+                                                                  "skipped")}
+    counts = {"passed": total["tests"] - total["failures"] - total["errors"] - total["skipped"],
+              "failed": total["failures"], "error": total["errors"], "skipped": total["skipped"]}
+    by_file, tests = junit_times(xml_path)
+    return {"set": which, "pytest_command": pytest_command(which),
+            "exit_code": int(bool(total["failures"] or total["errors"])),
+            "seconds": round(sum(float(s.get("time", 0)) for s in suites), 1),
+            "counts": {k: v for k, v in counts.items() if v}, "file_seconds": by_file,
+            "slowest_tests": tests[:20], "source": f"JUnit report {xml_path.name}"}
+
+
 def save(run: dict, argv: list[str] | None = None) -> Path:
     """Put `run` (+ `record.label()`) in docs/bench/test_times.json, replacing its set's last run."""
     from amnet.core.atomic import atomic_write_text
@@ -154,10 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                        help="time both sets, the fast one first")
     group.add_argument("--render", action="store_true",
                        help="only render the README block from docs/bench/test_times.json")
+    ap.add_argument("--junit", type=Path, metavar="XML",
+                    help="record one set (--fast or --slow) from a JUnit report of a run made "
+                         "elsewhere, e.g. .ci/run's artifacts/junit-slow.xml, instead of running it")
     args = ap.parse_args(argv)
+    if args.junit is not None and (args.render or len(args.sets or ["fast"]) != 1):
+        raise SystemExit("--junit records one set: give --fast or --slow with it")
     worst = 0
     for which in [] if args.render else (args.sets or ["fast"]):
-        run, rc = run_set(which)
+        run, rc = ((run_from_junit(which, args.junit), 0) if args.junit is not None
+                   else run_set(which))
         save(run)
         worst = worst or rc
         budget = BUDGET_S.get(which)

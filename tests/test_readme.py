@@ -40,7 +40,7 @@ def test_first_lines_are_the_two_setup_commands_ci_runs() -> None:
     # the slow tests, deselected by default (setup.cfg), are one more command that CI runs and
     # the README names
     slow = "python -m pytest -q -m slow"
-    assert re.search(f"^{slow}$", ci, re.M), ".ci/run does not run the slow tests"
+    assert re.search(f"^{slow}( --junitxml=\\S+)?$", ci, re.M), ".ci/run does not run the slow tests"
     assert f"`{slow}`" in README.read_text(), f"the README does not name `{slow}`"
 
 

@@ -52,6 +52,24 @@ def test_junit_times_sum_per_file_largest_first(tmp_path):
                          {"test": "tests/test_a.py::test_two[x-1]", "seconds": 2.25}]
 
 
+def test_a_set_is_recorded_from_a_junit_report_made_elsewhere(tmp_path):
+    """`--slow --junit artifacts/junit-slow.xml`: the slow set of a .ci/run, from its report."""
+    xml = tmp_path / "junit-slow.xml"
+    xml.write_text(JUNIT.replace('tests="4"', 'tests="4" failures="0" errors="0" skipped="1" '
+                                 'time="812.25"'))
+    run = test_times.run_from_junit("slow", xml)
+    assert (run["set"], run["pytest_command"], run["exit_code"], run["seconds"]) == \
+        ("slow", "python -m pytest -q -m slow", 0, 812.2)
+    assert run["counts"] == {"passed": 3, "skipped": 1}
+    assert list(run["file_seconds"])[0] == "tests/test_b.py"
+    xml.write_text(JUNIT.replace('tests="4"', 'tests="4" failures="1"'))
+    assert test_times.run_from_junit("slow", xml)["exit_code"] == 1
+    with pytest.raises(SystemExit, match="no such JUnit report"):
+        test_times.run_from_junit("slow", tmp_path / "missing.xml")
+    with pytest.raises(SystemExit, match="give --fast or --slow"):
+        test_times.main(["--all", "--junit", str(xml)])
+
+
 def _run(which: str, seconds: float, counts: dict) -> dict:
     return {"set": which, "pytest_command": test_times.pytest_command(which), "exit_code": 0,
             "seconds": seconds, "counts": counts,
