@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                 # the trained row of this command (with its overrides), else its plain id
                 trained = next((s for s, b, _ in models if b == trained), trained)
                 r = M.run_tta(work, bb, k, trained, layers, args)
-                D.log(f"{bb}/{slug}/split {k}: val rho {r['val_rho']:.4f} ({r['tta_views']} views)")
+                # a val part too small or constant for ranks has no rho (None): say so, don't crash
+                rho = "n/a" if r["val_rho"] is None else f"{r['val_rho']:.4f}"
+                D.log(f"{bb}/{slug}/split {k}: val rho {rho} ({r['tta_views']} views)")
             elif base in M.RIDGES:
                 r = M.run_ridge(work, k, need_pool(bb), M.RIDGES[base])
                 D.log(f"{bb}/{slug}/split {k}: test rho {r['rho']:.4f}, mse {r['mse']:.5f}, "

@@ -37,6 +37,13 @@ VAL_KEYS = ("val_rho", "val_mse", "best_epoch", "epochs", "seconds", "n_val", "d
             "target_mean", "fingerprint")
 
 
+
+def by_val_rho(row: dict) -> float:
+    """Sort key, best mean val rho first; a config with none (no rank in its val part) last. A
+    mean of exactly 0 is a rho like any other (not "none", as `or` would read it)."""
+    mean = row.get("val_rho", {}).get("mean")
+    return float("inf") if mean is None else -mean
+
 def load_sweep(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """(base recipe, [{"name": ..., **overrides}, ...]) from the sweep YAML."""
     import yaml
@@ -91,7 +98,7 @@ def summary_rows(per: dict[str, dict[int, dict]], overrides: dict[str, dict]) ->
                                             if f != "fingerprint"} for k in sorted(res)},
                      **{f: {"mean": v["mean"], "sd": v["sd"], "n": len(v["values"])}
                         for f, v in s.items() if f != "n_splits"}})
-    return sorted(rows, key=lambda r: -(r.get("val_rho", {}).get("mean") or -9))
+    return sorted(rows, key=by_val_rho)
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 per.setdefault(name, {})[k] = {f: r.get(f) for f in VAL_KEYS}
             rows = [r for r in rows if r["backbone"] != bb] + \
                 [{**r, "backbone": bb} for r in summary_rows(per, overrides)]
-            rows.sort(key=lambda r: -(r.get("val_rho", {}).get("mean") or -9))
+            rows.sort(key=by_val_rho)
             D.write_json(args.out.with_suffix(".json"), {"settings": settings, "configs": rows})
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(markdown(rows, settings))

@@ -379,7 +379,7 @@ def test_default_precision_cli(env, tmp_path):
     prov = env["prov0"]
     x = normalize_uint8(torch.stack([load_resized_uint8(Path(r["path"]), SIZE) for r in rows]),
                         prov["mean"], prov["std"])
-    ref = _reference(env, x, resolve_trunk_precision("auto", "cpu"))
+    ref = _reference(env, x, resolve_trunk_precision("auto", "cpu", "random:0"))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got, [float(r["score"]) for r in exact], rtol=0, atol=DEFAULT_TOL)
 

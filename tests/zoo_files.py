@@ -4,6 +4,7 @@ one; shard sets that must not merge (incomplete, overlapping, of another run, ot
 pickles of five payload kinds at every entry point that reads one."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -99,7 +100,7 @@ def cache_entry(kind: str, entry: str) -> Callable[[Workspace], Call]:
     return build
 
 
-for _entry in ("info", "verify", "train", "evaluate", "predict", "merge", "extract"):
+for _entry in ("info", "verify", "train", "evaluate", "predict", "merge"):
     add(f"caches/truncated-{_entry}", cache_entry("truncated", _entry))
 for _entry in ("info", "verify", "train", "evaluate", "predict", "extract"):
     add(f"caches/garbage-{_entry}", cache_entry("garbage", _entry))
@@ -152,6 +153,25 @@ def _other_size(ws: Workspace) -> Call:
     args[args.index("--image-size") + 1] = "48"
     return Call("amnet-cache", args, 1, names=(c.name,), says=r"other settings.*--overwrite",
                 protect=(c,))
+
+
+@case("caches/truncated-extract")
+def _extract_salvages(ws: Workspace) -> Call:
+    """`amnet-cache extract` into a truncated cache keeps its complete rows and extracts the
+    rest, saying so, as the DVC stage does (one path: amnet.extract.resume.extract_to); every
+    row then equals the reference's."""
+    c = damage(ws, "truncated")
+
+    def check(run: Run) -> list[str]:
+        rows = cache_rows(c)
+        wrong = [n for n, b in rows.items() if ws.world.rows.get(n) != b]
+        missing = sorted(set(ws.world.rows) - set(rows))
+        said = re.search(r"truncat.*salvaging its complete rows", run.output) and \
+            re.search(r"kept \d+ of \d+ rows", run.output)
+        return ([f"{c.name}: rows differ from the reference: {wrong}"] if wrong else []) + (
+            [f"{c.name}: rows missing after the run: {missing}"] if missing else []) + (
+            [] if said else ["the salvage was not reported"])
+    return Call("amnet-cache", extract_args(ws.images(), c), 0, check=check)
 
 
 @case("caches/truncated-repair")
