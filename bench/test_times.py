@@ -115,7 +115,8 @@ def run_from_junit(which: str, xml_path: Path) -> dict:
             "exit_code": int(bool(total["failures"] or total["errors"])),
             "seconds": round(sum(float(s.get("time", 0)) for s in suites), 1),
             "counts": {k: v for k, v in counts.items() if v}, "file_seconds": by_file,
-            "slowest_tests": tests[:20], "source": f"JUnit report {xml_path.name}"}
+            "slowest_tests": tests[:20],
+            "source": f"a run made elsewhere (its JUnit report {xml_path.name})"}
 
 
 def save(run: dict, argv: list[str] | None = None) -> Path:
@@ -162,7 +163,10 @@ def render(res: dict) -> str:
                      f"{_duration(r['seconds'])} | {_slowest(r)} |")
     lines.append("")
     lines += [f"{which.capitalize()}: " + record.source_line(NAME, runs[which])
-              .replace("From ", "from ", 1) + "." for which in SETS if which in runs]
+              .replace("From ", "from ", 1) + "."
+              + (f" Timed by pytest in {runs[which]['source']}; the load above is when it was "
+                 "recorded, not during that run." if runs[which].get("source") else "")
+              for which in SETS if which in runs]
     return "\n".join(lines) + "\n"
 
 
