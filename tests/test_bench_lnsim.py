@@ -433,6 +433,50 @@ def test_end_to_end_and_resume(isola, tmp_path, capsys):
     assert capsys.readouterr().out.count("done before") == 4
 
 
+@pytest.mark.slow
+def test_trained_top_row_and_amnet_predict_agree(isola, tmp_path):
+    """A row whose layer4.2 trains with the head (issue 22): the row's config records
+    trainable_layers, and `amnet predict` on the row's checkpoint scores the test half as the
+    row did -- to 1e-5 from the row's own cache, to 1e-4 from the images (the trunk is run again,
+    in other batches)."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from amnet.cli import main
+    from amnet.data.listfiles import split_path
+    spec = f"amnet-tuned[layers=[layer3,layer4.1],trainable_layers=[layer4.2],{SMALL}]"
+    table = tmp_path / "docs" / "lnsim-results.md"
+    work = isola / "work"
+    (tmp_path / "README.md").write_text(f"{R.README_START}\n{R.README_END}\n")
+    argv = ["--data", str(isola / "src"), "--work", str(work), "--splits", "1",
+            "--backbones", "random:0", "--device", "cpu", "--precision", "fp32",
+            "--table", str(table), "--readme", str(tmp_path / "README.md"),
+            "--notes", str(tmp_path / "none.md"),
+            "--config", str(ROOT / "configs" / "lnsim.yaml"), "--models", spec]
+    assert lnsim.main(argv) == 0
+    slug = M.parse_model(spec)[0]
+    (row,) = R.load_results(table.with_suffix(".json"))["rows"]
+    assert row["model"] == slug and row["config"]["settings"]["trainable_layers"] == ["layer4.2"]
+    assert row["config"]["settings"]["layers"] == "layer3,layer4.1"
+    run1 = work / "runs" / "random:0" / slug / "split_1"
+    pred = pd.read_csv(run1 / "predictions.csv")
+    assert len(pred) == len(D.read_part(work, "test", 1)[0])
+    cache = D.cache_path(work, "random:0", 0, "layer3,layer4.1")
+    out = CliRunner().invoke(main, ["predict", "--checkpoint", str(run1 / "head.pt"),
+                                    "--cache", str(cache), "--out", str(tmp_path / "p.csv"),
+                                    str(split_path(work / "data", "test", 1))])
+    assert out.exit_code == 0, out.output
+    got = pd.read_csv(tmp_path / "p.csv").set_index("path").loc[pred["name"]]
+    np.testing.assert_allclose(got["score"], pred["pred"], atol=1e-5, rtol=0)
+    images = [str(work / "data" / "images" / n) for n in pred["name"]]
+    out = CliRunner().invoke(main, ["predict", "--checkpoint", str(run1 / "head.pt"),
+                                    "--match-cache", "--out", str(tmp_path / "q.csv"),
+                                    *images])
+    assert out.exit_code == 0, out.output
+    got = pd.read_csv(tmp_path / "q.csv")
+    np.testing.assert_allclose(got["score"], pred["pred"], atol=1e-4, rtol=0)
+
+
 def test_sweep_config_errors(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("- {name: a}\n- {name: a}\n")
