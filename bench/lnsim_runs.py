@@ -19,6 +19,9 @@ Model ids (the issue's rows):
   amnet-multi-noatt    the same, use_attention = false
   amnet-multi-tta      amnet-multi's heads (no training: its checkpoints), val and test predictions
                        averaged over the plain and the flipped image (flip TTA)
+  amnet-top            amnet-multi with layer4.2 trained with the head (issue 22): the cache stops
+                       at layer4.1 (+ pooled layer3), trainable_layers = [layer4.2], trunk_lr 1e-5
+  amnet-top-noatt      the same, use_attention = false
   resmem               the published ResMem model, zero-shot, its own preprocessing
   human                rho(hrs1, hrs2) on the test half: the ceiling
 

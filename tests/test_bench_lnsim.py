@@ -444,7 +444,7 @@ def test_trained_top_row_and_amnet_predict_agree(isola, tmp_path):
 
     from amnet.cli import main
     from amnet.data.listfiles import split_path
-    spec = f"amnet-tuned[layers=[layer3,layer4.1],trainable_layers=[layer4.2],{SMALL}]"
+    spec = f"amnet-top[{SMALL}]"
     table = tmp_path / "docs" / "lnsim-results.md"
     work = isola / "work"
     (tmp_path / "README.md").write_text(f"{R.README_START}\n{R.README_END}\n")
