@@ -162,15 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     # `cache_views: K` in a config picks the cache with K crop views (default: the recipe's)
     default_views = tuned["views"] if tuned else 0
     cache_views = {name: int(ov.get("cache_views", default_views)) for name, ov in overrides.items()}
+    # YAML-typed values, checked by amnet.core.settings in M.recipe (before anything runs)
+    recipes = {name: M.recipe(recipe_base, {key: v for key, v in ov.items()
+                                            if key != "cache_views"}, tuned)
+               for name, ov in overrides.items()}
+    # the caches the configs read: (crop views, layer set), e.g. layer3,layer4.1 for a config
+    # that trains layer4.2 (`layers: [layer3, layer4.1]`)
+    caches = sorted({(cache_views[n], st.get("layers", "layer3")) for n, st in recipes.items()})
     for bb in backbones:
-        for views in sorted(set(cache_views.values())):
-            D.ensure_cache(work, bb, names, args, views)
+        for views, layers in caches:
+            D.ensure_cache(work, bb, names, args, views, layers)
         per: dict[str, dict[int, dict]] = {}
         for k in splits:          # split-major: a stopped sweep has every config on split 1
             for name, ov in overrides.items():
-                # YAML-typed values, checked by amnet.core.settings in M.recipe
-                st = M.recipe(recipe_base, {key: v for key, v in ov.items()
-                                            if key != "cache_views"}, tuned)
+                st = dict(recipes[name])
                 if cache_views[name] and "views" not in ov:
                     # a config asking for a cache with crop views trains on them (the paper
                     # base recipe turns `views` off); `views: false` in the config says otherwise
