@@ -23,15 +23,7 @@ class CacheError(AmnetError):
 
 class DamagedCacheError(CacheError):
     """A feature cache file that is truncated or corrupt (not merely in use, nor made with other
-    settings): `amnet-cache repair` salvages its complete rows.
-
-    `hint` is what the caller may do about it here ("or pass --overwrite ..."), kept apart from
-    the diagnosis (`reason`) so that code which acts on the error itself (resume's salvage) can
-    report the diagnosis without advice that no longer applies."""
-
-    def __init__(self, reason: str, hint: str = "") -> None:
-        super().__init__(f"{reason}; {hint}" if hint else reason)
-        self.reason, self.hint = reason, hint
+    settings): `amnet-cache repair` salvages its complete rows."""
 
 
 class CacheInUseError(CacheError):

@@ -101,8 +101,8 @@ def _resume_or_salvage(extract: Callable[[bool], dict], written: Path, overwrite
     rest left to extract) and then resumed."""
     try:
         return extract(overwrite)
-    except DamagedCacheError as e:  # its hint (pass --overwrite) is for the refusal, not here
-        say(f"{e.reason}; salvaging its complete rows")
+    except DamagedCacheError as e:  # its hint to pass --overwrite is for the refusal, not here
+        say(f"{str(e).split('; or pass --overwrite')[0]}; salvaging its complete rows")
     try:
         s = repair(written, written, lost="resume", overwrite=True)
     except CacheError as e:  # nothing to salvage (not an HDF5 file, no row whole)

@@ -96,7 +96,7 @@ def _open_or_create(out: Path, names: list[str], attrs: dict, overwrite: bool, l
         try:
             f = _open_rw(out, lock)
         except DamagedCacheError as e:
-            raise DamagedCacheError(str(e), hint="or pass --overwrite to start it afresh") from None
+            raise DamagedCacheError(f"{e}; or pass --overwrite to start it afresh") from None
         try:
             have_attrs = schema.read_attrs(f)
             diffs = schema.settings_differences(have_attrs, attrs)
