@@ -19,7 +19,7 @@ from amnet.head.run import NOT_FINGERPRINTED
 
 REPO = Path(__file__).resolve().parents[1]
 # params files: params.yaml and every configs/*.yaml but the bench's sweep recipes
-SWEEPS = {"lnsim-sweep.yaml"}
+SWEEPS = {p.name for p in (REPO / "configs").glob("lnsim-sweep*.yaml")}
 PARAMS_FILES = [REPO / "params.yaml"] + sorted(p for p in (REPO / "configs").glob("*.yaml")
                                                if p.name not in SWEEPS)
 
@@ -62,7 +62,8 @@ def test_every_params_file_validates_and_keeps_its_values(path):
 def test_sweep_recipes_name_settings():
     """bench/lnsim_sweep.py's entries override AMNetConfig / TrainConfig settings."""
     known = set(setting_names(AMNetConfig)) | set(setting_names(TrainConfig)) | {
-        "name", "cache_views"}
+        "name", "cache_views", "layers"}
+    assert SWEEPS >= {"lnsim-sweep.yaml", "lnsim-sweep-top.yaml"}
     for name in SWEEPS:
         doc = yaml.safe_load((REPO / "configs" / name).read_text())
         for entry in doc["configs"]:
