@@ -11,7 +11,11 @@ in it: the run says so), runs `dvc repro` there with the clone's own amnet (PYTH
 cache, as a newcomer's first run after the set-up command, and records the wall time of the whole
 and of each stage, the load average before and after, the precision `auto` chose, the test rho,
 the commit and the CPU (bench/record.py) in docs/bench/demo.json, one run per CPU label. Run it
-on a quiet machine: the table shows the load. `--set KEY=VALUE` (dotted params.yaml keys) makes a
+on a quiet machine: the table shows the load. The same clone then measures what attention buys
+(issue 22, item 7): the share of split 1's test attention that lands on the target disk, and the
+paper's no-attention ablation (`model.use_attention=false`, a second `dvc repro` that retrains
+only the heads), whose scores the README's results table shows beside the committed run's
+(`--no-ablation` skips it). `--set KEY=VALUE` (dotted params.yaml keys) makes a
 reduced run, which goes to another folder (`--results-dir`), never to the committed file.
 `--adopt` then copies the clone's `dvc.lock` and `metrics/` (the report DVC keeps in git) into
 this checkout: the run of the committed code, so the lock matches HEAD and one run gives both the
@@ -46,6 +50,8 @@ from bench import record  # noqa: E402
 
 SUMMARY = ROOT / "metrics" / "summary.json"
 ROW_START = "| demo (`dvc repro`, this repo) |"
+ABLATION_ROW_START = "| demo, no attention (`-S model.use_attention=false`) |"
+ABLATION = "model.use_attention=false"
 # the Quick start's sentence: "... The committed `metrics/` ... test rho X ± Y ..."
 SENTENCE = re.compile(r"The committed `metrics/` and `dvc.lock` \(test rho [^)]*\)")
 
@@ -74,7 +80,10 @@ def load(root: Path = ROOT) -> dict:
     val, test = protocol.get("val_fraction"), protocol.get("test_fraction")
     sizes = (round(n * (1 - val - test)), round(n * val), first.get("n") or round(n * test)) \
         if None not in (n, val, test) else (None, None, first.get("n"))
-    return {"rho": stat(summary, "rho"), "mse": stat(summary, "mse"),
+    rho = stat(summary, "rho")
+    made_it = [r for r in results(root).get("runs", []) if r.get("ablation")
+               and not r.get("overrides") and abs(r.get("rho", -9) - rho[0]) < 1e-9]
+    return {"rho": rho, "mse": stat(summary, "mse"), "ablation_run": (made_it or [None])[-1],
             "n_splits": summary.get("n_splits", len(splits)),
             "weights": params.get("backbone", {}).get("weights", "?"), "arch": "resnet50",
             "sizes": sizes, "epochs": params.get("train", {}).get("epochs"),
@@ -95,6 +104,22 @@ def row(d: dict) -> str:
             f"{d['mse'][0]:.4f} ± {d['mse'][1]:.4f} | `metrics/summary.json` |")
 
 
+def ablation_row(d: dict) -> str:
+    """The results table's row of the no-attention ablation, from the run that made the committed
+    report (docs/bench/demo.json: the run whose commit and test rho are metrics/'s)."""
+    run = d.get("ablation_run")
+    if not run:
+        return (f"{ABLATION_ROW_START} same | same | AMNet with uniform attention | not measured: "
+                "`python bench/demo.py --time --adopt` | | |")
+    a = run["ablation"]
+    att = run.get("attention_on_target")
+    where = (f"; attention's share on the target: {att['attention']:.0%} of the mass on "
+             f"{att['cells']:.0%} of the cells" if att else "")
+    return (f"{ABLATION_ROW_START} same | same | AMNet with uniform attention | "
+            f"**{a['rho'][0]:.3f} ± {a['rho'][1]:.3f}** | {a['mse'][0]:.4f} ± {a['mse'][1]:.4f} | "
+            f"docs/bench/demo.json ({run['machine']['cpu']}, `{run['commit'][:7]}`{where}) |")
+
+
 def sentence(d: dict) -> str:
     """The Quick start's sentence on the committed run."""
     return f"The committed `metrics/` and `dvc.lock` (test rho {rho_text(d)})"
@@ -106,6 +131,10 @@ def render_readme(text: str, d: dict) -> str:
     if len(hits) != 1:
         raise ValueError(f"README: {len(hits)} demo rows (want 1)")
     lines[hits[0]] = row(d)
+    hits = [i for i, ln in enumerate(lines) if ln.startswith(ABLATION_ROW_START)]
+    if len(hits) != 1:
+        raise ValueError(f"README: {len(hits)} demo ablation rows (want 1)")
+    lines[hits[0]] = ablation_row(d)
     text = "\n".join(lines)
     if len(SENTENCE.findall(text)) != 1:
         raise ValueError("README: the Quick start's sentence on the committed run is not there")
@@ -170,7 +199,63 @@ def _outcome(clone: Path, params: dict) -> dict:
             "rho": stat(summary, "rho")[0]}
 
 
-def time_demo(overrides: list[str], adopt: bool = False) -> dict:
+def attention_on_target(clone: Path, params: dict) -> dict:
+    """Where split 1's head looks on its test images: the mean share of the attention (all steps)
+    on the grid cells the target disk touches, and those cells' share of the grid (what uniform
+    attention would put there). The target of each image: data/demo/objects.csv."""
+    import csv
+
+    import numpy as np
+
+    from amnet.cache.reader import FeatureCache
+    from amnet.data.listfiles import read_split, split_path
+    from amnet.predict.predictor import Predictor
+    data = clone / "data" / params["data"]["dataset"]
+    k = params["data"]["splits"][0]
+    names = [n for n, _ in read_split(split_path(data, "test", k))]
+    with open(data / "objects.csv", newline="") as f:
+        targets = {r["name"]: r for r in csv.DictReader(f)}
+    predictor = Predictor.from_checkpoint(clone / "models" / f"{k}.pt", device="cpu")
+    with FeatureCache(clone / "data" / "features" / f"{params['data']['dataset']}.h5") as cache:
+        attention = predictor.predict_features(cache.load(names)).attention.mean(1)  # [B, g, g]
+    g = attention.shape[-1]
+    cell = params["data"]["demo"]["image_size"] / g
+    centres = (np.arange(g) + 0.5) * cell
+    mass, cells = [], []
+    for a, name in zip(attention, names):
+        t = targets[name]
+        dist = np.hypot(centres[None, :] - float(t["cx"]), centres[:, None] - float(t["cy"]))
+        on = dist <= float(t["radius"]) + cell / 2   # [y, x]: cells the disk touches
+        mass.append(float(a[on].sum()))
+        cells.append(float(on.mean()))
+    return {"split": k, "images": len(names), "attention": float(np.mean(mass)),
+            "cells": float(np.mean(cells))}
+
+
+def _repro(clone: Path, env: dict) -> tuple[float, dict[str, float]]:
+    """`dvc repro` in the clone: (wall seconds, seconds per stage)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stages = _stage_seconds(proc, t0)
+    if proc.returncode != 0:
+        raise SystemExit(f"dvc repro failed (exit {proc.returncode}) in {clone}")
+    return round(time.perf_counter() - t0, 1), stages
+
+
+def _ablation(clone: Path, env: dict, params: dict) -> dict:
+    """The no-attention ablation of the same clone: `model.use_attention=false`, `dvc repro`
+    again (prepare and extract are unchanged, so only the heads retrain); its test scores."""
+    set_param(params, ABLATION)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    seconds, stages = _repro(clone, env)
+    summary = json.loads((clone / "metrics" / "summary.json").read_text())
+    return {"set": ABLATION, "rho": list(stat(summary, "rho")), "mse": list(stat(summary, "mse")),
+            "rho_per_split": summary.get("rho", {}).get("values"), "seconds": seconds,
+            "stages": stages}
+
+
+def time_demo(overrides: list[str], adopt: bool = False, ablation: bool = True) -> dict:
     """`dvc repro` of HEAD's demo (with `overrides`) in a fresh clone: the run's record. `adopt`:
     copy the clone's dvc.lock and metrics/ into this checkout afterwards."""
     commit = _git("rev-parse", "HEAD")
@@ -195,24 +280,22 @@ def time_demo(overrides: list[str], adopt: bool = False) -> dict:
                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                         os.environ.get("PATH", "")])}
         load_before = [round(x, 2) for x in os.getloadavg()]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        stages = _stage_seconds(proc, t0)
-        seconds = round(time.perf_counter() - t0, 1)
-        if proc.returncode != 0:
-            raise SystemExit(f"dvc repro failed (exit {proc.returncode}) in {clone}")
+        seconds, stages = _repro(clone, env)
         if adopt:
             import shutil
             shutil.copy2(clone / "dvc.lock", ROOT / "dvc.lock")
             shutil.rmtree(ROOT / "metrics", ignore_errors=True)
             shutil.copytree(clone / "metrics", ROOT / "metrics")
         demo = params["data"]["demo"]
-        return {"seconds": seconds, "stages": stages, "commit": commit, "dirty": dirty,
-                "overrides": list(overrides), "load_avg_before_1_5_15_min": load_before,
-                "demo": {"n_images": demo["n_images"], "splits": params["data"]["splits"],
-                         "epochs": params["train"]["epochs"]},
-                **_outcome(clone, params)}
+        run = {"seconds": seconds, "stages": stages, "commit": commit, "dirty": dirty,
+               "overrides": list(overrides), "load_avg_before_1_5_15_min": load_before,
+               "demo": {"n_images": demo["n_images"], "splits": params["data"]["splits"],
+                        "epochs": params["train"]["epochs"]},
+               **_outcome(clone, params)}
+        run["attention_on_target"] = attention_on_target(clone, params)
+        if ablation and params.get("model", {}).get("use_attention", True):
+            run["ablation"] = _ablation(clone, env, params)
+        return run
 
 
 def duration(seconds: float) -> str:
@@ -277,7 +360,10 @@ def render_params(text: str, res: dict) -> str:
     return "\n".join(lines)
 
 
-def results() -> dict:
+def results(root: Path = ROOT) -> dict:
+    if root != ROOT:
+        f = root / "docs" / "bench" / f"{NAME}.json"
+        return json.loads(f.read_text()) if f.is_file() else {"runs": []}
     return record.load(NAME) if record.path(NAME).is_file() else {"runs": []}
 
 
@@ -289,6 +375,8 @@ def main() -> None:
                     help="a params.yaml value for the timed run (repeatable): a reduced demo")
     ap.add_argument("--adopt", action="store_true",
                     help="with --time: copy the run's dvc.lock and metrics/ into this checkout")
+    ap.add_argument("--no-ablation", dest="ablation", action="store_false",
+                    help="with --time: skip the no-attention ablation (a second repro of the heads)")
     ap.add_argument("--results-dir", type=Path,
                     help="write demo.json here instead of docs/bench/ (and render nothing)")
     ap.add_argument("--render", action="store_true",
@@ -300,7 +388,7 @@ def main() -> None:
     if args.time:
         if args.results_dir is not None:
             record.RESULTS = args.results_dir
-        out = record.save_run(NAME, time_demo(args.overrides, args.adopt))
+        out = record.save_run(NAME, time_demo(args.overrides, args.adopt, args.ablation))
         print(f"wrote {out}")
         if args.results_dir is not None:
             print(render(record.load(NAME)))
@@ -309,6 +397,7 @@ def main() -> None:
     d = load()
     atomic_write_text(record.README, render_readme(record.README.read_text(), d))
     print(row(d))
+    print(ablation_row(d))
     print(sentence(d))
     res = results()
     record.publish(NAME, render(res))
