@@ -94,6 +94,36 @@ def test_demo_figures_equal_metrics_summary() -> None:
     assert said and float(said.group(1)) == round(rho[0], len(said.group(1)) - 2)
 
 
+def test_demo_attention_against_no_attention_from_the_committed_run() -> None:
+    """Issue 22, item 7: the README's ablation row comes from the run (docs/bench/demo.json) that
+    wrote the committed metrics/, and that run shows attention ahead, looking at the target."""
+    from bench import demo
+
+    run = demo.load()["ablation_run"]
+    assert run, "no run in docs/bench/demo.json made metrics/ with its ablation: " \
+                "`python bench/demo.py --time --adopt`"
+    a = run["ablation"]
+    assert a["set"] == "model.use_attention=false" and len(a["rho_per_split"]) == 2
+    summary = json.loads((ROOT / "metrics" / "summary.json").read_text())
+    assert run["rho"] == demo.stat(summary, "rho")[0]
+    assert run["rho"] > a["rho"][0] + 0.05, (run["rho"], a["rho"])   # a clear margin
+    on = run["attention_on_target"]
+    assert on["attention"] > 3 * on["cells"], on   # the maps sit on the target
+    row = next(ln for ln in _text().splitlines() if ln.startswith(demo.ABLATION_ROW_START))
+    assert f"**{a['rho'][0]:.3f} ± {a['rho'][1]:.3f}**" in row and run["commit"][:7] in row
+
+
+def test_demo_ablation_row_without_a_run() -> None:
+    from bench import demo
+    assert "not measured: `python bench/demo.py --time --adopt`" in demo.ablation_row({})
+    run = _demo_run(ablation={"rho": [0.7, 0.02], "mse": [0.0071, 0.0004]},
+                    attention_on_target={"attention": 0.41, "cells": 0.07})
+    assert demo.ablation_row({"ablation_run": run}) == (
+        f"{demo.ABLATION_ROW_START} same | same | AMNet with uniform attention | **0.700 ± 0.020** "
+        "| 0.0071 ± 0.0004 | docs/bench/demo.json (AMD EPYC 9B14 (2 cores, AVX512-BF16), "
+        "`0123456`; attention's share on the target: 41% of the mass on 7% of the cells) |")
+
+
 def _lnsim_cell(values: list, digits: int) -> str:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
