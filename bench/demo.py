@@ -116,7 +116,8 @@ def ablation_row(d: dict) -> str:
     where = (f"; attention's share on the target: {att['attention']:.0%} of the mass on "
              f"{att['cells']:.0%} of the cells" if att else "")
     return (f"{ABLATION_ROW_START} same | same | AMNet with uniform attention | "
-            f"**{a['rho'][0]:.3f} ± {a['rho'][1]:.3f}** | {a['mse'][0]:.4f} ± {a['mse'][1]:.4f} | "
+            f"**{a['rho'][0]:.3f} ± {a['rho'][1]:.3f}** | "
+            f"{a['mse'][0]:.4f} ± {a['mse'][1]:.4f} | "
             f"docs/bench/demo.json ({run['machine']['cpu']}, `{run['commit'][:7]}`{where}) |")
 
 
@@ -376,7 +377,8 @@ def main() -> None:
     ap.add_argument("--adopt", action="store_true",
                     help="with --time: copy the run's dvc.lock and metrics/ into this checkout")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false",
-                    help="with --time: skip the no-attention ablation (a second repro of the heads)")
+                    help="with --time: skip the no-attention ablation (a second repro of the "
+                         "heads)")
     ap.add_argument("--results-dir", type=Path,
                     help="write demo.json here instead of docs/bench/ (and render nothing)")
     ap.add_argument("--render", action="store_true",

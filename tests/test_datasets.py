@@ -95,7 +95,8 @@ def test_demo_score_follows_the_object(tmp_path: Path) -> None:
     assert spearmanr(rows["contrast"], scores)[0] > 0.5
     assert spearmanr(rows["clean_score"], scores)[0] > 0.9
     # the target sits in the central box (side 0.4 x 64 px), 2-3 look-alikes elsewhere
-    assert (np.abs(rows["cx"] - 32) <= 0.2 * 64).all() and (np.abs(rows["cy"] - 32) <= 0.2 * 64).all()
+    assert (np.abs(rows["cx"] - 32) <= 0.2 * 64).all()
+    assert (np.abs(rows["cy"] - 32) <= 0.2 * 64).all()
     assert set(rows["distractors"]) <= {0, 1, 2, 3} and rows["distractors"].mean() > 1.8
 
 

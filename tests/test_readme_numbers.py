@@ -119,7 +119,8 @@ def test_demo_ablation_row_without_a_run() -> None:
     run = _demo_run(ablation={"rho": [0.7, 0.02], "mse": [0.0071, 0.0004]},
                     attention_on_target={"attention": 0.41, "cells": 0.07})
     assert demo.ablation_row({"ablation_run": run}) == (
-        f"{demo.ABLATION_ROW_START} same | same | AMNet with uniform attention | **0.700 ± 0.020** "
+        f"{demo.ABLATION_ROW_START} same | same | AMNet with uniform attention | "
+        "**0.700 ± 0.020** "
         "| 0.0071 ± 0.0004 | docs/bench/demo.json (AMD EPYC 9B14 (2 cores, AVX512-BF16), "
         "`0123456`; attention's share on the target: 41% of the mass on 7% of the cells) |")
 
