@@ -81,7 +81,7 @@ def load(root: Path = ROOT) -> dict:
     sizes = (round(n * (1 - val - test)), round(n * val), first.get("n") or round(n * test)) \
         if None not in (n, val, test) else (None, None, first.get("n"))
     rho = stat(summary, "rho")
-    made_it = [r for r in results(root).get("runs", []) if r.get("ablation")
+    made_it = [r for r in results().get("runs", []) if r.get("ablation")
                and not r.get("overrides") and abs(r.get("rho", -9) - rho[0]) < 1e-9]
     return {"rho": rho, "mse": stat(summary, "mse"), "ablation_run": (made_it or [None])[-1],
             "n_splits": summary.get("n_splits", len(splits)),
@@ -361,10 +361,7 @@ def render_params(text: str, res: dict) -> str:
     return "\n".join(lines)
 
 
-def results(root: Path = ROOT) -> dict:
-    if root != ROOT:
-        f = root / "docs" / "bench" / f"{NAME}.json"
-        return json.loads(f.read_text()) if f.is_file() else {"runs": []}
+def results() -> dict:
     return record.load(NAME) if record.path(NAME).is_file() else {"runs": []}
 
 
