@@ -33,6 +33,7 @@ against the same rendering.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -246,7 +247,9 @@ def _repro(clone: Path, env: dict) -> tuple[float, dict[str, float]]:
 
 def _ablation(clone: Path, env: dict, params: dict) -> dict:
     """The no-attention ablation of the same clone: `model.use_attention=false`, `dvc repro`
-    again (prepare and extract are unchanged, so only the heads retrain); its test scores."""
+    again (prepare and extract are unchanged, so only the heads retrain); its test scores.
+    `params` (the clone's, as the first repro ran them) is left as it was."""
+    params = copy.deepcopy(params)
     set_param(params, ABLATION)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     seconds, stages = _repro(clone, env)

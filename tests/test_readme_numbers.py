@@ -125,6 +125,32 @@ def test_demo_ablation_row_without_a_run() -> None:
         "`0123456`; attention's share on the target: 41% of the mass on 7% of the cells) |")
 
 
+def test_demo_ablation_sets_the_switch_in_the_clone_only(tmp_path, monkeypatch) -> None:
+    """`_ablation` writes use_attention=false into the clone's params.yaml, reads the rerun's
+    summary, and leaves the caller's params (the first run's) as they were. The repro itself
+    (minutes of dvc) is stubbed: it only has to see the switched params."""
+    import yaml
+    from bench import demo
+
+    seen = {}
+
+    def fake_repro(clone, env):
+        seen["params"] = yaml.safe_load((clone / "params.yaml").read_text())
+        (clone / "metrics").mkdir()
+        (clone / "metrics" / "summary.json").write_text(json.dumps(
+            {"rho": {"mean": 0.6, "sd": 0.1, "values": [0.5, 0.7]},
+             "mse": {"mean": 0.01, "sd": 0.0, "values": [0.01, 0.01]}}))
+        return 12.5, {"train": 10.0}
+
+    monkeypatch.setattr(demo, "_repro", fake_repro)
+    params = {"model": {"use_attention": True, "hidden": 8}, "train": {"epochs": 3}}
+    out = demo._ablation(tmp_path, {}, params)
+    assert seen["params"]["model"] == {"use_attention": False, "hidden": 8}
+    assert params["model"]["use_attention"] is True          # the caller's dict is untouched
+    assert out["set"] == demo.ABLATION and out["rho"] == [0.6, 0.1]
+    assert out["rho_per_split"] == [0.5, 0.7] and out["seconds"] == 12.5
+
+
 def _lnsim_cell(values: list, digits: int) -> str:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
