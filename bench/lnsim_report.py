@@ -342,7 +342,11 @@ def stage_one_lines(results: dict) -> list[str]:
         ips = f"{e['images_per_s']:.1f}" if e.get("images_per_s") else "–"
         sec = f"{e['seconds']:.0f}" if e.get("seconds") else "– (cache made earlier)"
         views = f" + {e['views']} crop views" if e.get("views") else ""
-        lines.append(f"| extract {bb} (+ flip views{views}) | {e.get('images')} | {sec} | {ips} |")
+        # a resumed extraction times only what it extracted (a killed run's rows are not timed)
+        timed = e.get("extracted")
+        n = (f"{timed} of {e.get('images')}" if timed and e.get("images") and timed != e["images"]
+             else e.get("images"))
+        lines.append(f"| extract {bb} (+ flip views{views}) | {n} | {sec} | {ips} |")
     for bb, sec in (t.get("pool_seconds") or {}).items():
         rate = f"{n_images / sec:.0f}" if sec and n_images else "–"
         lines.append(f"| pool {bb} layer2/3/4 (one forward pass) for ridge | {n_images or '–'} | "

