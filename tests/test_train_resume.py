@@ -202,6 +202,36 @@ def test_a_changed_run_starts_fresh(tmp_path, monkeypatch, caplog, change):
     assert leftovers(tmp_path) == []
 
 
+def test_the_same_split_files_named_another_way_resume(tmp_path, monkeypatch, caplog):
+    """The fingerprint holds the split files' contents, not their paths: the same files copied
+    elsewhere and named by a relative path resume the run; the outputs equal an uninterrupted run's."""
+    cache, files = synthetic(tmp_path, n=(96, 32, 32))
+    state = tmp_path / "o" / ".train-state" / "head.pt.state"
+    interrupt_at_epoch(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        run(tmp_path, "o", cache, files, epochs=4)
+    monkeypatch.undo()
+    copies = tmp_path / "elsewhere"
+    copies.mkdir()
+    for f in files.values():
+        shutil.copy(f, copies / f.name)
+    monkeypatch.chdir(tmp_path)
+    moved = {part: Path("elsewhere") / f.name for part, f in files.items()}
+    caplog.clear()            # only this run's records (earlier runs log too at INFO)
+    with caplog.at_level(logging.INFO, logger="amnet.train"):
+        run(tmp_path, "o", cache, moved, epochs=4)
+    assert resume_lines(caplog) == [f"resumed at epoch 3 of 4 from {state} (epochs 1-2 done)"]
+    ref = run(tmp_path, "ref", cache, files, epochs=4)
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    for k in ("rho", "mse", "val_rho", "val_mse", "best_epoch"):
+        assert m[k] == ref[k], k
+    predictions = [(tmp_path / d / "predictions.csv").read_bytes() for d in ("o", "ref")]
+    assert predictions[0] == predictions[1]
+    ha, hb = (torch.load(tmp_path / d / "head.pt", weights_only=True)["state_dict"] for d in ("o", "ref"))
+    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    assert "elsewhere" in json.dumps(m) and "elsewhere" not in json.dumps(ref)   # provenance: the files used
+
+
 def test_state_lives_beside_the_checkpoint_and_nothing_is_left(tmp_path, monkeypatch, caplog):
     """The DVC stage's layout: the state in models/.train-state/, not among the declared outputs
     (which DVC deletes before a re-run); temp files of an earlier failed run are cleaned."""

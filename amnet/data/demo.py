@@ -87,11 +87,16 @@ def _striped_disk(canvas: np.ndarray, rng: np.random.Generator, cx: float, cy: f
     canvas[y0:y1, x0:x1] = canvas[y0:y1, x0:x1] * (1 - mask) + disk * mask
 
 
+def _central_box(size: int) -> tuple[float, float]:
+    """The central box's first and last pixel coordinate (the same on both axes)."""
+    return (0.5 - CENTRAL_BOX / 2) * size, (0.5 + CENTRAL_BOX / 2) * size
+
+
 def _distractor_places(rng: np.random.Generator, size: int, count: int,
                        target: tuple[float, float, float]) -> list[tuple[float, float, float]]:
     """Up to `count` (cx, cy, radius) outside the central box, apart from the target and each
     other (a place that 50 draws cannot find is skipped)."""
-    lo, hi = (0.5 - CENTRAL_BOX / 2) * size, (0.5 + CENTRAL_BOX / 2) * size
+    lo, hi = _central_box(size)
     gap = 4 * size / 224
     placed, out = [target], []
     for _ in range(count):
@@ -126,7 +131,7 @@ def render(rng: np.random.Generator, size: int = 224, max_distractors: int = 3,
     s, c = rng.random(), rng.random()
     radius = (RADIUS[0] + (RADIUS[1] - RADIUS[0]) * s) * size
     amplitude = AMPLITUDE[0] + (AMPLITUDE[1] - AMPLITUDE[0]) * c
-    lo, hi = (0.5 - CENTRAL_BOX / 2) * size, (0.5 + CENTRAL_BOX / 2) * size
+    lo, hi = _central_box(size)
     cx, cy = rng.uniform(max(radius, lo), min(size - radius, hi), 2)
     count = int(rng.integers(min(2, max_distractors), max_distractors + 1))
     distractors = _distractor_places(rng, size, count, (cx, cy, radius))

@@ -10,7 +10,7 @@ finished epoch, and on CPU ends with the same checkpoint and metrics as an unint
 It lives in `.train-state/` beside the checkpoint (`models/.train-state/1.pt.state` for the DVC
 stage `train@1`): outside the declared outputs, which DVC deletes before re-running a stage. A
 state is used only by a run with the same fingerprint (settings, head config, cache file, split
-files, torch version); any other run starts fresh and says so. `train_split` removes it once the
+files' contents, torch version); any other run starts fresh and says so. `train_split` removes it once the
 run's outputs are published.
 """
 from __future__ import annotations
@@ -46,13 +46,15 @@ def state_path(checkpoint: str | os.PathLike) -> Path:
 def fingerprint(settings: dict[str, Any], cache_path: str | os.PathLike,
                 cache_attrs: dict[str, Any], split_files: dict[str, Any]) -> str:
     """sha256 over what decides a run's results: `settings` (training + head config, device,
-    precision), the cache (its path, size, modification time and attributes) and the split
-    files (their sha256)."""
+    precision), the cache (its resolved path, size, modification time and attributes) and the
+    split files' contents (`split_files[part]["sha256"]`). The split files' paths are left out:
+    the same files named another way (relative, absolute, a copy elsewhere) resume the run."""
     st = os.stat(cache_path)
+    split_hashes = {part: (None if f is None else f["sha256"]) for part, f in split_files.items()}
     doc = {"version": STATE_VERSION, "settings": settings, "torch": str(torch.__version__),
            "cache": {"path": str(Path(cache_path).resolve()), "size": st.st_size,
                      "mtime_ns": st.st_mtime_ns, "attrs": cache_attrs},
-           "splits": split_files}
+           "splits": split_hashes}
     text = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
