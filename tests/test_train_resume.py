@@ -58,6 +58,18 @@ def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(amnet.head.epochs, "train_epoch", train_epoch)
 
 
+def stopped_after_epoch_2_of_4(tmp_path, monkeypatch) -> tuple[Path, dict[str, Path], Path]:
+    """A 4-epoch run into tmp_path/o, stopped as epoch 3 starts: (cache, split files, its state)."""
+    cache, files = synthetic(tmp_path, n=(96, 32, 32))
+    state = tmp_path / "o" / ".train-state" / "head.pt.state"
+    interrupt_at_epoch(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        run(tmp_path, "o", cache, files, epochs=4)
+    monkeypatch.undo()
+    assert torch.load(state, weights_only=True)["epoch"] == 2
+    return cache, files, state
+
+
 def resume_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if "resumed" in r.getMessage() or "starting fresh" in r.getMessage()]
@@ -169,13 +181,7 @@ def test_a_crash_while_publishing_is_redone(tmp_path, monkeypatch, caplog):
 
 @pytest.mark.parametrize("change", ["config", "split", "unreadable"])
 def test_a_changed_run_starts_fresh(tmp_path, monkeypatch, caplog, change):
-    cache, files = synthetic(tmp_path, n=(96, 32, 32))
-    state = tmp_path / "o" / ".train-state" / "head.pt.state"
-    interrupt_at_epoch(monkeypatch, 3)
-    with pytest.raises(Interrupted):
-        run(tmp_path, "o", cache, files, epochs=4)
-    monkeypatch.undo()
-    assert torch.load(state, weights_only=True)["epoch"] == 2
+    cache, files, state = stopped_after_epoch_2_of_4(tmp_path, monkeypatch)
     kw = dict(epochs=4)
     if change == "config":
         kw["lr"] = 1e-3
@@ -205,12 +211,7 @@ def test_a_changed_run_starts_fresh(tmp_path, monkeypatch, caplog, change):
 def test_the_same_split_files_named_another_way_resume(tmp_path, monkeypatch, caplog):
     """The fingerprint holds the split files' contents, not their paths: the same files copied
     elsewhere and named by a relative path resume the run; the outputs equal an uninterrupted run's."""
-    cache, files = synthetic(tmp_path, n=(96, 32, 32))
-    state = tmp_path / "o" / ".train-state" / "head.pt.state"
-    interrupt_at_epoch(monkeypatch, 3)
-    with pytest.raises(Interrupted):
-        run(tmp_path, "o", cache, files, epochs=4)
-    monkeypatch.undo()
+    cache, files, state = stopped_after_epoch_2_of_4(tmp_path, monkeypatch)
     copies = tmp_path / "elsewhere"
     copies.mkdir()
     for f in files.values():
