@@ -58,6 +58,15 @@ def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(amnet.head.epochs, "train_epoch", train_epoch)
 
 
+def assert_same_training(m: dict, ref: dict, a: Path, b: Path) -> None:
+    """Metrics `m` (of the run in `a`) equal `ref`'s (of the run in `b`), and so do the head's
+    weights, tensor for tensor (the metrics files may differ in the paths they record)."""
+    for k in ("rho", "mse", "val_rho", "val_mse", "best_epoch"):
+        assert m[k] == ref[k], k
+    ha, hb = (torch.load(d / "head.pt", weights_only=True)["state_dict"] for d in (a, b))
+    assert ha.keys() == hb.keys() and all(torch.equal(ha[k], hb[k]) for k in ha)
+
+
 def stopped_after_epoch_2_of_4(tmp_path, monkeypatch) -> tuple[Path, dict[str, Path], Path]:
     """A 4-epoch run into tmp_path/o, stopped as epoch 3 starts: (cache, split files, its state)."""
     cache, files = synthetic(tmp_path, n=(96, 32, 32))
@@ -201,10 +210,7 @@ def test_a_changed_run_starts_fresh(tmp_path, monkeypatch, caplog, change):
     trained = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert trained == ["1/4", "2/4", "3/4", "4/4"]
     ref = run(tmp_path, "ref", cache, files, **kw)                 # the same run from scratch
-    for k in ("rho", "mse", "val_rho", "val_mse", "best_epoch"):
-        assert m[k] == ref[k], k
-    ha, hb = (torch.load(tmp_path / d / "head.pt", weights_only=True)["state_dict"] for d in ("o", "ref"))
-    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    assert_same_training(m, ref, tmp_path / "o", tmp_path / "ref")
     assert leftovers(tmp_path) == []
 
 
@@ -224,12 +230,9 @@ def test_the_same_split_files_named_another_way_resume(tmp_path, monkeypatch, ca
     assert resume_lines(caplog) == [f"resumed at epoch 3 of 4 from {state} (epochs 1-2 done)"]
     ref = run(tmp_path, "ref", cache, files, epochs=4)
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    for k in ("rho", "mse", "val_rho", "val_mse", "best_epoch"):
-        assert m[k] == ref[k], k
+    assert_same_training(m, ref, tmp_path / "o", tmp_path / "ref")
     predictions = [(tmp_path / d / "predictions.csv").read_bytes() for d in ("o", "ref")]
     assert predictions[0] == predictions[1]
-    ha, hb = (torch.load(tmp_path / d / "head.pt", weights_only=True)["state_dict"] for d in ("o", "ref"))
-    assert all(torch.equal(ha[k], hb[k]) for k in ha)
     assert "elsewhere" in json.dumps(m) and "elsewhere" not in json.dumps(ref)   # provenance: the files used
 
 
