@@ -5,7 +5,8 @@ docs/lnsim-results.json holds
     {"rows": [{"model": "<id>", "backbone": "<name>" | null,
                "per_split": {"1": {"rho": r | null, "mse": m}, ...},
                "label", "val_rho": {"1": ...}, "val_mse": {...}, "seconds": {"1": s, ...},
-               "details": {"1": {...}}, "summary": {"rho": {"mean", "sd", "n"}, ...},
+               "details": {"1": {...}},
+               "summary": {"rho": {"mean", "sd", "n"}, ..., "seconds": {..., "median"}},
                "epochs", "config", "run"}, ...],
      "settings": {...}, "cpu": {...}, "timings": {...}, "tests": [...]}
 
@@ -78,6 +79,10 @@ def summarize_row(row: dict) -> dict[str, dict]:
         s = summarize([{key: v} for v in vals], keys=[key]).get(key)
         out[key] = {"mean": s["mean"], "sd": s["sd"], "n": len(vals)} if s else \
             {"mean": None, "sd": None, "n": 0}
+    # Wall time is read by its median: a split that was paused, or ran beside another job,
+    # inflates the mean of a 25-split row by minutes but leaves the median where it was.
+    secs = sorted(v for v in row.get("seconds", {}).values() if _finite(v))
+    out["seconds"]["median"] = statistics.median(secs) if secs else None
     return out
 
 
@@ -224,7 +229,7 @@ def _ms(s: dict, digits: int) -> str:
 
 
 def _secs(s: dict) -> str:
-    m = s.get("mean") if s else None
+    m = s.get("median") if s else None
     if not m:
         return "–"
     return f"{m:.0f}" if m >= 10 else f"{m:.2f}"
@@ -295,8 +300,9 @@ def render_markdown(results: dict, notes: Path | None = None, rule: dict | None 
         "train + val)",
         "",
         "Spearman rho and MSE on the test halves, mean ± sd over splits; `val rho` is what any "
-        "choice between models may look at. Time: mean wall seconds per split (stage two only; "
-        "stage one below).",
+        "choice between models may look at. Time: median wall seconds per split (stage two only; "
+        "stage one below; a median, so that a split paused or run beside another job does not "
+        "set it; the sums are below).",
         "",
         *table_lines(results),
         "",
@@ -320,7 +326,7 @@ def render_markdown(results: dict, notes: Path | None = None, rule: dict | None 
             total = sum(v for v in r["seconds"].values() if _finite(v))
             lines.append(f"- `{r['model']}` ({r['backbone']}): {total / 60:.1f} min = "
                          f"{total / 3600:.2f} h for "
-                         f"{len(r['seconds'])} splits ({r['summary']['seconds']['mean']:.0f} s "
+                         f"{len(r['seconds'])} splits (median {_secs(r['summary']['seconds'])} s "
                          f"/ split; {r.get('epochs')} epochs)")
     cfg_lines = [t for t in map(_config_text, results["rows"]) if t]
     if cfg_lines:
@@ -383,7 +389,8 @@ def readme_block(results: dict, rule: dict | None = None) -> str:
     n = max((len(r["per_split"]) for r in results["rows"]), default=0)
     lines = [f"From [docs/lnsim-results.json](docs/lnsim-results.json) (`python bench/lnsim.py "
              f"--render`; up to {n} of 25 splits; each row's CPU in its column). Test rho / MSE on the "
-             "test halves against the other observer group, mean ± sd over splits:",
+             "test halves against the other observer group, mean ± sd over splits; `s / split`: the "
+             "median wall seconds of a split's stage two:",
              "", *table_lines(results), ""]
     lines += [f"- Headline, by {H.rule_text(results['headline_rule'])}:"]
     lines += [f"- **{h}**" for h in headline(results)] or [

@@ -159,6 +159,18 @@ def test_table_line_mean_and_sd():
     assert R.table_lines({"rows": [row]})[-1].endswith("| 30 | Intel Xeon Processor, AMX | 2 |")
 
 
+def test_table_time_is_the_median_split():
+    """A split paused for half an hour must not set a row's `s / split`: the table shows the
+    median, and the wall-time list below it the sum of every split."""
+    row = R.make_row("amnet", "resmem", {
+        k: {"rho": 0.5, "mse": 0.01, "val_rho": 0.4, "val_mse": 0.02, "seconds": s}
+        for k, s in ((1, 200.0), (2, 2200.0), (3, 220.0))})
+    assert R.summarize_row(row)["seconds"]["median"] == 220.0
+    assert R.table_lines({"rows": [row]})[-1].endswith("| 220 | – | 3 |")
+    md = R.render_markdown({"rows": [row], "settings": {}})
+    assert "- `amnet` (resmem): 43.7 min = 0.73 h for 3 splits (median 220 s / split" in md
+
+
 def test_json_round_trip(tmp_path):
     res = sample_results()
     path = tmp_path / "r.json"
