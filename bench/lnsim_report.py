@@ -81,7 +81,7 @@ def summarize_row(row: dict) -> dict[str, dict]:
             {"mean": None, "sd": None, "n": 0}
     # Wall time is read by its median: a split that was paused, or ran beside another job,
     # inflates the mean of a 25-split row by minutes but leaves the median where it was.
-    secs = sorted(v for v in row.get("seconds", {}).values() if _finite(v))
+    secs = [v for v in row.get("seconds", {}).values() if _finite(v)]
     out["seconds"]["median"] = statistics.median(secs) if secs else None
     return out
 
